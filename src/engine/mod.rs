@@ -1,0 +1,694 @@
+//! The pure audio core: packets and commands in; periods of audio, encoded return frames
+//! and events out.
+//!
+//! # Model
+//!
+//! The engine holds a fixed number of *seats*, each a singer's receive pipeline
+//! ([`receiver::Receiver`]: adaptive jitter buffer, Opus decoder, concealment, time-scale
+//! control), personal mix, limiter and encoder; one backing source (stereo, pushed by the
+//! caller); and the venue mix, which is also what listeners hear. Everything is allocated
+//! in [`Engine::new`]; seats are reused.
+//!
+//! # Call order
+//!
+//! 1. [`Engine::handle_command`] for joins, leaves and mix changes, and
+//!    [`Engine::handle_packet`] for every RTP packet, with its measured arrival time;
+//!    [`Engine::push_backing`] for backing-track audio.
+//! 2. [`Engine::render_period`] once per output period, with the time at which the
+//!    period's first frame will be played: the output device paces this call.
+//! 3. [`Engine::poll_output`] until `None`: encoded return frames and events.
+//!
+//! # Clocks
+//!
+//! Three clocks meet here. *Media time* is each phone's RTP clock (48 kHz, drifting up to
+//! a few hundred ppm). *Mix time* counts frames rendered since start; the output device's
+//! crystal advances it, and it stamps the encoded return frames. *Arrival time* (`at`,
+//! `now`) is the caller's monotonic clock, passed in as a [`Duration`] since any epoch
+//! the caller likes, the same epoch for both. The engine never reads a clock, never
+//! sleeps and never spawns: ten simulated minutes run in seconds in the tests.
+//!
+//! # Real time
+//!
+//! In steady state [`Engine::render_period`], [`Engine::handle_packet`] and
+//! [`Engine::poll_output`] do not allocate, lock or log, and do bounded work.
+//!
+//! ```
+//! use std::time::Duration;
+//! use duetbox::engine::{Command, Engine, EngineConfig, SingerId, SingerSettings};
+//!
+//! let config = EngineConfig::default();
+//! let period = config.period_samples;
+//! let mut engine = Engine::new(config);
+//! engine.handle_command(Command::AddSinger {
+//!     singer: SingerId(1),
+//!     settings: SingerSettings::default(),
+//! });
+//! let mut venue = vec![0.0f32; 2 * period];
+//! for k in 0..2u64 {
+//!     engine.render_period(Duration::from_millis(5 * k), &mut venue);
+//!     while let Some(_output) = engine.poll_output() {}
+//! }
+//! ```
+
+pub mod codec;
+pub mod jitter;
+pub mod limiter;
+pub mod meter;
+pub mod mixer;
+pub mod receiver;
+pub mod reverb;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+pub mod timescale;
+
+use std::fmt;
+use std::time::Duration;
+
+pub use codec::EncoderConfig;
+pub use jitter::JitterConfig;
+pub use meter::Level;
+pub use mixer::SingerSettings;
+pub use receiver::{ReceiverConfig, ReceiverStats};
+
+use limiter::Limiter;
+use meter::Meter;
+use mixer::MixEncoder;
+use receiver::Receiver;
+use reverb::Reverb;
+
+/// The one sample rate inside the box, Hz (Opus' native rate; WebRTC's Opus clock).
+pub const SAMPLE_RATE_HZ: u32 = 48_000;
+
+/// Seconds of stereo backing audio the engine can hold ahead of playout.
+const BACKING_CAPACITY_S: usize = 2;
+
+/// Events held until polled; more are dropped and counted (a caller that never polls).
+const EVENT_CAPACITY: usize = 64;
+
+/// Who a singer is to the engine: a number the control plane hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SingerId(pub u32);
+
+impl fmt::Display for SingerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s{}", self.0)
+    }
+}
+
+/// Which mix an encoded frame belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MixId {
+    /// The venue mix: speakers, listeners, and singers whose monitor is at 1.
+    Venue,
+    /// One singer's personal mix.
+    Personal(SingerId),
+}
+
+/// The fields of one RTP packet the engine needs (RFC 3550 §5.1).
+#[derive(Clone, Copy, Debug)]
+pub struct RtpAudio<'a> {
+    /// Synchronisation source: a new one means a new stream.
+    pub ssrc: u32,
+    /// Sequence number.
+    pub sequence: u16,
+    /// Media timestamp, 48 kHz.
+    pub timestamp: u32,
+    /// The Opus payload.
+    pub payload: &'a [u8],
+}
+
+/// Mix and gain changes; joins and leaves. Decided by the control plane.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Command {
+    /// Seats a singer (fails with [`Event::Rejected`] when no seat is free).
+    AddSinger {
+        /// The singer.
+        singer: SingerId,
+        /// Initial settings.
+        settings: SingerSettings,
+    },
+    /// Frees a singer's seat.
+    RemoveSinger(SingerId),
+    /// Changes a seated singer's settings.
+    SetSinger {
+        /// The singer.
+        singer: SingerId,
+        /// New settings.
+        settings: SingerSettings,
+    },
+    /// Backing-track level.
+    SetBacking {
+        /// Gain, dB.
+        gain_db: f32,
+        /// Silences the backing track.
+        muted: bool,
+    },
+    /// Master level of every output, dB.
+    SetMaster {
+        /// Gain, dB.
+        gain_db: f32,
+    },
+    /// How many listeners receive the venue mix (0 stops its encode).
+    SetListeners(u32),
+}
+
+/// Why a command was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reject {
+    /// Every seat is taken.
+    NoFreeSeat,
+    /// The singer is already seated.
+    AlreadySeated,
+    /// The singer is not seated.
+    UnknownSinger,
+}
+
+/// Something the control plane should know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// From now on `singer` receives the frames of `mix`.
+    Route {
+        /// The singer.
+        singer: SingerId,
+        /// The mix they hear.
+        mix: MixId,
+    },
+    /// A command was refused.
+    Rejected {
+        /// The singer it named.
+        singer: SingerId,
+        /// Why.
+        reason: Reject,
+    },
+}
+
+/// What [`Engine::poll_output`] returns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Output<'a> {
+    /// A control-plane event.
+    Event(Event),
+    /// One encoded frame of a mix.
+    Frame {
+        /// Which mix.
+        mix: MixId,
+        /// Mix time of its first frame (frames since the engine started).
+        start: u64,
+        /// Its duration, frames at 48 kHz.
+        samples: usize,
+        /// The Opus payload.
+        payload: &'a [u8],
+    },
+}
+
+/// Where a level meter sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tap {
+    /// The venue output, after the limiter.
+    Venue,
+    /// The backing track, after its gain.
+    Backing,
+    /// A singer's voice as received (before gain).
+    Voice(SingerId),
+    /// A singer's personal mix, after the limiter.
+    Personal(SingerId),
+}
+
+/// Settings of the engine, fixed for its lifetime.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EngineConfig {
+    /// Frames per period (the output device's period): 120 (2.5 ms) ..= 960 (20 ms).
+    pub period_samples: usize,
+    /// Seats, allocated up front.
+    pub max_singers: usize,
+    /// Jitter-buffer target settings.
+    pub jitter: JitterConfig,
+    /// Return-mix encoder settings.
+    pub encoder: EncoderConfig,
+    /// Backing-track gain, dB.
+    pub backing_gain_db: f32,
+    /// Master gain, dB.
+    pub master_gain_db: f32,
+    /// Limiter ceiling, dBFS.
+    pub limiter_ceiling_db: f32,
+    /// Limiter look-ahead (adds this much latency to every output).
+    pub limiter_lookahead: Duration,
+    /// Limiter release time.
+    pub limiter_release: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            period_samples: 240,
+            max_singers: 8,
+            jitter: JitterConfig::default(),
+            encoder: EncoderConfig::default(),
+            backing_gain_db: -6.0,
+            master_gain_db: 0.0,
+            limiter_ceiling_db: -1.0,
+            limiter_lookahead: Duration::from_millis(1),
+            limiter_release: Duration::from_millis(80),
+        }
+    }
+}
+
+/// Engine-wide counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EngineStats {
+    /// Periods rendered.
+    pub periods: u64,
+    /// Encoded frames produced (all mixes).
+    pub frames_encoded: u64,
+    /// Encodes libopus refused.
+    pub encode_failures: u64,
+    /// Backing frames that were due but missing (played as silence).
+    pub backing_underrun_frames: u64,
+    /// Packets for singers who hold no seat.
+    pub packets_unseated: u64,
+    /// Events dropped because nobody polled.
+    pub events_dropped: u64,
+}
+
+struct Seat {
+    singer: Option<SingerId>,
+    settings: SingerSettings,
+    receiver: Receiver,
+    reverb: Reverb,
+    limiter: Limiter,
+    encoder: MixEncoder,
+    voice: Vec<f32>,
+    own: Vec<f32>,
+    personal: Vec<f32>,
+    voice_meter: Meter,
+    personal_meter: Meter,
+    route: MixId,
+}
+
+/// The audio core. See the module docs for the call order.
+pub struct Engine {
+    config: EngineConfig,
+    seats: Vec<Seat>,
+    backing: Vec<f32>,
+    backing_read: usize,
+    backing_len: usize,
+    backing_gain: f32,
+    backing_muted: bool,
+    backing_meter: Meter,
+    master: f32,
+    listeners: u32,
+    bus: Vec<f32>,
+    venue_limiter: Limiter,
+    venue_encoder: MixEncoder,
+    venue_meter: Meter,
+    mix_time: u64,
+    events: [Option<Event>; EVENT_CAPACITY],
+    events_head: usize,
+    events_len: usize,
+    /// Next seat whose frame `poll_output` looks at; `None` = the venue frame is next.
+    poll_seat: Option<usize>,
+    stats: EngineStats,
+}
+
+impl Engine {
+    /// Builds the engine and everything it will ever allocate.
+    ///
+    /// Panics if `period_samples` is outside 120..=960 or longer than the encoder frame
+    /// (configuration validation rejects both before this point).
+    pub fn new(config: EngineConfig) -> Engine {
+        assert!(
+            (120..=960).contains(&config.period_samples),
+            "period must be 2.5..=20 ms, config validation guarantees it"
+        );
+        assert!(
+            config.period_samples <= config.encoder.frame_samples,
+            "period must not exceed the encoder frame, config validation guarantees it"
+        );
+        let period = config.period_samples;
+        let receiver_config = ReceiverConfig {
+            jitter: config.jitter,
+            period_samples: period,
+        };
+        let limiter = || {
+            Limiter::new(
+                SAMPLE_RATE_HZ,
+                config.limiter_ceiling_db,
+                config.limiter_lookahead,
+                config.limiter_release,
+            )
+        };
+        let seats = (0..config.max_singers)
+            .map(|_| Seat {
+                singer: None,
+                settings: SingerSettings::default(),
+                receiver: Receiver::new(receiver_config),
+                reverb: Reverb::new(SAMPLE_RATE_HZ),
+                limiter: limiter(),
+                encoder: MixEncoder::new(&config.encoder),
+                voice: vec![0.0; period],
+                own: vec![0.0; 2 * period],
+                personal: vec![0.0; 2 * period],
+                voice_meter: Meter::new(),
+                personal_meter: Meter::new(),
+                route: MixId::Venue,
+            })
+            .collect();
+        Engine {
+            seats,
+            backing: vec![0.0; 2 * BACKING_CAPACITY_S * SAMPLE_RATE_HZ as usize],
+            backing_read: 0,
+            backing_len: 0,
+            backing_gain: mixer::db_to_gain(config.backing_gain_db),
+            backing_muted: false,
+            backing_meter: Meter::new(),
+            master: mixer::db_to_gain(config.master_gain_db),
+            listeners: 0,
+            bus: vec![0.0; 2 * period],
+            venue_limiter: limiter(),
+            venue_encoder: MixEncoder::new(&config.encoder),
+            venue_meter: Meter::new(),
+            mix_time: 0,
+            events: [None; EVENT_CAPACITY],
+            events_head: 0,
+            events_len: 0,
+            poll_seat: None,
+            stats: EngineStats::default(),
+            config,
+        }
+    }
+
+    /// The configuration it was built with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// Applies a command; refusals come out of [`Engine::poll_output`] as events.
+    pub fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::AddSinger { singer, settings } => {
+                if self.seat_of(singer).is_some() {
+                    self.push_event(Event::Rejected {
+                        singer,
+                        reason: Reject::AlreadySeated,
+                    });
+                    return;
+                }
+                let Some(idx) = self.seats.iter().position(|s| s.singer.is_none()) else {
+                    self.push_event(Event::Rejected {
+                        singer,
+                        reason: Reject::NoFreeSeat,
+                    });
+                    return;
+                };
+                let seat = &mut self.seats[idx];
+                seat.singer = Some(singer);
+                seat.settings = settings;
+                seat.receiver.reset();
+                seat.reverb.reset();
+                seat.limiter.reset();
+                seat.encoder.reset();
+                seat.voice_meter.take();
+                seat.personal_meter.take();
+                self.update_route(idx, true);
+            }
+            Command::RemoveSinger(singer) => match self.seat_of(singer) {
+                Some(idx) => self.seats[idx].singer = None,
+                None => self.push_event(Event::Rejected {
+                    singer,
+                    reason: Reject::UnknownSinger,
+                }),
+            },
+            Command::SetSinger { singer, settings } => match self.seat_of(singer) {
+                Some(idx) => {
+                    self.seats[idx].settings = settings;
+                    self.update_route(idx, false);
+                }
+                None => self.push_event(Event::Rejected {
+                    singer,
+                    reason: Reject::UnknownSinger,
+                }),
+            },
+            Command::SetBacking { gain_db, muted } => {
+                self.backing_gain = mixer::db_to_gain(gain_db);
+                self.backing_muted = muted;
+            }
+            Command::SetMaster { gain_db } => self.master = mixer::db_to_gain(gain_db),
+            Command::SetListeners(n) => self.listeners = n,
+        }
+    }
+
+    /// Takes one RTP packet from `singer` that arrived at `at`. Never fails: garbage is
+    /// counted in the singer's stats and dropped; packets of unseated singers are counted.
+    pub fn handle_packet(&mut self, singer: SingerId, packet: RtpAudio<'_>, at: Duration) {
+        match self.seat_of(singer) {
+            Some(idx) => self.seats[idx].receiver.handle_packet(
+                packet.ssrc,
+                packet.sequence,
+                packet.timestamp,
+                packet.payload,
+                at,
+            ),
+            None => self.stats.packets_unseated += 1,
+        }
+    }
+
+    /// Queues interleaved stereo backing audio; returns how many samples fit (the rest
+    /// should be offered again later).
+    pub fn push_backing(&mut self, stereo: &[f32]) -> usize {
+        let cap = self.backing.len();
+        let n = (stereo.len() & !1).min(cap - self.backing_len);
+        for (k, &v) in stereo[..n].iter().enumerate() {
+            self.backing[(self.backing_read + self.backing_len + k) % cap] = v;
+        }
+        self.backing_len += n;
+        n
+    }
+
+    /// Backing samples queued and not yet played.
+    pub fn backing_queued(&self) -> usize {
+        self.backing_len
+    }
+
+    /// Renders the period whose first frame plays at `now` into `venue` (interleaved
+    /// stereo, exactly `2 * period_samples` long), and feeds every active encoder.
+    pub fn render_period(&mut self, now: Duration, venue: &mut [f32]) {
+        let period = self.config.period_samples;
+        assert_eq!(venue.len(), 2 * period, "venue buffer is one stereo period");
+        self.poll_seat = None;
+        self.venue_encoder.take();
+        self.render_backing();
+        for seat in &mut self.seats {
+            seat.encoder.take();
+            if seat.singer.is_none() {
+                continue;
+            }
+            seat.receiver.render(now, &mut seat.voice);
+            seat.voice_meter.add_mono(&seat.voice);
+            seat.own.fill(0.0);
+            let settings = seat.settings;
+            if !settings.muted {
+                let gain = mixer::db_to_gain(settings.gain_db);
+                mixer::add_panned(
+                    &seat.voice,
+                    gain,
+                    mixer::pan_gains(settings.pan),
+                    &mut seat.own,
+                );
+                if settings.reverb_wet > 0.0 || !seat.reverb.is_silent() {
+                    let wet = settings.reverb_wet.clamp(0.0, 1.0) * gain;
+                    seat.reverb.process_add(&seat.voice, wet, &mut seat.own);
+                }
+            }
+            for (b, &o) in self.bus.iter_mut().zip(&seat.own) {
+                *b += o;
+            }
+        }
+        for (v, &b) in venue.iter_mut().zip(&self.bus) {
+            *v = b * self.master;
+        }
+        self.venue_limiter.process(venue);
+        self.venue_meter.add_stereo(venue);
+        let venue_needed = self.listeners > 0
+            || self
+                .seats
+                .iter()
+                .any(|s| s.singer.is_some() && s.route == MixId::Venue);
+        if venue_needed {
+            self.venue_encoder.feed(venue, self.mix_time);
+        }
+        for seat in &mut self.seats {
+            if seat.singer.is_none() || seat.route == MixId::Venue {
+                continue;
+            }
+            let minus = 1.0 - seat.settings.monitor.clamp(0.0, 1.0);
+            mixer::mix_minus(&self.bus, &seat.own, minus, self.master, &mut seat.personal);
+            seat.limiter.process(&mut seat.personal);
+            seat.personal_meter.add_stereo(&seat.personal);
+            seat.encoder.feed(&seat.personal, self.mix_time);
+        }
+        self.mix_time += period as u64;
+        self.stats.periods += 1;
+    }
+
+    /// Drains events and the frames encoded by the last period; call until `None`.
+    pub fn poll_output(&mut self) -> Option<Output<'_>> {
+        if let Some(event) = self.pop_event() {
+            return Some(Output::Event(event));
+        }
+        let mut idx = match self.poll_seat {
+            None => {
+                self.poll_seat = Some(0);
+                if let Some((start, samples, _)) = self.venue_encoder.ready_frame() {
+                    self.venue_encoder.take();
+                    self.stats.frames_encoded += 1;
+                    let payload = self.venue_encoder.last_payload();
+                    return Some(Output::Frame {
+                        mix: MixId::Venue,
+                        start,
+                        samples,
+                        payload,
+                    });
+                }
+                0
+            }
+            Some(idx) => idx,
+        };
+        while idx < self.seats.len() {
+            let seat = &mut self.seats[idx];
+            idx += 1;
+            if let (Some(singer), Some((start, samples, _))) =
+                (seat.singer, seat.encoder.ready_frame())
+            {
+                seat.encoder.take();
+                self.poll_seat = Some(idx);
+                self.stats.frames_encoded += 1;
+                let payload = self.seats[idx - 1].encoder.last_payload();
+                return Some(Output::Frame {
+                    mix: MixId::Personal(singer),
+                    start,
+                    samples,
+                    payload,
+                });
+            }
+        }
+        self.poll_seat = Some(idx);
+        None
+    }
+
+    /// The receive statistics of a seated singer.
+    pub fn singer_stats(&self, singer: SingerId) -> Option<ReceiverStats> {
+        self.seat_of(singer)
+            .map(|idx| self.seats[idx].receiver.stats())
+    }
+
+    /// Engine-wide counters.
+    pub fn stats(&self) -> EngineStats {
+        let mut stats = self.stats;
+        stats.encode_failures = self.venue_encoder.failures
+            + self.seats.iter().map(|s| s.encoder.failures).sum::<u64>();
+        stats
+    }
+
+    /// The mix a seated singer currently hears.
+    pub fn route(&self, singer: SingerId) -> Option<MixId> {
+        self.seat_of(singer).map(|idx| self.seats[idx].route)
+    }
+
+    /// The last period of a singer's personal mix (interleaved stereo, after the
+    /// limiter); `None` if the singer hears the venue mix or holds no seat.
+    pub fn personal_mix(&self, singer: SingerId) -> Option<&[f32]> {
+        let seat = &self.seats[self.seat_of(singer)?];
+        (seat.route != MixId::Venue).then_some(&seat.personal[..])
+    }
+
+    /// The level at `tap` since the last call (peak and RMS), and resets it.
+    pub fn take_level(&mut self, tap: Tap) -> Option<Level> {
+        Some(match tap {
+            Tap::Venue => self.venue_meter.take(),
+            Tap::Backing => self.backing_meter.take(),
+            Tap::Voice(singer) => {
+                let idx = self.seat_of(singer)?;
+                self.seats[idx].voice_meter.take()
+            }
+            Tap::Personal(singer) => {
+                let idx = self.seat_of(singer)?;
+                let seat = &mut self.seats[idx];
+                if seat.route == MixId::Venue {
+                    self.venue_meter.peek()
+                } else {
+                    seat.personal_meter.take()
+                }
+            }
+        })
+    }
+
+    /// Latency the output stage adds (limiter look-ahead), frames.
+    pub fn output_latency_frames(&self) -> usize {
+        self.venue_limiter.latency_frames()
+    }
+
+    fn seat_of(&self, singer: SingerId) -> Option<usize> {
+        self.seats.iter().position(|s| s.singer == Some(singer))
+    }
+
+    fn update_route(&mut self, idx: usize, force_event: bool) {
+        let seat = &mut self.seats[idx];
+        let Some(singer) = seat.singer else { return };
+        let mix = if seat.settings.hears_venue_mix() {
+            MixId::Venue
+        } else {
+            MixId::Personal(singer)
+        };
+        if mix != seat.route || force_event {
+            if mix != seat.route {
+                seat.encoder.reset();
+                seat.limiter.reset();
+            }
+            seat.route = mix;
+            self.push_event(Event::Route { singer, mix });
+        }
+    }
+
+    fn render_backing(&mut self) {
+        let cap = self.backing.len();
+        let want = self.bus.len();
+        let have = want.min(self.backing_len);
+        let gain = if self.backing_muted {
+            0.0
+        } else {
+            self.backing_gain
+        };
+        for (k, b) in self.bus[..have].iter_mut().enumerate() {
+            *b = self.backing[(self.backing_read + k) % cap] * gain;
+        }
+        self.bus[have..].fill(0.0);
+        self.backing_read = (self.backing_read + have) % cap;
+        self.backing_len -= have;
+        // Only a track that ran dry mid-period is an underrun; no track at all is silence.
+        if have > 0 && have < want {
+            self.stats.backing_underrun_frames += ((want - have) / 2) as u64;
+        }
+        self.backing_meter.add_stereo(&self.bus);
+    }
+
+    fn push_event(&mut self, event: Event) {
+        if self.events_len == EVENT_CAPACITY {
+            self.stats.events_dropped += 1;
+            return;
+        }
+        self.events[(self.events_head + self.events_len) % EVENT_CAPACITY] = Some(event);
+        self.events_len += 1;
+    }
+
+    fn pop_event(&mut self) -> Option<Event> {
+        if self.events_len == 0 {
+            return None;
+        }
+        let event = self.events[self.events_head].take();
+        self.events_head = (self.events_head + 1) % EVENT_CAPACITY;
+        self.events_len -= 1;
+        event
+    }
+}
+
+#[cfg(test)]
+mod tests;
