@@ -580,6 +580,12 @@ impl Engine {
             .map(|idx| self.seats[idx].receiver.stats())
     }
 
+    /// Packets held and decoded samples waiting for a seated singer.
+    pub fn buffered(&self, singer: SingerId) -> Option<(usize, usize)> {
+        self.seat_of(singer)
+            .map(|idx| self.seats[idx].receiver.buffered())
+    }
+
     /// Engine-wide counters.
     pub fn stats(&self) -> EngineStats {
         let mut stats = self.stats;

@@ -39,6 +39,9 @@ const FADE_IN_SAMPLES: usize = 240;
 /// the next packet starts a fresh timeline (500 ms).
 const IDLE_AFTER_SAMPLES: usize = 24_000;
 
+/// Concealment is generated in whole multiples of this, samples (10 ms).
+const PLC_UNIT_SAMPLES: usize = 480;
+
 /// Dead band of the delay controller below the target, microseconds.
 const BAND_BELOW_US: i64 = 1_000;
 
@@ -48,6 +51,15 @@ const BAND_ABOVE_US: i64 = 2_000;
 
 /// Error, in multiples of the band, beyond which a splice may accept a weaker seam.
 const URGENT_FACTOR: i64 = 4;
+
+/// Smoothing of the loss-rate estimate per packet (about the last 50 packets).
+const LOSS_SMOOTHING: f32 = 0.02;
+
+/// Loss rate above which the target grows by one packet, so the packet after a lost
+/// one is already buffered when the loss is due and its in-band FEC can rebuild it
+/// (the FEC copy rides in the *next* packet; without that packet in hand only PLC is
+/// possible). On a clean LAN this never triggers and costs no latency.
+const FEC_LOSS_THRESHOLD: f32 = 0.01;
 
 /// Settings of one receive pipeline.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -129,6 +141,10 @@ pub struct Receiver {
     envelope: f32,
     target_us: i64,
     target_at: Option<Duration>,
+    /// Smoothed fraction of packets lost.
+    loss_rate: f32,
+    /// Duration of the last packet decoded, samples.
+    packet_samples: usize,
     stats: ReceiverStats,
 }
 
@@ -156,6 +172,8 @@ impl Receiver {
             envelope: 0.0,
             target_us: 0,
             target_at: None,
+            loss_rate: 0.0,
+            packet_samples: 0,
             stats: ReceiverStats::default(),
         };
         receiver.target_us = receiver.floor_target_us();
@@ -177,7 +195,14 @@ impl Receiver {
         self.envelope = 0.0;
         self.target_at = None;
         self.target_us = self.floor_target_us();
+        self.loss_rate = 0.0;
+        self.packet_samples = 0;
         self.stats = ReceiverStats::default();
+    }
+
+    /// Packets held and decoded samples waiting: bounded by construction.
+    pub fn buffered(&self) -> (usize, usize) {
+        (self.store.len(), self.fifo.len())
     }
 
     /// Counters and gauges.
@@ -288,7 +313,13 @@ impl Receiver {
 
     fn update_target(&mut self, at: Duration) {
         let jitter = &self.config.jitter;
-        let raw = (self.floor_target_us() + self.arrivals.jitter().as_micros() as i64).clamp(
+        let fec_room_us = if self.loss_rate > FEC_LOSS_THRESHOLD {
+            self.packet_samples as i64 * 1_000_000 / SAMPLE_RATE_HZ as i64
+        } else {
+            0
+        };
+        let measured = self.arrivals.jitter().as_micros() as i64 + fec_room_us;
+        let raw = (self.floor_target_us() + measured).clamp(
             jitter.min_delay.as_micros() as i64,
             jitter.max_delay.as_micros() as i64,
         );
@@ -328,6 +359,9 @@ impl Receiver {
     /// Conceals what is missing between the last decoded sample and packet `ts`, using
     /// concealment already played during an underrun first and FEC for the last frame.
     fn fill_gap(&mut self, missing_packets: i64, ts: i64, samples: usize, has_fec: bool) {
+        for _ in 0..missing_packets.clamp(0, 64) {
+            self.loss_rate += LOSS_SMOOTHING * (1.0 - self.loss_rate);
+        }
         self.stats.lost += missing_packets.max(0) as u64;
         let gap = ts - self.tail_ts;
         let max_gap = duration_to_samples(self.config.jitter.max_delay) as i64;
@@ -350,7 +384,7 @@ impl Receiver {
         };
         let mut plc_left = gap - fec_len;
         while plc_left > 0 {
-            let chunk = round_up_granule(plc_left).min(MAX_PACKET_SAMPLES);
+            let chunk = round_up_plc(plc_left).min(MAX_PACKET_SAMPLES);
             self.conceal(chunk);
             plc_left = plc_left.saturating_sub(chunk);
         }
@@ -376,6 +410,8 @@ impl Receiver {
             return;
         };
         let payload = packet.payload;
+        self.loss_rate -= LOSS_SMOOTHING * self.loss_rate;
+        self.packet_samples = samples;
         match self.decoder.decode(payload, &mut self.scratch) {
             Some(n) if n > 0 => {
                 self.push_decoded(n);
@@ -399,7 +435,7 @@ impl Receiver {
         if self.conceal_run == 0 {
             self.stats.underruns += 1;
         }
-        let chunk = round_up_granule(need).min(MAX_PACKET_SAMPLES);
+        let chunk = round_up_plc(need).min(MAX_PACKET_SAMPLES);
         self.conceal(chunk);
         self.debt = self.debt.saturating_add(chunk);
         if self.conceal_run >= IDLE_AFTER_SAMPLES {
@@ -470,6 +506,13 @@ impl Receiver {
             }
         }
     }
+}
+
+/// Rounds a concealment length up to whole 10 ms: SILK (in Chrome's hybrid uplink) only
+/// extrapolates whole 10 ms frames, and shorter PLC calls each restart the pitch
+/// extrapolation at a new phase, which clicks at every call.
+fn round_up_plc(n: usize) -> usize {
+    n.div_ceil(PLC_UNIT_SAMPLES).max(1) * PLC_UNIT_SAMPLES
 }
 
 fn round_up_granule(n: usize) -> usize {

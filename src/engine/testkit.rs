@@ -177,6 +177,8 @@ struct Phone {
     sending: bool,
     sent: u64,
     with_fec: u64,
+    /// Per frame sent: (dropped by the network, carries FEC).
+    history: Vec<(bool, bool)>,
 }
 
 struct InFlight {
@@ -329,6 +331,7 @@ impl Harness {
             sending: true,
             sent: 0,
             with_fec: 0,
+            history: Vec::new(),
         });
         self.personal.push(Vec::new());
         self.tracks.push(Track {
@@ -390,6 +393,20 @@ impl Harness {
     /// Packets a phone has sent, and how many of them carried FEC.
     pub fn sent(&self, phone: PhoneId) -> (u64, u64) {
         (self.phones[phone.0].sent, self.phones[phone.0].with_fec)
+    }
+
+    /// Losses from frame `from` on whose next packet arrived carrying FEC: the most
+    /// in-band FEC can rebuild.
+    pub fn recoverable_losses(&self, phone: PhoneId, from: usize) -> u64 {
+        let h = &self.phones[phone.0].history;
+        (from..h.len().saturating_sub(1))
+            .filter(|&k| h[k].0 && !h[k + 1].0 && h[k + 1].1)
+            .count() as u64
+    }
+
+    /// Frames a phone has sent on its current stream.
+    pub fn frames_sent(&self, phone: PhoneId) -> usize {
+        self.phones[phone.0].history.len()
     }
 
     /// The receive stats of a phone's singer now.
@@ -518,7 +535,8 @@ impl Harness {
         phone.ts = phone.ts.wrapping_add(PHONE_FRAME_SAMPLES as u32);
         phone.frames += 1;
         phone.sent += 1;
-        if super::codec::inspect(&payload).is_some_and(|i| i.has_fec) {
+        let has_fec = super::codec::inspect(&payload).is_some_and(|i| i.has_fec);
+        if has_fec {
             phone.with_fec += 1;
         }
         let network = phone.network;
@@ -527,6 +545,7 @@ impl Harness {
             Loss::Random(p) => self.rng.random_bool(p),
             Loss::Bursts { every, len } => k >= every && k % every < len,
         };
+        self.phones[idx].history.push((lost, has_fec));
         if lost {
             return;
         }
