@@ -131,7 +131,7 @@ impl Encoder {
         let mut inner = opus::Encoder::new(
             SAMPLE_RATE_HZ,
             opus::Channels::Stereo,
-            opus::Application::Audio,
+            opus::Application::LowDelay,
         )
         .expect("libopus creates a 48 kHz stereo encoder");
         // These setters only fail for out-of-range values, which EncoderConfig's

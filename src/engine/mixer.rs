@@ -188,7 +188,7 @@ mod tests {
     fn centre_pan_keeps_power() {
         let (l, r) = pan_gains(0.0);
         assert!((l * l + r * r - 1.0).abs() < 1e-6);
-        assert_eq!(pan_gains(-1.0).1.abs() < 1e-6, true);
+        assert!(pan_gains(-1.0).1.abs() < 1e-6);
     }
 
     #[test]
