@@ -6,7 +6,11 @@
 //! [`engine`], the pure core that everything else drives.
 //!
 //! - [`engine`]: pure audio core (jitter buffers, Opus, mixes). No clock, no IO, no threads.
+//! - [`audio`]: the real-time thread that drives the engine into a sink, and its queues.
+//! - [`output`]: the sinks (null, WAV; ALSA to come).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audio;
 pub mod engine;
+pub mod output;

@@ -1,4 +1,5 @@
 //! Integration tests: one binary, one module per area (see STYLE.md §7).
 
+mod audio_thread;
 mod realtime;
 mod tidy;

@@ -1,0 +1,391 @@
+//! The real-time audio thread: runs the engine once per period into one [`Sink`].
+//!
+//! Owns the thread, the lock-free queues between it and the network tasks, and the
+//! heartbeat that the service watchdog reads. Knows no device API (the sink does) and
+//! no network (the queues carry plain bytes and ids).
+//!
+//! Invariants: in steady state the loop allocates nothing, takes no lock and logs
+//! nothing. Packets and commands arrive through bounded lock-free queues
+//! (`crossbeam_queue::ArrayQueue`: preallocated, many producers, slots held by value so
+//! a push is a copy, never an allocation); encoded frames, events and stats leave the
+//! same way. A full queue drops and counts, never blocks. The only blocking call is the
+//! sink's write, which is how the device clock paces the loop.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::engine::codec::MAX_ENCODED_BYTES;
+use crate::engine::jitter::MAX_PAYLOAD_BYTES;
+use crate::engine::{
+    Command, Engine, EngineConfig, Event, Level, MixId, Output, ReceiverStats, RtpAudio, SingerId,
+    Tap,
+};
+
+/// Packets the audio thread can have waiting (about 1 s of 20 ms packets from 20 phones).
+pub const PACKET_QUEUE: usize = 1024;
+
+/// Encoded frames waiting for the network (a few periods of every mix).
+pub const FRAME_QUEUE: usize = 1024;
+
+/// Commands and events waiting either way.
+pub const CONTROL_QUEUE: usize = 256;
+
+/// How often the thread publishes stats and levels.
+pub const STATS_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Where the audio goes: the only device-facing seam of the thread.
+pub trait Sink: Send {
+    /// Frames per period the device wants.
+    fn period_frames(&self) -> usize;
+    /// Writes one period of interleaved stereo, blocking until the device has room:
+    /// this is what paces the loop. Recovers from underruns itself (and counts them).
+    fn write(&mut self, stereo: &[f32]) -> Result<(), SinkError>;
+    /// Underruns recovered so far.
+    fn xruns(&self) -> u64;
+    /// A short name for logs and status ("alsa:hw:1", "null").
+    fn describe(&self) -> String;
+}
+
+/// A sink failure the thread cannot recover from.
+#[derive(Debug, thiserror::Error)]
+#[error("audio output failed: {0}")]
+pub struct SinkError(pub String);
+
+/// One RTP packet on its way to the audio thread.
+#[derive(Clone)]
+pub struct PacketSlot {
+    /// Who sent it.
+    pub singer: SingerId,
+    /// RTP SSRC.
+    pub ssrc: u32,
+    /// RTP sequence number.
+    pub sequence: u16,
+    /// RTP timestamp.
+    pub timestamp: u32,
+    /// Arrival, on the thread's clock ([`AudioClock`]).
+    pub at: Duration,
+    len: u16,
+    data: [u8; MAX_PAYLOAD_BYTES],
+}
+
+impl PacketSlot {
+    /// Copies a payload into a slot; `None` if it is larger than any valid packet
+    /// (the caller counts it; the engine would drop it anyway).
+    pub fn new(
+        singer: SingerId,
+        ssrc: u32,
+        sequence: u16,
+        timestamp: u32,
+        at: Duration,
+        payload: &[u8],
+    ) -> Option<PacketSlot> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            return None;
+        }
+        let mut slot = PacketSlot {
+            singer,
+            ssrc,
+            sequence,
+            timestamp,
+            at,
+            len: payload.len() as u16,
+            data: [0; MAX_PAYLOAD_BYTES],
+        };
+        slot.data[..payload.len()].copy_from_slice(payload);
+        Some(slot)
+    }
+}
+
+/// Interleaved stereo samples in one [`BackingChunk`] (20 ms).
+pub const BACKING_CHUNK_SAMPLES: usize = 1920;
+
+/// Up to 20 ms of backing-track audio, by value so queueing never allocates.
+#[derive(Clone)]
+pub struct BackingChunk {
+    len: usize,
+    data: [f32; BACKING_CHUNK_SAMPLES],
+}
+
+impl BackingChunk {
+    /// A chunk of up to [`BACKING_CHUNK_SAMPLES`] interleaved stereo samples (the rest
+    /// of `stereo` is ignored; the caller splits long buffers).
+    pub fn new(stereo: &[f32]) -> BackingChunk {
+        let len = stereo.len().min(BACKING_CHUNK_SAMPLES) & !1;
+        let mut data = [0.0; BACKING_CHUNK_SAMPLES];
+        data[..len].copy_from_slice(&stereo[..len]);
+        BackingChunk { len, data }
+    }
+}
+
+/// One encoded frame of a mix, on its way to the network.
+#[derive(Clone)]
+pub struct FrameSlot {
+    /// Which mix.
+    pub mix: MixId,
+    /// Mix time of the first frame.
+    pub start: u64,
+    /// Duration, frames.
+    pub samples: u32,
+    len: u16,
+    data: [u8; MAX_ENCODED_BYTES],
+}
+
+impl FrameSlot {
+    /// The Opus payload.
+    pub fn payload(&self) -> &[u8] {
+        &self.data[..self.len as usize]
+    }
+}
+
+/// What the thread reports about one singer every [`STATS_INTERVAL`].
+#[derive(Clone, Copy, Debug)]
+pub struct SingerReport {
+    /// Who.
+    pub singer: SingerId,
+    /// Receive pipeline stats.
+    pub stats: ReceiverStats,
+    /// Voice level since the last report.
+    pub voice: Level,
+}
+
+/// Messages from the audio thread to the control plane.
+#[derive(Clone, Copy, Debug)]
+pub enum Report {
+    /// An engine event (routes, rejections).
+    Event(Event),
+    /// One singer's stats.
+    Singer(SingerReport),
+    /// The venue output level since the last report.
+    Venue(Level),
+}
+
+/// Counters the thread keeps in atomics (read by anyone, any time).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Periods rendered: the heartbeat the watchdog watches.
+    pub periods: AtomicU64,
+    /// Output underruns recovered.
+    pub xruns: AtomicU64,
+    /// Packets dropped because the packet queue was full.
+    pub packets_dropped: AtomicU64,
+    /// Frames dropped because the frame queue was full.
+    pub frames_dropped: AtomicU64,
+    /// Reports dropped because nobody read them.
+    pub reports_dropped: AtomicU64,
+    /// Test-only fault switch: while set, the thread stalls (the watchdog must notice).
+    pub stall: AtomicBool,
+}
+
+/// The monotonic clock shared by the network tasks (arrival times) and the audio thread
+/// (`now`): a `Duration` since one fixed `Instant`.
+#[derive(Clone, Copy, Debug)]
+pub struct AudioClock {
+    epoch: Instant,
+}
+
+impl AudioClock {
+    /// A clock whose zero is now.
+    #[expect(clippy::disallowed_methods, reason = "the driver owns the clock")]
+    pub fn start() -> AudioClock {
+        AudioClock {
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Time since the epoch.
+    #[expect(clippy::disallowed_methods, reason = "the driver owns the clock")]
+    pub fn now(&self) -> Duration {
+        Instant::now().duration_since(self.epoch)
+    }
+}
+
+/// The handles the rest of the box holds to talk to the audio thread.
+#[derive(Clone)]
+pub struct AudioHandle {
+    /// Packets in.
+    pub packets: Arc<ArrayQueue<PacketSlot>>,
+    /// Commands in.
+    pub commands: Arc<ArrayQueue<Command>>,
+    /// Backing-track audio in.
+    pub backing: Arc<ArrayQueue<BackingChunk>>,
+    /// Encoded frames out.
+    pub frames: Arc<ArrayQueue<FrameSlot>>,
+    /// Events and stats out.
+    pub reports: Arc<ArrayQueue<Report>>,
+    /// Counters and the heartbeat.
+    pub counters: Arc<Counters>,
+    /// The clock arrival times must be measured on.
+    pub clock: AudioClock,
+    stop: Arc<AtomicBool>,
+}
+
+impl AudioHandle {
+    /// Queues a packet; counts and drops it if the queue is full.
+    pub fn push_packet(&self, slot: PacketSlot) {
+        if self.packets.push(slot).is_err() {
+            self.counters
+                .packets_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a command; returns it if the queue is full.
+    pub fn command(&self, command: Command) -> Result<(), Command> {
+        self.commands.push(command)
+    }
+
+    /// Asks the thread to finish its current period and stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// Starts the audio thread. `make_sink` runs on the new thread, so the device handle
+/// is created where it is used. Returns the handle and the thread's join handle, whose
+/// result is the sink error that ended it (if any).
+pub fn spawn<F>(
+    config: EngineConfig,
+    make_sink: F,
+) -> std::io::Result<(AudioHandle, JoinHandle<Result<(), SinkError>>)>
+where
+    F: FnOnce() -> Result<Box<dyn Sink>, SinkError> + Send + 'static,
+{
+    let handle = AudioHandle {
+        packets: Arc::new(ArrayQueue::new(PACKET_QUEUE)),
+        commands: Arc::new(ArrayQueue::new(CONTROL_QUEUE)),
+        backing: Arc::new(ArrayQueue::new(CONTROL_QUEUE)),
+        frames: Arc::new(ArrayQueue::new(FRAME_QUEUE)),
+        reports: Arc::new(ArrayQueue::new(CONTROL_QUEUE * 4)),
+        counters: Arc::new(Counters::default()),
+        clock: AudioClock::start(),
+        stop: Arc::new(AtomicBool::new(false)),
+    };
+    let thread_handle = handle.clone();
+    let join = std::thread::Builder::new()
+        .name("duetbox-audio".into())
+        .spawn(move || run(config, make_sink, thread_handle))?;
+    Ok((handle, join))
+}
+
+fn run<F>(config: EngineConfig, make_sink: F, handle: AudioHandle) -> Result<(), SinkError>
+where
+    F: FnOnce() -> Result<Box<dyn Sink>, SinkError>,
+{
+    let mut sink = make_sink()?;
+    let period = sink.period_frames();
+    let config = EngineConfig {
+        period_samples: period,
+        ..config
+    };
+    let mut engine = Engine::new(config);
+    let mut venue = vec![0.0f32; 2 * period];
+    let mut next_report = Duration::ZERO;
+    let mut singers: Vec<SingerId> = Vec::with_capacity(config.max_singers);
+    while !handle.stop.load(Ordering::Acquire) {
+        while handle.counters.stall.load(Ordering::Relaxed) {
+            // Test-only fault: behave like a hung thread (no periods, no heartbeat).
+            std::hint::spin_loop();
+            if handle.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        let now = handle.clock.now();
+        while let Some(slot) = handle.packets.pop() {
+            let rtp = RtpAudio {
+                ssrc: slot.ssrc,
+                sequence: slot.sequence,
+                timestamp: slot.timestamp,
+                payload: &slot.data[..slot.len as usize],
+            };
+            engine.handle_packet(slot.singer, rtp, slot.at);
+        }
+        while let Some(command) = handle.commands.pop() {
+            track_singers(&mut singers, command);
+            engine.handle_command(command);
+        }
+        while engine.backing_queued() < 4 * 2 * period {
+            let Some(chunk) = handle.backing.pop() else {
+                break;
+            };
+            engine.push_backing(&chunk.data[..chunk.len]);
+        }
+        engine.render_period(now, &mut venue);
+        while let Some(output) = engine.poll_output() {
+            match output {
+                Output::Frame {
+                    mix,
+                    start,
+                    samples,
+                    payload,
+                } => {
+                    let mut slot = FrameSlot {
+                        mix,
+                        start,
+                        samples: samples as u32,
+                        len: payload.len() as u16,
+                        data: [0; MAX_ENCODED_BYTES],
+                    };
+                    slot.data[..payload.len()].copy_from_slice(payload);
+                    if handle.frames.push(slot).is_err() {
+                        handle
+                            .counters
+                            .frames_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Output::Event(event) => report(&handle, Report::Event(event)),
+            }
+        }
+        if now >= next_report {
+            next_report = now + STATS_INTERVAL;
+            for &singer in &singers {
+                if let (Some(stats), Some(voice)) = (
+                    engine.singer_stats(singer),
+                    engine.take_level(Tap::Voice(singer)),
+                ) {
+                    report(
+                        &handle,
+                        Report::Singer(SingerReport {
+                            singer,
+                            stats,
+                            voice,
+                        }),
+                    );
+                }
+            }
+            if let Some(level) = engine.take_level(Tap::Venue) {
+                report(&handle, Report::Venue(level));
+            }
+        }
+        sink.write(&venue)?;
+        handle.counters.xruns.store(sink.xruns(), Ordering::Relaxed);
+        handle.counters.periods.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+fn track_singers(singers: &mut Vec<SingerId>, command: Command) {
+    match command {
+        // Capacity is max_singers and the engine rejects more, so this never grows.
+        Command::AddSinger { singer, .. }
+            if !singers.contains(&singer) && singers.len() < singers.capacity() =>
+        {
+            singers.push(singer);
+        }
+        Command::RemoveSinger(singer) => singers.retain(|s| *s != singer),
+        _ => {}
+    }
+}
+
+fn report(handle: &AudioHandle, report: Report) {
+    if handle.reports.push(report).is_err() {
+        handle
+            .counters
+            .reports_dropped
+            .fetch_add(1, Ordering::Relaxed);
+    }
+}
