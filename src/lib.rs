@@ -11,6 +11,13 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod app;
 pub mod audio;
+pub mod config;
+pub mod control;
 pub mod engine;
+pub mod http;
 pub mod output;
+pub mod rtc;
+pub mod telemetry;
+pub mod trust;

@@ -1,0 +1,201 @@
+//! Wiring and lifecycle: builds the parts from the config, starts the audio thread and
+//! the network tasks, and orders shutdown (stop accepting, tell phones, close peers,
+//! stop audio).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::{self, AudioHandle, Sink, SinkError};
+use crate::config::Config;
+use crate::control::{Room, RoomSettings};
+use crate::http::{self, HttpSettings};
+use crate::output::{self, OutputSpec};
+use crate::rtc::RtcSettings;
+
+/// How long requests in flight get at shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// A running box.
+pub struct Running {
+    /// HTTPS address (the page, /ws, WHIP/WHEP, /health).
+    pub https_addr: SocketAddr,
+    /// HTTP redirect address.
+    pub http_addr: Option<SocketAddr>,
+    /// The audio thread's handle (heartbeat, counters).
+    pub audio: AudioHandle,
+    /// The room.
+    pub room: Arc<Room>,
+    /// What the output is, e.g. "alsa:default" or "null".
+    pub output: String,
+    server: http::Server,
+    audio_join: std::thread::JoinHandle<Result<(), SinkError>>,
+    cancel: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Starts everything; returns once the web server accepts and the audio thread runs.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let engine = config.engine();
+    let spec: OutputSpec = config.audio.output.parse().context("audio.output")?;
+    let period = engine.period_samples;
+    let buffer = period * config.audio.buffer_periods as usize;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let (audio, audio_join) = audio::spawn(engine, move || {
+        let opened = output::open(&spec, period, buffer);
+        match opened {
+            Ok((sink, warning)) => {
+                let _ = ready_tx.send(Ok(warning.unwrap_or_default() + "\n" + &sink.describe()));
+                Ok(sink)
+            }
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.to_string()));
+                Err(e)
+            }
+        }
+    })
+    .context("starting the audio thread")?;
+    let opened = tokio::task::spawn_blocking(move || ready_rx.recv())
+        .await
+        .context("waiting for the audio output")?
+        .context("the audio thread ended before opening its output")?;
+    let output = match opened {
+        Ok(text) => {
+            let (warning, name) = text.split_once('\n').unwrap_or(("", &text));
+            if !warning.is_empty() {
+                tracing::warn!(warning, "audio output fell back");
+            }
+            name.to_string()
+        }
+        Err(e) => anyhow::bail!("opening the audio output: {e}"),
+    };
+    tracing::info!(output = %output, period_frames = period, "audio output running");
+
+    let cancel = CancellationToken::new();
+    let rtc = RtcSettings {
+        udp_bind: config
+            .rtc
+            .udp_bind
+            .iter()
+            .map(|a| a.parse::<IpAddr>())
+            .collect::<Result<_, _>>()
+            .context("rtc.udp_bind")?,
+        include_loopback: config.rtc.include_loopback,
+        ice_disconnected: Duration::from_millis(config.rtc.ice_disconnected_ms),
+        ice_failed: Duration::from_millis(config.rtc.ice_failed_ms),
+        ice_keepalive: Duration::from_millis(config.rtc.ice_keepalive_ms),
+        uplink_bitrate_bps: config.rtc.uplink_bitrate_bps,
+    };
+    let room = Room::new(
+        RoomSettings {
+            max_singers: config.room.max_singers,
+            max_listeners: config.room.max_listeners,
+            pin: config.room.pin.clone(),
+        },
+        rtc,
+        audio.clone(),
+        cancel.clone(),
+    );
+    let tasks = vec![
+        tokio::spawn(room.clone().run_fanout()),
+        tokio::spawn(room.clone().run_reports()),
+    ];
+
+    let state_dir = config.state_dir(std::env::var("STATE_DIRECTORY").ok());
+    let hostname = std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let identity = crate::trust::load_or_create(&state_dir, &hostname)
+        .with_context(|| format!("preparing the https certificate in {}", state_dir.display()))?;
+    let bind: IpAddr = config.http.bind.parse().context("http.bind")?;
+    let settings = HttpSettings {
+        https: SocketAddr::new(bind, config.http.https_port),
+        http: (config.http.http_port != 0).then(|| SocketAddr::new(bind, config.http.http_port)),
+        max_message_bytes: config.http.max_message_bytes,
+        idle_timeout: Duration::from_millis(config.room.idle_timeout_ms),
+    };
+    let server = http::start(
+        settings,
+        &identity.cert_pem,
+        &identity.key_pem,
+        room.clone(),
+        audio.clone(),
+        output.clone(),
+        cancel.clone(),
+    )
+    .await
+    .context("starting the web server")?;
+    Ok(Running {
+        https_addr: server.https_addr,
+        http_addr: server.http_addr,
+        audio,
+        room,
+        output,
+        server,
+        audio_join,
+        cancel,
+        tasks,
+    })
+}
+
+impl Running {
+    /// Stops in order: tell phones and close peers, stop the web server, stop audio.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        self.cancel.cancel();
+        self.room.close_all().await;
+        self.server.stop(SHUTDOWN_GRACE).await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.audio.stop();
+        let join = self.audio_join;
+        let result = tokio::task::spawn_blocking(move || join.join())
+            .await
+            .context("joining the audio thread")?;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::anyhow!(e)),
+            Err(_) => anyhow::bail!("the audio thread panicked"),
+        }
+    }
+}
+
+/// Runs the box until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let running = start(config).await?;
+    tracing::info!(https = %running.https_addr, "duetbox is ready");
+    shutdown.await;
+    running.stop().await
+}
+
+/// Opens an output; used by `start` on the audio thread.
+pub fn open_sink(
+    spec: &OutputSpec,
+    period: usize,
+    buffer: usize,
+) -> Result<Box<dyn Sink>, SinkError> {
+    output::open(spec, period, buffer).map(|(s, _)| s)
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with ctrl-c");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,649 @@
+//! The only reader of the configuration file: schema, defaults, environment overrides
+//! and validation.
+//!
+//! Text becomes typed sections that cannot hold bad values (`Duration`s, enums,
+//! checked ranges); every error names the key and the reason. `default.toml` is the
+//! documented default, and a test keeps it equal to `Config::default()`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{EncoderConfig, EngineConfig, JitterConfig, SAMPLE_RATE_HZ};
+
+/// The documented default configuration, as shipped.
+pub const DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Prefix of environment overrides: `DUETBOX_SECTION__KEY`.
+const ENV_PREFIX: &str = "DUETBOX_";
+
+/// A configuration problem, naming the key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML or a key is unknown or of the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A key has a value outside its range.
+    #[error("{key} = {value}: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `audio.period_ms`.
+        key: String,
+        /// The value as written.
+        value: String,
+        /// What is allowed.
+        reason: String,
+    },
+}
+
+/// `[http]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub bind: String,
+    /// HTTPS port.
+    pub https_port: u16,
+    /// HTTP redirect port (0 = off).
+    pub http_port: u16,
+    /// Largest message/body, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            bind: "0.0.0.0".into(),
+            https_port: 8443,
+            http_port: 8080,
+            max_message_bytes: 65_536,
+        }
+    }
+}
+
+/// `[rtc]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtcConfig {
+    /// UDP bind addresses.
+    pub udp_bind: Vec<String>,
+    /// Offer loopback candidates.
+    pub include_loopback: bool,
+    /// ICE disconnected timeout, ms.
+    pub ice_disconnected_ms: u64,
+    /// ICE failed timeout, ms.
+    pub ice_failed_ms: u64,
+    /// ICE keepalive interval, ms.
+    pub ice_keepalive_ms: u64,
+    /// Uplink bitrate signalled to phones, bit/s.
+    pub uplink_bitrate_bps: u32,
+}
+
+impl Default for RtcConfig {
+    fn default() -> Self {
+        RtcConfig {
+            udp_bind: vec!["0.0.0.0".into()],
+            include_loopback: false,
+            ice_disconnected_ms: 2000,
+            ice_failed_ms: 5000,
+            ice_keepalive_ms: 1000,
+            uplink_bitrate_bps: 64_000,
+        }
+    }
+}
+
+/// `[room]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoomConfig {
+    /// Singer seats.
+    pub max_singers: usize,
+    /// Listener limit.
+    pub max_listeners: usize,
+    /// PIN ("" = none).
+    pub pin: String,
+    /// WebSocket idle timeout, ms.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        RoomConfig {
+            max_singers: 2,
+            max_listeners: 100,
+            pin: String::new(),
+            idle_timeout_ms: 20_000,
+        }
+    }
+}
+
+/// `[audio]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AudioConfig {
+    /// Output spec.
+    pub output: String,
+    /// Period, ms.
+    pub period_ms: f64,
+    /// Buffer, periods.
+    pub buffer_periods: u32,
+    /// Backing gain, dB.
+    pub backing_gain_db: f32,
+    /// Master gain, dB.
+    pub master_gain_db: f32,
+    /// Limiter ceiling, dBFS.
+    pub limiter_ceiling_db: f32,
+    /// Limiter look-ahead, ms.
+    pub limiter_lookahead_ms: f64,
+    /// Limiter release, ms.
+    pub limiter_release_ms: f64,
+}
+
+impl Default for AudioConfig {
+    fn default() -> Self {
+        AudioConfig {
+            output: "auto".into(),
+            period_ms: 5.0,
+            buffer_periods: 3,
+            backing_gain_db: -6.0,
+            master_gain_db: 0.0,
+            limiter_ceiling_db: -1.0,
+            limiter_lookahead_ms: 1.0,
+            limiter_release_ms: 80.0,
+        }
+    }
+}
+
+/// `[jitter]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JitterSection {
+    /// Floor, ms.
+    pub min_delay_ms: f64,
+    /// Ceiling, ms.
+    pub max_delay_ms: f64,
+    /// Percentile, 0.5..=1.
+    pub percentile: f64,
+    /// Margin, ms.
+    pub margin_ms: f64,
+    /// Shrink rate, ms per s.
+    pub shrink_ms_per_s: f64,
+}
+
+impl Default for JitterSection {
+    fn default() -> Self {
+        JitterSection {
+            min_delay_ms: 0.0,
+            max_delay_ms: 200.0,
+            percentile: 1.0,
+            margin_ms: 1.0,
+            shrink_ms_per_s: 20.0,
+        }
+    }
+}
+
+/// `[encoder]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EncoderSection {
+    /// Frame, ms (10 or 20).
+    pub frame_ms: u32,
+    /// Bitrate, bit/s.
+    pub bitrate_bps: u32,
+    /// Complexity, 5..=10.
+    pub complexity: u32,
+    /// In-band FEC.
+    pub inband_fec: bool,
+}
+
+impl Default for EncoderSection {
+    fn default() -> Self {
+        EncoderSection {
+            frame_ms: 10,
+            bitrate_bps: 128_000,
+            complexity: 5,
+            inband_fec: false,
+        }
+    }
+}
+
+/// `[state]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// State directory ("" = $STATE_DIRECTORY or ./state).
+    pub dir: String,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// Filter.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            filter: "info".into(),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Web server.
+    pub http: HttpConfig,
+    /// WebRTC.
+    pub rtc: RtcConfig,
+    /// Seats, PIN.
+    pub room: RoomConfig,
+    /// Output and levels.
+    pub audio: AudioConfig,
+    /// Jitter buffer.
+    pub jitter: JitterSection,
+    /// Return-mix encoder.
+    pub encoder: EncoderSection,
+    /// State directory.
+    pub state: StateConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Reads `path` (or the defaults when `None`), applies `DUETBOX_*` overrides from
+    /// `env`, and validates.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| Error::Read {
+                path: p.to_path_buf(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Config::parse(&text, env)
+    }
+
+    /// Parses TOML text, applies overrides and validates.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, Error> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Parse(e.to_string().trim().to_string()))?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_lowercase(), key.to_lowercase());
+            let parsed = parse_env_value(&value);
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let Some(t) = entry.as_table_mut() else {
+                return Err(Error::Parse(format!("{section}: not a section")));
+            };
+            t.insert(key, parsed);
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Parse(e.to_string().trim().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every range; the first violation is returned, naming its key.
+    pub fn validate(&self) -> Result<(), Error> {
+        fn bad(key: &str, value: impl std::fmt::Display, reason: &str) -> Result<(), Error> {
+            Err(Error::Invalid {
+                key: key.into(),
+                value: value.to_string(),
+                reason: reason.into(),
+            })
+        }
+        let a = &self.audio;
+        if !(2.5..=20.0).contains(&a.period_ms) {
+            return bad("audio.period_ms", a.period_ms, "must be between 2.5 and 20");
+        }
+        if (a.period_ms * 48.0).fract().abs() > 1e-9 {
+            return bad(
+                "audio.period_ms",
+                a.period_ms,
+                "must be a whole number of frames at 48 kHz",
+            );
+        }
+        if !(2..=8).contains(&a.buffer_periods) {
+            return bad(
+                "audio.buffer_periods",
+                a.buffer_periods,
+                "must be between 2 and 8",
+            );
+        }
+        if let Err(e) = a.output.parse::<crate::output::OutputSpec>() {
+            return bad("audio.output", &a.output, &e.to_string());
+        }
+        if !(0.0..=5.0).contains(&a.limiter_lookahead_ms) {
+            return bad(
+                "audio.limiter_lookahead_ms",
+                a.limiter_lookahead_ms,
+                "must be between 0 and 5",
+            );
+        }
+        if !(-30.0..=0.0).contains(&a.limiter_ceiling_db) {
+            return bad(
+                "audio.limiter_ceiling_db",
+                a.limiter_ceiling_db,
+                "must be between -30 and 0",
+            );
+        }
+        for (key, v) in [
+            ("audio.backing_gain_db", a.backing_gain_db),
+            ("audio.master_gain_db", a.master_gain_db),
+        ] {
+            if !(-60.0..=12.0).contains(&v) {
+                return bad(key, v, "must be between -60 and 12");
+            }
+        }
+        if !(1.0..=2000.0).contains(&a.limiter_release_ms) {
+            return bad(
+                "audio.limiter_release_ms",
+                a.limiter_release_ms,
+                "must be between 1 and 2000",
+            );
+        }
+        let j = &self.jitter;
+        if !(0.0..=1000.0).contains(&j.max_delay_ms) || j.max_delay_ms < 20.0 {
+            return bad(
+                "jitter.max_delay_ms",
+                j.max_delay_ms,
+                "must be between 20 and 1000",
+            );
+        }
+        if !(0.0..=j.max_delay_ms).contains(&j.min_delay_ms) {
+            return bad(
+                "jitter.min_delay_ms",
+                j.min_delay_ms,
+                &format!(
+                    "must be between 0 and jitter.max_delay_ms ({})",
+                    j.max_delay_ms
+                ),
+            );
+        }
+        if !(0.5..=1.0).contains(&j.percentile) {
+            return bad(
+                "jitter.percentile",
+                j.percentile,
+                "must be between 0.5 and 1.0",
+            );
+        }
+        if !(0.0..=50.0).contains(&j.margin_ms) {
+            return bad("jitter.margin_ms", j.margin_ms, "must be between 0 and 50");
+        }
+        if !(0.1..=1000.0).contains(&j.shrink_ms_per_s) {
+            return bad(
+                "jitter.shrink_ms_per_s",
+                j.shrink_ms_per_s,
+                "must be between 0.1 and 1000",
+            );
+        }
+        let e = &self.encoder;
+        if e.frame_ms != 10 && e.frame_ms != 20 {
+            return bad("encoder.frame_ms", e.frame_ms, "must be 10 or 20");
+        }
+        if f64::from(e.frame_ms) < a.period_ms {
+            return bad(
+                "encoder.frame_ms",
+                e.frame_ms,
+                "must not be shorter than audio.period_ms",
+            );
+        }
+        if !(32_000..=510_000).contains(&e.bitrate_bps) {
+            return bad(
+                "encoder.bitrate_bps",
+                e.bitrate_bps,
+                "must be between 32000 and 510000",
+            );
+        }
+        if !(5..=10).contains(&e.complexity) {
+            return bad(
+                "encoder.complexity",
+                e.complexity,
+                "must be between 5 and 10 (music quality)",
+            );
+        }
+        let r = &self.room;
+        if !(1..=32).contains(&r.max_singers) {
+            return bad(
+                "room.max_singers",
+                r.max_singers,
+                "must be between 1 and 32",
+            );
+        }
+        if r.max_listeners > 1000 {
+            return bad(
+                "room.max_listeners",
+                r.max_listeners,
+                "must be at most 1000",
+            );
+        }
+        if r.pin.chars().count() > 64 {
+            return bad("room.pin", "(hidden)", "must be at most 64 characters");
+        }
+        if r.idle_timeout_ms < 6_000 {
+            return bad(
+                "room.idle_timeout_ms",
+                r.idle_timeout_ms,
+                "must be at least 6000 (phones ping every 5 s)",
+            );
+        }
+        let t = &self.rtc;
+        if t.udp_bind.is_empty() {
+            return bad("rtc.udp_bind", "[]", "must name at least one address");
+        }
+        for addr in &t.udp_bind {
+            if addr.parse::<std::net::IpAddr>().is_err() {
+                return bad(
+                    "rtc.udp_bind",
+                    addr,
+                    "must be IP addresses like \"0.0.0.0\" or \"192.168.1.10\"",
+                );
+            }
+        }
+        if t.ice_failed_ms <= t.ice_disconnected_ms {
+            return bad(
+                "rtc.ice_failed_ms",
+                t.ice_failed_ms,
+                &format!(
+                    "must be above rtc.ice_disconnected_ms ({})",
+                    t.ice_disconnected_ms
+                ),
+            );
+        }
+        if !(100..=60_000).contains(&t.ice_keepalive_ms) {
+            return bad(
+                "rtc.ice_keepalive_ms",
+                t.ice_keepalive_ms,
+                "must be between 100 and 60000",
+            );
+        }
+        if !(16_000..=256_000).contains(&t.uplink_bitrate_bps) {
+            return bad(
+                "rtc.uplink_bitrate_bps",
+                t.uplink_bitrate_bps,
+                "must be between 16000 and 256000",
+            );
+        }
+        if self.http.bind.parse::<std::net::IpAddr>().is_err() {
+            return bad("http.bind", &self.http.bind, "must be an IP address");
+        }
+        if self.http.max_message_bytes < 4096 {
+            return bad(
+                "http.max_message_bytes",
+                self.http.max_message_bytes,
+                "must be at least 4096",
+            );
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, with secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        if !shown.room.pin.is_empty() {
+            shown.room.pin = "(set, hidden)".into();
+        }
+        toml::to_string_pretty(&shown).expect("a Config always serialises")
+    }
+
+    /// The engine's section.
+    pub fn engine(&self) -> EngineConfig {
+        let ms = |v: f64| Duration::from_secs_f64(v / 1000.0);
+        let j = &self.jitter;
+        EngineConfig {
+            period_samples: (self.audio.period_ms * f64::from(SAMPLE_RATE_HZ) / 1000.0).round()
+                as usize,
+            max_singers: self.room.max_singers,
+            jitter: JitterConfig {
+                min_delay: ms(j.min_delay_ms),
+                max_delay: ms(j.max_delay_ms),
+                percentile: j.percentile,
+                margin: ms(j.margin_ms),
+                shrink_per_s: j.shrink_ms_per_s / 1000.0,
+            },
+            encoder: EncoderConfig {
+                frame_samples: (self.encoder.frame_ms * SAMPLE_RATE_HZ / 1000) as usize,
+                bitrate_bps: self.encoder.bitrate_bps as i32,
+                complexity: self.encoder.complexity as i32,
+                inband_fec: self.encoder.inband_fec,
+                expected_loss_pct: if self.encoder.inband_fec { 5 } else { 0 },
+            },
+            backing_gain_db: self.audio.backing_gain_db,
+            master_gain_db: self.audio.master_gain_db,
+            limiter_ceiling_db: self.audio.limiter_ceiling_db,
+            limiter_lookahead: ms(self.audio.limiter_lookahead_ms),
+            limiter_release: ms(self.audio.limiter_release_ms),
+        }
+    }
+
+    /// The state directory: the configured one, systemd's `$STATE_DIRECTORY`, or ./state.
+    pub fn state_dir(&self, state_directory_env: Option<String>) -> PathBuf {
+        if !self.state.dir.is_empty() {
+            return PathBuf::from(&self.state.dir);
+        }
+        match state_directory_env {
+            // systemd may pass several, colon-separated; the first is ours.
+            Some(dirs) if !dirs.is_empty() => {
+                PathBuf::from(dirs.split(':').next().unwrap_or(&dirs))
+            }
+            _ => PathBuf::from("state"),
+        }
+    }
+}
+
+/// Environment values are TOML values when they parse as one (numbers, booleans,
+/// arrays), else plain strings.
+fn parse_env_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    #[test]
+    fn default_toml_equals_the_built_in_defaults() {
+        let parsed = Config::parse(DEFAULT_TOML, no_env()).expect("default.toml parses");
+        assert_eq!(parsed, Config::default());
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(
+            Config::parse("", no_env()).expect("empty"),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_value_names_the_key_and_the_reason() {
+        let err = Config::parse("[audio]\nperiod_ms = 1.0\n", no_env()).expect_err("too short");
+        assert_eq!(
+            err.to_string(),
+            "audio.period_ms = 1: must be between 2.5 and 20"
+        );
+        let err =
+            Config::parse("[jitter]\nmin_delay_ms = 300.0\n", no_env()).expect_err("above max");
+        assert!(
+            err.to_string()
+                .starts_with("jitter.min_delay_ms = 300: must be between 0 and"),
+            "{err}"
+        );
+        let err = Config::parse("[encoder]\ncomplexity = 2\n", no_env()).expect_err("low");
+        assert!(err.to_string().contains("encoder.complexity = 2"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let err = Config::parse("[audio]\nperiod = 5\n", no_env()).expect_err("unknown");
+        assert!(err.to_string().contains("unknown field `period`"), "{err}");
+        let err = Config::parse("[room]\nmax_singers = \"two\"\n", no_env()).expect_err("type");
+        assert!(err.to_string().contains("max_singers"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("DUETBOX_ROOM__PIN".to_string(), "4711".to_string()),
+            ("DUETBOX_HTTP__HTTPS_PORT".to_string(), "9443".to_string()),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        let c = Config::parse("[http]\nhttps_port = 1234\n", env).expect("valid");
+        assert_eq!(c.room.pin, "4711");
+        assert_eq!(c.http.https_port, 9443);
+        assert!(!c.to_redacted_toml().contains("4711"));
+    }
+
+    #[test]
+    fn engine_section_is_derived_in_frames() {
+        let c = Config::default();
+        let e = c.engine();
+        assert_eq!(e.period_samples, 240);
+        assert_eq!(e.encoder.frame_samples, 480);
+        assert_eq!(e.max_singers, 2);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_config_or_a_keyed_error(text in ".{0,200}") {
+            match Config::parse(&text, Vec::new()) {
+                Ok(c) => proptest::prop_assert!(c.validate().is_ok()),
+                Err(e) => proptest::prop_assert!(!e.to_string().is_empty()),
+            }
+        }
+    }
+}

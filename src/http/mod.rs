@@ -1,0 +1,251 @@
+//! The only module that knows axum, hyper and rustls: the phone page (embedded), the
+//! WebSocket signaling endpoint, WHIP/WHEP, `/health`, and the HTTP→HTTPS redirect.
+//!
+//! `signaling.rs` is the pure wire format; `ws.rs` one phone's session; `whip.rs` the
+//! standard HTTP ingest/egress. Bad input ends at its sender: an error message or close
+//! for a WebSocket, a 4xx with a plain-text body for HTTP.
+
+pub mod signaling;
+mod whip;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::audio::AudioHandle;
+use crate::control::Room;
+
+/// The phone page, embedded so the box is one file to deploy.
+const INDEX_HTML: &str = include_str!("../../web/index.html");
+const APP_JS: &str = include_str!("../../web/app.js");
+const STYLE_CSS: &str = include_str!("../../web/style.css");
+
+/// An HTTP server problem at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A port could not be bound.
+    #[error("binding {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate or key was refused by rustls.
+    #[error("loading the https certificate: {0}")]
+    Tls(String),
+}
+
+/// Settings of the web server.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// HTTPS listen address (port 0 = any).
+    pub https: SocketAddr,
+    /// Redirect listen address, if any.
+    pub http: Option<SocketAddr>,
+    /// Largest WebSocket message / HTTP body, bytes.
+    pub max_message_bytes: usize,
+    /// WebSocket idle timeout.
+    pub idle_timeout: Duration,
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) room: Arc<Room>,
+    pub(crate) audio: AudioHandle,
+    pub(crate) output: String,
+    pub(crate) settings: HttpSettings,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The running servers.
+pub struct Server {
+    /// Where HTTPS listens.
+    pub https_addr: SocketAddr,
+    /// Where the redirect listens.
+    pub http_addr: Option<SocketAddr>,
+    handle: axum_server::Handle,
+    redirect: Option<tokio::task::JoinHandle<()>>,
+    https: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops accepting, lets requests in flight finish (up to `grace`), and waits.
+    pub async fn stop(self, grace: Duration) {
+        self.handle.graceful_shutdown(Some(grace));
+        if let Some(r) = self.redirect {
+            r.abort();
+        }
+        let _ = self.https.await;
+    }
+}
+
+/// Binds and starts the HTTPS server (and the redirect).
+pub async fn start(
+    settings: HttpSettings,
+    cert_pem: &str,
+    key_pem: &str,
+    room: Arc<Room>,
+    audio: AudioHandle,
+    output: String,
+    shutdown: CancellationToken,
+) -> Result<Server, Error> {
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
+        cert_pem.as_bytes().to_vec(),
+        key_pem.as_bytes().to_vec(),
+    )
+    .await
+    .map_err(|e| Error::Tls(e.to_string()))?;
+    let https_listener =
+        std::net::TcpListener::bind(settings.https).map_err(|source| Error::Bind {
+            addr: settings.https,
+            source,
+        })?;
+    https_listener
+        .set_nonblocking(true)
+        .map_err(|source| Error::Bind {
+            addr: settings.https,
+            source,
+        })?;
+    let https_addr = https_listener.local_addr().map_err(|source| Error::Bind {
+        addr: settings.https,
+        source,
+    })?;
+    let state = AppState {
+        room,
+        audio,
+        output,
+        settings: settings.clone(),
+        shutdown,
+    };
+    let app = router(state, settings.max_message_bytes);
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(https_listener, tls).handle(handle.clone());
+    let https = tokio::spawn(async move {
+        if let Err(e) = server
+            .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+        {
+            tracing::error!(error = %e, "https server failed");
+        }
+    });
+    let (redirect, http_addr) = match settings.http {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| Error::Bind { addr, source })?;
+            let https_port = https_addr.port();
+            let redirect = Router::new().fallback(
+                move |headers: axum::http::HeaderMap, uri: Uri| async move {
+                    redirect_to_https(&headers, &uri, https_port)
+                },
+            );
+            let task = tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, redirect).await {
+                    tracing::error!(error = %e, "http redirect server failed");
+                }
+            });
+            (Some(task), Some(local))
+        }
+        None => (None, None),
+    };
+    tracing::info!(https = %https_addr, http = ?http_addr, "web server listening");
+    Ok(Server {
+        https_addr,
+        http_addr,
+        handle,
+        redirect,
+        https,
+    })
+}
+
+fn router(state: AppState, max_bytes: usize) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/index.html",
+            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }),
+        )
+        .route("/health", get(health))
+        .route("/ws", get(ws::upgrade))
+        .route("/whip", post(whip::whip_post))
+        .route("/whip/{id}", delete(whip::delete_session))
+        .route("/whep", post(whip::whep_post))
+        .route("/whep/{id}", delete(whip::delete_session))
+        .layer(DefaultBodyLimit::max(max_bytes))
+        .with_state(state)
+}
+
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    let (singers, listeners) = state.room.counts();
+    let c = &state.audio.counters;
+    let body = serde_json::json!({
+        "status": "ok",
+        "output": state.output,
+        "singers": singers,
+        "listeners": listeners,
+        "periods": c.periods.load(Ordering::Relaxed),
+        "xruns": c.xruns.load(Ordering::Relaxed),
+        "packets_dropped": c.packets_dropped.load(Ordering::Relaxed),
+        "venue_level_db": state.room.venue_level_db(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+fn redirect_to_https(headers: &axum::http::HeaderMap, uri: &Uri, https_port: u16) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| {
+            h.rsplit_once(':').map_or(h, |(name, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    name
+                } else {
+                    h
+                }
+            })
+        })
+        .unwrap_or("localhost");
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = format!("https://{host}:{https_port}{path}");
+    match HeaderValue::from_str(&location) {
+        Ok(value) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, value)]).into_response(),
+        Err(_) => (StatusCode::BAD_REQUEST, "bad host header").into_response(),
+    }
+}

@@ -1,0 +1,487 @@
+//! The signaling wire format: versioned JSON messages between a phone and the box
+//! (docs/protocol.md). Pure: parsing and serialising only, no sockets.
+//!
+//! Parsing never panics: any text is either a [`ClientMessage`] or a [`WireError`] that
+//! names what was wrong, which the connection sends back to that phone alone.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Protocol version spoken here.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// Longest name accepted, in characters (after trimming).
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Longest SDP accepted, bytes.
+pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// Singer or listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Sends a voice, hears a personal mix.
+    Singer,
+    /// Hears the venue mix.
+    Listener,
+}
+
+impl Role {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Singer => "singer",
+            Role::Listener => "listener",
+        }
+    }
+}
+
+/// What a phone sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientMessage {
+    /// Take a seat.
+    Join {
+        /// Protocol version.
+        v: u64,
+        /// Display name (trimmed, 1..=32 chars).
+        name: String,
+        /// Role.
+        role: Role,
+        /// PIN, when given.
+        pin: Option<String>,
+    },
+    /// SDP offer.
+    Offer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// Trickled ICE candidate (`None` = end of candidates), as `RTCIceCandidateInit` JSON.
+    Candidate {
+        /// The candidate object, re-serialised.
+        candidate: Option<String>,
+    },
+    /// Own mix settings.
+    Mix {
+        /// Monitor level 0..=1.
+        monitor: Option<f32>,
+        /// Reverb 0..=1.
+        reverb: Option<f32>,
+    },
+    /// Heartbeat.
+    Ping {
+        /// Echoed back.
+        t: f64,
+    },
+    /// Leave now.
+    Leave,
+}
+
+/// Error codes of the protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a JSON object with a string `type`.
+    BadJson,
+    /// Unknown `type`.
+    UnknownType,
+    /// A field is missing or wrong.
+    BadField,
+    /// Not joined yet.
+    NotJoined,
+    /// Second join.
+    AlreadyJoined,
+    /// Unsupported version (fatal).
+    Version,
+    /// Wrong or missing PIN (fatal).
+    WrongPin,
+    /// No seat (fatal).
+    RoomFull,
+    /// Offer unusable.
+    BadSdp,
+    /// Second offer.
+    AlreadyOffered,
+    /// Frame too large (fatal).
+    TooLarge,
+    /// The box failed.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the connection closes after this error.
+    pub fn is_fatal(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::Version | ErrorCode::WrongPin | ErrorCode::RoomFull | ErrorCode::TooLarge
+        )
+    }
+}
+
+/// A refused message: code and human text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WireError {
+    /// Code.
+    pub code: ErrorCode,
+    /// Message for people.
+    pub message: String,
+}
+
+impl WireError {
+    /// A new error.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> WireError {
+        WireError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn field<'a>(obj: &'a serde_json::Map<String, Value>, name: &str) -> Result<&'a Value, WireError> {
+    obj.get(name)
+        .ok_or_else(|| WireError::new(ErrorCode::BadField, format!("missing field `{name}`")))
+}
+
+fn string_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<String, WireError> {
+    field(obj, name)?
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| WireError::new(ErrorCode::BadField, format!("`{name}` must be a string")))
+}
+
+fn unit_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<f32>, WireError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(x) if (0.0..=1.0).contains(&x) => Ok(Some(x as f32)),
+            _ => Err(WireError::new(
+                ErrorCode::BadField,
+                format!("`{name}` must be a number from 0 to 1"),
+            )),
+        },
+    }
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| WireError::new(ErrorCode::BadJson, format!("not JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(WireError::new(ErrorCode::BadJson, "expected a JSON object"));
+    };
+    let Some(kind) = obj.get("type").and_then(Value::as_str) else {
+        return Err(WireError::new(
+            ErrorCode::BadJson,
+            "missing string field `type`",
+        ));
+    };
+    match kind {
+        "join" => {
+            let v = field(&obj, "v")?
+                .as_u64()
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "`v` must be an integer"))?;
+            let name = string_field(&obj, "name")?.trim().to_string();
+            let chars = name.chars().count();
+            if chars == 0 || chars > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+                return Err(WireError::new(
+                    ErrorCode::BadField,
+                    format!("`name` must be 1 to {MAX_NAME_CHARS} printable characters"),
+                ));
+            }
+            let role = match string_field(&obj, "role")?.as_str() {
+                "singer" => Role::Singer,
+                "listener" => Role::Listener,
+                _ => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`role` must be \"singer\" or \"listener\"",
+                    ))
+                }
+            };
+            let pin = match obj.get("pin") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`pin` must be a string",
+                    ))
+                }
+            };
+            Ok(ClientMessage::Join { v, name, role, pin })
+        }
+        "offer" => {
+            let sdp = string_field(&obj, "sdp")?;
+            if sdp.len() > MAX_SDP_BYTES {
+                return Err(WireError::new(ErrorCode::BadField, "`sdp` is too long"));
+            }
+            Ok(ClientMessage::Offer { sdp })
+        }
+        "candidate" => match field(&obj, "candidate")? {
+            Value::Null => Ok(ClientMessage::Candidate { candidate: None }),
+            c @ Value::Object(inner) => {
+                if !inner.get("candidate").is_some_and(Value::is_string) {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`candidate.candidate` must be a string",
+                    ));
+                }
+                Ok(ClientMessage::Candidate {
+                    candidate: Some(c.to_string()),
+                })
+            }
+            _ => Err(WireError::new(
+                ErrorCode::BadField,
+                "`candidate` must be an object or null",
+            )),
+        },
+        "mix" => Ok(ClientMessage::Mix {
+            monitor: unit_field(&obj, "monitor")?,
+            reverb: unit_field(&obj, "reverb")?,
+        }),
+        "ping" => {
+            let t = field(&obj, "t")?
+                .as_f64()
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "`t` must be a number"))?;
+            Ok(ClientMessage::Ping { t })
+        }
+        "leave" => Ok(ClientMessage::Leave),
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            Err(WireError::new(
+                ErrorCode::UnknownType,
+                format!("unknown message type `{shown}`"),
+            ))
+        }
+    }
+}
+
+/// One peer as the room lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PeerView {
+    /// Id, e.g. "p7".
+    pub peer: String,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Voice level, dBFS.
+    pub level_db: f32,
+    /// Jitter-buffer delay, ms.
+    pub delay_ms: f32,
+    /// Loss in the last second, %.
+    pub loss_pct: f32,
+    /// connecting | live | reconnecting.
+    pub state: &'static str,
+}
+
+/// What the box sends.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerMessage {
+    /// Seat granted.
+    Welcome {
+        /// Protocol version.
+        v: u64,
+        /// Peer id.
+        peer: String,
+        /// Role.
+        role: Role,
+        /// Name as accepted.
+        name: String,
+        /// Singer seats.
+        max_singers: usize,
+    },
+    /// SDP answer.
+    Answer {
+        /// The SDP.
+        sdp: String,
+    },
+    /// A box ICE candidate (RTCIceCandidateInit JSON).
+    Candidate {
+        /// The candidate.
+        candidate: Value,
+    },
+    /// Who is there.
+    Room {
+        /// Everyone.
+        peers: Vec<PeerView>,
+    },
+    /// Heartbeat answer.
+    Pong {
+        /// Echo.
+        t: f64,
+    },
+    /// A refusal.
+    Error {
+        /// Code.
+        code: ErrorCode,
+        /// Text.
+        message: String,
+    },
+    /// The session ends.
+    Bye {
+        /// left | shutdown | replaced | timeout.
+        reason: &'static str,
+    },
+}
+
+impl ServerMessage {
+    /// JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("server messages always serialise")
+    }
+}
+
+impl From<WireError> for ServerMessage {
+    fn from(e: WireError) -> Self {
+        ServerMessage::Error {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+/// Checks that an offer has an audio m-line with Opus at 48 kHz; returns its payload
+/// type. The WebRTC stack parses it properly later; this gives the phone a precise error.
+pub fn check_offer(sdp: &str) -> Result<u8, WireError> {
+    if !sdp.starts_with("v=0") {
+        return Err(WireError::new(
+            ErrorCode::BadSdp,
+            "not an SDP session description",
+        ));
+    }
+    let mut in_audio = false;
+    let mut saw_audio = false;
+    for line in sdp.lines() {
+        let line = line.trim_end();
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio ");
+            saw_audio |= in_audio;
+        } else if in_audio {
+            if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+                let (pt, codec) = rest.split_once(' ').unwrap_or((rest, ""));
+                if codec.to_ascii_lowercase().starts_with("opus/48000") {
+                    if let Ok(pt) = pt.parse::<u8>() {
+                        return Ok(pt);
+                    }
+                }
+            }
+        }
+    }
+    if saw_audio {
+        Err(WireError::new(
+            ErrorCode::BadSdp,
+            "the offer has no Opus 48 kHz codec",
+        ))
+    } else {
+        Err(WireError::new(
+            ErrorCode::BadSdp,
+            "the offer has no audio m-line",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(input: &str, expect: &str) {
+        let got = match parse(input) {
+            Ok(m) => format!("{m:?}"),
+            Err(e) => format!("error {:?}: {}", e.code, e.message),
+        };
+        assert_eq!(got, expect, "input: {input}");
+    }
+
+    #[test]
+    fn messages_parse_or_name_their_fault() {
+        check(
+            r#"{"type":"join","v":1,"name":" Ana ","role":"singer"}"#,
+            r#"Join { v: 1, name: "Ana", role: Singer, pin: None }"#,
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"Ben","role":"listener","pin":"12"}"#,
+            r#"Join { v: 1, name: "Ben", role: Listener, pin: Some("12") }"#,
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"","role":"singer"}"#,
+            "error BadField: `name` must be 1 to 32 printable characters",
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"x","role":"drummer"}"#,
+            "error BadField: `role` must be \"singer\" or \"listener\"",
+        );
+        check(r#"{"type":"offer"}"#, "error BadField: missing field `sdp`");
+        check(
+            r#"{"type":"candidate","candidate":null}"#,
+            "Candidate { candidate: None }",
+        );
+        check(
+            r#"{"type":"candidate","candidate":{"sdpMid":"0"}}"#,
+            "error BadField: `candidate.candidate` must be a string",
+        );
+        check(
+            r#"{"type":"mix","monitor":0.5}"#,
+            "Mix { monitor: Some(0.5), reverb: None }",
+        );
+        check(
+            r#"{"type":"mix","monitor":2}"#,
+            "error BadField: `monitor` must be a number from 0 to 1",
+        );
+        check(r#"{"type":"ping","t":12.5}"#, "Ping { t: 12.5 }");
+        check(r#"{"type":"leave"}"#, "Leave");
+        check(
+            r#"{"type":"dance"}"#,
+            "error UnknownType: unknown message type `dance`",
+        );
+        check(r#"[1,2]"#, "error BadJson: expected a JSON object");
+        check(
+            r#"{"type":5}"#,
+            "error BadJson: missing string field `type`",
+        );
+    }
+
+    #[test]
+    fn garbage_is_bad_json() {
+        assert_eq!(parse("{nope").map_err(|e| e.code), Err(ErrorCode::BadJson));
+    }
+
+    #[test]
+    fn server_messages_are_tagged_json() {
+        let m = ServerMessage::Error {
+            code: ErrorCode::RoomFull,
+            message: "full".into(),
+        };
+        assert_eq!(
+            m.to_json(),
+            r#"{"type":"error","code":"room_full","message":"full"}"#
+        );
+        assert_eq!(
+            ServerMessage::Bye { reason: "shutdown" }.to_json(),
+            r#"{"type":"bye","reason":"shutdown"}"#
+        );
+    }
+
+    #[test]
+    fn offers_without_audio_or_opus_are_refused() {
+        let opus = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(check_offer(opus), Ok(111));
+        let pcmu = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert_eq!(
+            check_offer(pcmu).map_err(|e| e.message),
+            Err("the offer has no Opus 48 kHz codec".into())
+        );
+        let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(
+            check_offer(video).map_err(|e| e.message),
+            Err("the offer has no audio m-line".into())
+        );
+        assert!(check_offer("hello").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_text_is_a_message_or_an_error(text in ".{0,300}") {
+            let _ = parse(&text);
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The only module that knows webrtc-rs: one `PeerConnection` per phone, RTP in to the
+//! audio thread's queue, encoded mix frames out as RTP.
+//!
+//! Boundary: callers hand in SDP and candidate JSON as `String`s and get `String`s back;
+//! no webrtc type leaves this module. Invariants: a phone's RTP goes only to its own
+//! seat (the singer id is fixed when the peer is built); a failure on one peer never
+//! touches another.
+//!
+//! Version: `webrtc` 0.21.1 (see ARCHITECTURE.md, "Why these crates").
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::interceptor::Registry;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
+use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::sdp::RTCSessionDescription;
+use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::sync::{mpsc, Notify};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+};
+
+use crate::audio::{AudioHandle, FrameSlot, PacketSlot};
+use crate::engine::SingerId;
+
+/// The payload type we register for Opus (Chrome's and Safari's choice too).
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// How long an answer for a non-trickle client (WHIP) may wait for candidate gathering.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A WebRTC failure for one peer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The offer was refused by the stack.
+    #[error("offer rejected: {0}")]
+    Offer(String),
+    /// A candidate was refused.
+    #[error("candidate rejected: {0}")]
+    Candidate(String),
+    /// Building the connection failed (sockets, settings).
+    #[error("peer connection setup failed: {0}")]
+    Setup(String),
+}
+
+/// Settings shared by every peer.
+#[derive(Clone, Debug)]
+pub struct RtcSettings {
+    /// UDP bind addresses.
+    pub udp_bind: Vec<IpAddr>,
+    /// Offer loopback candidates.
+    pub include_loopback: bool,
+    /// ICE disconnected timeout.
+    pub ice_disconnected: Duration,
+    /// ICE failed timeout.
+    pub ice_failed: Duration,
+    /// ICE keepalive interval.
+    pub ice_keepalive: Duration,
+    /// Uplink bitrate signalled to phones, bit/s.
+    pub uplink_bitrate_bps: u32,
+}
+
+/// What happens to a peer, for its owner.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerEvent {
+    /// A local candidate to trickle (RTCIceCandidateInit JSON).
+    LocalCandidate(String),
+    /// ICE and DTLS are up: media flows.
+    Connected,
+    /// Consent lost for a moment.
+    Disconnected,
+    /// Consent lost for good (or the peer closed): free the seat.
+    Failed,
+}
+
+/// Where a singer's RTP goes.
+#[derive(Clone)]
+pub struct Inbound {
+    /// The seat it belongs to.
+    pub singer: SingerId,
+    /// The audio thread's queues.
+    pub audio: AudioHandle,
+}
+
+/// The sending side of a peer: writes mix frames as RTP.
+pub struct Outgoing {
+    track: Arc<TrackLocalStaticRTP>,
+    sequence: AtomicU16,
+    timestamp_offset: u32,
+    /// Frames sent.
+    pub frames_sent: AtomicU64,
+}
+
+impl Outgoing {
+    /// Sends one encoded frame; the RTP timestamp is the frame's mix time plus this
+    /// peer's random offset (RFC 3550 §5.1), so every peer's stream is continuous.
+    pub async fn send(&self, frame: &FrameSlot) {
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            payload_type: OPUS_PAYLOAD_TYPE,
+            sequence_number: self.sequence.fetch_add(1, Ordering::Relaxed),
+            timestamp: self.timestamp_offset.wrapping_add(frame.start as u32),
+            ..Default::default()
+        };
+        let packet = rtc::rtp::packet::Packet {
+            header,
+            payload: bytes::Bytes::copy_from_slice(frame.payload()),
+        };
+        // A closed peer refuses writes; its owner removes it on the Failed event.
+        if self.track.write_rtp(packet).await.is_ok() {
+            self.frames_sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// One phone's connection.
+pub struct Peer {
+    pc: Arc<dyn PeerConnection>,
+    /// Its sending side (mix frames go here).
+    pub outgoing: Arc<Outgoing>,
+}
+
+impl Peer {
+    /// Adds a trickled remote candidate (RTCIceCandidateInit JSON); `None` ends them.
+    pub async fn add_remote_candidate(&self, json: Option<&str>) -> Result<(), Error> {
+        let Some(json) = json else { return Ok(()) };
+        let init: RTCIceCandidateInit =
+            serde_json::from_str(json).map_err(|e| Error::Candidate(e.to_string()))?;
+        if init.candidate.is_empty() {
+            return Ok(());
+        }
+        self.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| Error::Candidate(e.to_string()))
+    }
+
+    /// Closes the connection (the phone is told over signaling, not by this).
+    pub async fn close(&self) {
+        let _ = self.pc.close().await;
+    }
+}
+
+struct Handler {
+    events: mpsc::UnboundedSender<PeerEvent>,
+    inbound: Option<Inbound>,
+    gathered: Arc<Notify>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Handler {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            if let Ok(json) = serde_json::to_string(&init) {
+                let _ = self.events.send(PeerEvent::LocalCandidate(json));
+            }
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.notify_one();
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let event = match state {
+            RTCPeerConnectionState::Connected => PeerEvent::Connected,
+            RTCPeerConnectionState::Disconnected => PeerEvent::Disconnected,
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => PeerEvent::Failed,
+            _ => return,
+        };
+        let _ = self.events.send(event);
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let Some(inbound) = self.inbound.clone() else {
+            // A listener has nothing to send; drain so the stack does not buffer.
+            tokio::spawn(async move { while track.poll().await.is_some() {} });
+            return;
+        };
+        tokio::spawn(async move {
+            let mut oversized = 0u64;
+            while let Some(event) = track.poll().await {
+                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+                    continue;
+                };
+                let at = inbound.audio.clock.now();
+                let h = &packet.header;
+                match PacketSlot::new(
+                    inbound.singer,
+                    h.ssrc,
+                    h.sequence_number,
+                    h.timestamp,
+                    at,
+                    &packet.payload,
+                ) {
+                    Some(slot) => inbound.audio.push_packet(slot),
+                    None => oversized += 1,
+                }
+            }
+            tracing::debug!(singer = %inbound.singer, oversized, "uplink track ended");
+        });
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+/// Answers `offer_sdp` with a new peer. A singer's RTP goes to `inbound`; every peer
+/// gets a sending track for its mix. With `wait_for_candidates` (WHIP) the answer holds
+/// every local candidate; otherwise candidates trickle out as [`PeerEvent`]s.
+pub async fn answer(
+    settings: &RtcSettings,
+    offer_sdp: String,
+    inbound: Option<Inbound>,
+    wait_for_candidates: bool,
+) -> Result<(Peer, String, mpsc::UnboundedReceiver<PeerEvent>), Error> {
+    let mut media_engine = MediaEngine::default();
+    media_engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: OPUS_PAYLOAD_TYPE,
+                ..Default::default()
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    // Default interceptors: receiver reports for the phone's uplink, sender reports
+    // (NTP/RTP mapping) for the mix we send, NACK/TWCC bookkeeping.
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    // mDNS off: the default QueryOnly mode opens a multicast socket per peer and fails
+    // on a box without a multicast route (WEBRTC.md §3); phones that hide their address
+    // still connect through peer-reflexive candidates.
+    let setting_engine = SettingEngineBuilder::new()
+        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+        .with_ice_timeouts(
+            Some(settings.ice_disconnected),
+            Some(settings.ice_failed),
+            Some(settings.ice_keepalive),
+        )
+        .with_include_loopback_candidate(settings.include_loopback)
+        .build();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let gathered = Arc::new(Notify::new());
+    let handler = Arc::new(Handler {
+        events: events_tx,
+        inbound,
+        gathered: gathered.clone(),
+    });
+    let udp_addrs: Vec<String> = settings
+        .udp_bind
+        .iter()
+        .map(|ip| format!("{ip}:0"))
+        .collect();
+    let pc = PeerConnectionBuilder::new()
+        .with_configuration(RTCConfigurationBuilder::new().build())
+        .with_media_engine(media_engine)
+        .with_setting_engine(setting_engine)
+        .with_interceptor_registry(registry)
+        .with_handler(handler)
+        .with_udp_addrs(udp_addrs)
+        .build()
+        .await
+        .map_err(|e| Error::Setup(e.to_string()))?;
+    let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+    let ssrc = rand::random::<u32>();
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "duetbox".to_string(),
+        format!("mix-{ssrc:08x}"),
+        "duetbox mix".to_string(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    )));
+    let offer = RTCSessionDescription::offer(offer_sdp).map_err(|e| Error::Offer(e.to_string()))?;
+    let result = async {
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| Error::Offer(e.to_string()))?;
+        pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| Error::Offer(e.to_string()))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| Error::Offer(e.to_string()))?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| Error::Offer(e.to_string()))?;
+        if wait_for_candidates {
+            let _ = tokio::time::timeout(GATHER_TIMEOUT, gathered.notified()).await;
+        }
+        pc.local_description()
+            .await
+            .ok_or_else(|| Error::Offer("no local description".into()))
+    }
+    .await;
+    let local = match result {
+        Ok(local) => local,
+        Err(e) => {
+            let _ = pc.close().await;
+            return Err(e);
+        }
+    };
+    let sdp = rewrite_opus_fmtp(&local.sdp, settings.uplink_bitrate_bps);
+    let outgoing = Arc::new(Outgoing {
+        track,
+        sequence: AtomicU16::new(rand::random()),
+        timestamp_offset: rand::random(),
+        frames_sent: AtomicU64::new(0),
+    });
+    Ok((Peer { pc, outgoing }, sdp, events_rx))
+}
+
+/// Rewrites the Opus fmtp of the answer *text sent to the phone* (never the description
+/// set locally, which the stack would refuse: WEBRTC.md §8): what the box wants to
+/// receive (mono voice with in-band FEC, no DTX, at `uplink_bitrate_bps`) and that it
+/// sends stereo. `a=ptime:10` asks the phone for 10 ms packets, halving packetisation.
+pub fn rewrite_opus_fmtp(sdp: &str, uplink_bitrate_bps: u32) -> String {
+    let mut opus_pt: Option<String> = None;
+    for line in sdp.lines() {
+        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            if let Some((pt, codec)) = rest.split_once(' ') {
+                if codec.to_ascii_lowercase().starts_with("opus/48000") {
+                    opus_pt = Some(pt.to_string());
+                }
+            }
+        }
+    }
+    let Some(pt) = opus_pt else {
+        return sdp.to_string();
+    };
+    let fmtp = format!(
+        "a=fmtp:{pt} minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=1;maxaveragebitrate={uplink_bitrate_bps}"
+    );
+    let mut out = String::with_capacity(sdp.len() + 64);
+    let mut wrote_fmtp = false;
+    let mut has_ptime = false;
+    for line in sdp.lines() {
+        if line.starts_with(&format!("a=fmtp:{pt} ")) {
+            out.push_str(&fmtp);
+            wrote_fmtp = true;
+        } else {
+            has_ptime |= line.starts_with("a=ptime:");
+            out.push_str(line);
+        }
+        out.push_str("\r\n");
+        if !wrote_fmtp && line.starts_with(&format!("a=rtpmap:{pt} ")) {
+            out.push_str(&fmtp);
+            out.push_str("\r\n");
+            wrote_fmtp = true;
+        }
+    }
+    if !has_ptime {
+        if let Some(pos) = out.find(&fmtp) {
+            out.insert_str(pos + fmtp.len() + 2, "a=ptime:10\r\n");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fmtp_is_rewritten_for_the_phone_only() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+        let out = rewrite_opus_fmtp(sdp, 64_000);
+        assert!(out.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=1;maxaveragebitrate=64000\r\n"), "{out}");
+        assert_eq!(out.matches("a=fmtp:111").count(), 1);
+        assert!(out.contains("a=ptime:10\r\n"));
+    }
+}
