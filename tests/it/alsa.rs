@@ -260,3 +260,15 @@ fn auto_output_falls_back_to_a_timer_paced_null_when_default_cannot_open() {
         Err(err) => assert_eq!(err.0, "alsa:default: open: No such file or directory"),
     }
 }
+
+#[test]
+fn mono_pcm_fails_naming_the_pcm_and_the_step() {
+    support::alsa_config();
+    match AlsaSink::open(pcm::MONO, PERIOD_FRAMES, BUFFER_FRAMES) {
+        Ok(sink) => panic!("opened {} in stereo", sink.describe()),
+        Err(err) => assert_eq!(
+            err.0,
+            format!("alsa:{}: set channels 2: Invalid argument", pcm::MONO)
+        ),
+    }
+}

@@ -29,6 +29,8 @@ pub mod pcm {
     pub const VENUE_S32: &str = "duetbox_venue_s32";
     /// `pulse`, pointed at the private daemon's null sink: a real clock.
     pub const PULSE_CLOCK: &str = "duetbox_pulse_clock";
+    /// `multi` over one mono `null`: a device with one channel, so stereo cannot be set.
+    pub const MONO: &str = "duetbox_mono";
     /// The config's `default`: its slave does not exist, so it never opens.
     pub const BROKEN_DEFAULT: &str = "default";
 }
@@ -99,6 +101,11 @@ pcm.{pulse_clock} {{
     server "unix:{socket}"
     device "{pulse_sink}"
 }}
+pcm.{mono} {{
+    type multi
+    slaves.a {{ pcm "null"; channels 1 }}
+    bindings.0 {{ slave a; channel 0 }}
+}}
 pcm.!{broken_default} {{
     type plug
     slave.pcm "duetbox_no_such_pcm"
@@ -110,6 +117,7 @@ pcm.!{broken_default} {{
             venue_s32_file = file(raw::VENUE_S32),
             pulse_clock = pcm::PULSE_CLOCK,
             pulse_sink = PULSE_SINK,
+            mono = pcm::MONO,
             broken_default = pcm::BROKEN_DEFAULT,
         );
         fs::write(&conf, text).expect("write the hermetic ALSA config");
