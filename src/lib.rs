@@ -7,7 +7,7 @@
 //!
 //! - [`engine`]: pure audio core (jitter buffers, Opus, mixes). No clock, no IO, no threads.
 //! - [`audio`]: the real-time thread that drives the engine into a sink, and its queues.
-//! - [`output`]: the sinks (null, WAV; ALSA to come).
+//! - [`output`]: the sinks (ALSA, WAV, null) and the output spec that picks one.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 

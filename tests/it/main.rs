@@ -4,6 +4,8 @@
 // wait for them (each wait has a deadline). The rule is for the engine and audio thread.
 #![allow(clippy::disallowed_methods)]
 
+mod alsa;
 mod audio_thread;
 mod realtime;
+mod support;
 mod tidy;

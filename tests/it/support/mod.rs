@@ -1,0 +1,305 @@
+//! Process and environment helpers shared by the integration tests (STYLE.md §7).
+//!
+//! Owns the test binary's one hermetic ALSA configuration (ALSA_CONFIG_PATH is
+//! process-wide, so it is written and set exactly once, before any test opens a PCM;
+//! each test uses its own PCM names in it), the private PulseAudio daemon, and a
+//! real-time pacer for ALSA PCMs that have no clock. Every child process is stopped by
+//! its PID, also when the test panics; every wait has a deadline and names what it
+//! waited for.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duetbox::audio::{Sink, SinkError};
+use duetbox::engine::SAMPLE_RATE_HZ;
+
+/// How the test binary's failures tell a person to install a missing real part.
+pub const INSTALL_HINT: &str = "run scripts/setup.sh test";
+
+/// PCMs of the hermetic ALSA config, one (or more) per test.
+pub mod pcm {
+    /// `file` over `null`: records every sample written, no clock.
+    pub const VENUE_TONE: &str = "duetbox_venue_tone";
+    /// `linear` (converting to S16_LE) over `file` over `null`: refuses FLOAT_LE, so the
+    /// sink must fall back to S32_LE.
+    pub const VENUE_S32: &str = "duetbox_venue_s32";
+    /// `pulse`, pointed at the private daemon's null sink: a real clock.
+    pub const PULSE_CLOCK: &str = "duetbox_pulse_clock";
+    /// `multi` over one mono `null`: a device with one channel, so stereo cannot be set.
+    pub const MONO: &str = "duetbox_mono";
+    /// The config's `default`: its slave does not exist, so it never opens.
+    pub const BROKEN_DEFAULT: &str = "default";
+}
+
+/// The null-sink name inside the private PulseAudio daemon.
+pub const PULSE_SINK: &str = "duetbox_test";
+
+/// File names (in [`AlsaConfig::dir`]) the file PCMs record to.
+pub mod raw {
+    /// Raw interleaved stereo of [`super::pcm::VENUE_TONE`], in the negotiated format.
+    pub const VENUE_TONE: &str = "venue_tone.raw";
+    /// Raw interleaved S16_LE stereo of [`super::pcm::VENUE_S32`].
+    pub const VENUE_S32: &str = "venue_s32.raw";
+}
+
+/// Where the hermetic ALSA config lives and what it refers to.
+pub struct AlsaConfig {
+    /// This test process's scratch directory (removed by the next run once we exit).
+    pub dir: PathBuf,
+}
+
+impl AlsaConfig {
+    /// A file in [`AlsaConfig::dir`].
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// The private PulseAudio daemon's directory; its socket is `native` inside.
+    pub fn pulse_dir(&self) -> PathBuf {
+        self.dir.join("pulse")
+    }
+}
+
+/// Writes the hermetic ALSA config and sets ALSA_CONFIG_PATH, once per test binary;
+/// every ALSA test calls this before touching ALSA.
+pub fn alsa_config() -> &'static AlsaConfig {
+    static CONFIG: OnceLock<AlsaConfig> = OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let dir = scratch_dir("alsa");
+        let conf = dir.join("asound.conf");
+        let file = |name: &str| dir.join(name).display().to_string();
+        let socket = dir.join("pulse").join("native").display().to_string();
+        // ALSA_CONFIG_PATH replaces alsa.conf entirely, so this is the whole config:
+        // nothing of the machine's (its pulse hooks, its default card) leaks in. `type
+        // pulse` needs no pcm_type entry: alsa-lib finds libasound_module_pcm_pulse.so
+        // in its own plugin directory, which is also right under qemu for other arches.
+        let text = format!(
+            r#"# Written by tests/it/support/mod.rs for one test run.
+pcm.null {{ type null }}
+pcm.{venue_tone} {{
+    type file
+    slave.pcm "null"
+    file "{venue_tone_file}"
+    format "raw"
+}}
+pcm.{venue_s32} {{
+    type linear
+    slave {{ pcm "duetbox_venue_s32_file"; format S16_LE }}
+}}
+pcm.duetbox_venue_s32_file {{
+    type file
+    slave.pcm "null"
+    file "{venue_s32_file}"
+    format "raw"
+}}
+pcm.{pulse_clock} {{
+    type pulse
+    server "unix:{socket}"
+    device "{pulse_sink}"
+}}
+pcm.{mono} {{
+    type multi
+    slaves.a {{ pcm "null"; channels 1 }}
+    bindings.0 {{ slave a; channel 0 }}
+}}
+pcm.!{broken_default} {{
+    type plug
+    slave.pcm "duetbox_no_such_pcm"
+}}
+"#,
+            venue_tone = pcm::VENUE_TONE,
+            venue_tone_file = file(raw::VENUE_TONE),
+            venue_s32 = pcm::VENUE_S32,
+            venue_s32_file = file(raw::VENUE_S32),
+            pulse_clock = pcm::PULSE_CLOCK,
+            pulse_sink = PULSE_SINK,
+            mono = pcm::MONO,
+            broken_default = pcm::BROKEN_DEFAULT,
+        );
+        fs::write(&conf, text).expect("write the hermetic ALSA config");
+        // Process-wide and read by alsa-lib at every open: set once, here, before any
+        // test can open a PCM (they all come through this function first).
+        std::env::set_var("ALSA_CONFIG_PATH", &conf);
+        AlsaConfig { dir }
+    })
+}
+
+/// A fresh directory for this test process under the system temp dir (short, because
+/// unix socket paths are limited to 107 bytes). Directories of earlier test processes
+/// that are gone are removed first.
+fn scratch_dir(area: &str) -> PathBuf {
+    let root = std::env::temp_dir().join(format!("duetbox-it-{area}"));
+    if let Ok(entries) = fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let alive = name
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|pid| Path::new("/proc").join(pid.to_string()).exists());
+            if !alive {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = root.join(std::process::id().to_string());
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the test scratch dir");
+    dir
+}
+
+/// Runs `f` on its own thread and waits at most `deadline` for it: device writes block,
+/// and a hung device must fail the test, not hang it. A panic in `f` is re-raised here.
+pub fn within<T: Send + 'static>(
+    what: &str,
+    deadline: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(deadline) {
+        Ok(value) => value,
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the worker sends before it returns"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("timed out after {deadline:?} waiting for {what}")
+        }
+    }
+}
+
+/// A private PulseAudio daemon with one null sink ([`PULSE_SINK`], 48 kHz) and an
+/// anonymous native socket in [`AlsaConfig::pulse_dir`]. Killed by PID on drop.
+pub struct PulseAudio {
+    child: Child,
+    log: PathBuf,
+}
+
+impl PulseAudio {
+    /// How long the daemon may take to create its socket.
+    pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Starts the daemon with HOME and XDG_RUNTIME_DIR inside `dir`, so it touches
+    /// nothing of the machine's, and waits for its socket. Panics with the install hint
+    /// if pulseaudio is missing.
+    pub fn start(dir: &Path) -> PulseAudio {
+        let home = dir.join("home");
+        let runtime = dir.join("runtime");
+        for d in [&home, &runtime] {
+            fs::create_dir_all(d).expect("create the pulse dirs");
+        }
+        // PulseAudio refuses a runtime dir others can read.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700))
+            .expect("chmod the pulse runtime dir");
+        let socket = dir.join("native");
+        let log = dir.join("pulseaudio.log");
+        let child = Command::new("pulseaudio")
+            .env("HOME", &home)
+            .env("XDG_RUNTIME_DIR", &runtime)
+            .args([
+                "--daemonize=no",
+                "-n",
+                "--exit-idle-time=-1",
+                "--disallow-exit",
+                "--use-pid-file=no",
+            ])
+            .arg(format!(
+                "--load=module-null-sink sink_name={PULSE_SINK} rate={SAMPLE_RATE_HZ}"
+            ))
+            .arg(format!(
+                "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
+                socket.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("create the pulseaudio log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start pulseaudio ({e}): {INSTALL_HINT}"));
+        let mut daemon = PulseAudio { child, log };
+        let start = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!(
+                    "pulseaudio exited ({status}) before creating its socket:\n{}",
+                    daemon.log_text()
+                );
+            }
+            assert!(
+                start.elapsed() < Self::START_DEADLINE,
+                "timed out after {:?} waiting for the pulseaudio socket {}:\n{}",
+                Self::START_DEADLINE,
+                socket.display(),
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        daemon
+    }
+
+    /// What the daemon has logged so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for PulseAudio {
+    fn drop(&mut self) {
+        // Child::kill signals this PID only (SIGKILL); wait reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Paces a sink that has no clock (ALSA's `null`, `file` over `null`) to real time, so
+/// the audio thread renders periods as fast as phones send packets, as it would with a
+/// sound card. Test-only: the library's sinks are paced by their devices or by
+/// `NullSink`.
+pub struct RealTime<S> {
+    inner: S,
+    period: Duration,
+    next: Option<Instant>,
+}
+
+impl<S: Sink> RealTime<S> {
+    /// Wraps `inner`, one period per `inner.period_frames()` frames of wall time.
+    pub fn new(inner: S) -> RealTime<S> {
+        let period =
+            Duration::from_secs_f64(inner.period_frames() as f64 / f64::from(SAMPLE_RATE_HZ));
+        RealTime {
+            inner,
+            period,
+            next: None,
+        }
+    }
+}
+
+impl<S: Sink> Sink for RealTime<S> {
+    fn period_frames(&self) -> usize {
+        self.inner.period_frames()
+    }
+
+    fn write(&mut self, stereo: &[f32]) -> Result<(), SinkError> {
+        self.inner.write(stereo)?;
+        let next = *self.next.get_or_insert_with(Instant::now) + self.period;
+        self.next = Some(next);
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        Ok(())
+    }
+
+    fn xruns(&self) -> u64 {
+        self.inner.xruns()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
