@@ -11,13 +11,18 @@ export DEBIAN_FRONTEND=noninteractive
 
 run_pkgs=(build-essential cmake pkg-config libasound2-dev libopus-dev ca-certificates curl)
 test_pkgs=(chromium chromium-driver pulseaudio libasound2-plugins alsa-utils sox
-           mosquitto mosquitto-clients iproute2 systemd)
+           mosquitto mosquitto-clients iproute2 systemd nodejs npm)
 
 want=("${run_pkgs[@]}")
 [ "$profile" = test ] && want+=("${test_pkgs[@]}")
 
 missing=()
 for p in "${want[@]}"; do
+  case "$p" in
+    # A newer Node.js than Debian's may already be installed outside dpkg's view.
+    nodejs) command -v node >/dev/null 2>&1 && continue ;;
+    npm) command -v npm >/dev/null 2>&1 && continue ;;
+  esac
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
 done
 
@@ -32,6 +37,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get install -y --no-install-recommends "${missing[@]}"
 else
   echo "setup: system packages present"
+fi
+
+if [ "$profile" = test ]; then
+  # The headless-phone driver (tests/e2e): playwright-core only, pinned in the lock file;
+  # it drives Debian's Chromium and never downloads a browser.
+  here=$(cd "$(dirname "$0")/.." && pwd)
+  if [ ! -d "$here/tests/e2e/node_modules/playwright-core" ] ||
+     [ "$here/tests/e2e/package-lock.json" -nt "$here/tests/e2e/node_modules/.package-lock.json" ]; then
+    echo "setup: installing the e2e driver's npm packages"
+    (cd "$here/tests/e2e" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund)
+  fi
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -331,10 +331,12 @@ impl Room {
             let _ = self.audio.command(Command::SetListeners(listeners as u32));
         }
         let _ = entry.bye.send(Some(reason));
+        let mut frames_sent = 0;
         if let Some(peer) = entry.peer {
+            frames_sent = peer.outgoing.frames_sent.load(Ordering::Relaxed);
             peer.close().await;
         }
-        tracing::info!(peer = %id, name = entry.name, reason = reason.as_str(), "peer left");
+        tracing::info!(peer = %id, name = entry.name, reason = reason.as_str(), frames_sent, "peer left");
         self.bump();
     }
 

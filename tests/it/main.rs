@@ -6,6 +6,7 @@
 
 mod alsa;
 mod audio_thread;
+mod phones;
 mod realtime;
 mod support;
 mod tidy;

@@ -33,6 +33,9 @@ pub mod pcm {
     pub const MONO: &str = "duetbox_mono";
     /// The config's `default`: its slave does not exist, so it never opens.
     pub const BROKEN_DEFAULT: &str = "default";
+    /// `file` (WAV) over `pulse` (the e2e daemon's null sink): paced by a real clock and
+    /// sample-exact, the venue "speakers" of the phone tests.
+    pub const VENUE_E2E: &str = "duetbox_venue_e2e";
 }
 
 /// The null-sink name inside the private PulseAudio daemon.
@@ -44,6 +47,8 @@ pub mod raw {
     pub const VENUE_TONE: &str = "venue_tone.raw";
     /// Raw interleaved S16_LE stereo of [`super::pcm::VENUE_S32`].
     pub const VENUE_S32: &str = "venue_s32.raw";
+    /// WAV recording of [`super::pcm::VENUE_E2E`].
+    pub const VENUE_E2E: &str = "venue_e2e.wav";
 }
 
 /// Where the hermetic ALSA config lives and what it refers to.
@@ -62,6 +67,12 @@ impl AlsaConfig {
     pub fn pulse_dir(&self) -> PathBuf {
         self.dir.join("pulse")
     }
+
+    /// The phone tests' own PulseAudio directory (a second daemon, so the ALSA tests and
+    /// the phone tests can run at the same time).
+    pub fn pulse_e2e_dir(&self) -> PathBuf {
+        self.dir.join("pulse-e2e")
+    }
 }
 
 /// Writes the hermetic ALSA config and sets ALSA_CONFIG_PATH, once per test binary;
@@ -73,6 +84,7 @@ pub fn alsa_config() -> &'static AlsaConfig {
         let conf = dir.join("asound.conf");
         let file = |name: &str| dir.join(name).display().to_string();
         let socket = dir.join("pulse").join("native").display().to_string();
+        let socket_e2e = dir.join("pulse-e2e").join("native").display().to_string();
         // ALSA_CONFIG_PATH replaces alsa.conf entirely, so this is the whole config:
         // nothing of the machine's (its pulse hooks, its default card) leaks in. `type
         // pulse` needs no pcm_type entry: alsa-lib finds libasound_module_pcm_pulse.so
@@ -101,6 +113,17 @@ pcm.{pulse_clock} {{
     server "unix:{socket}"
     device "{pulse_sink}"
 }}
+pcm.{venue_e2e} {{
+    type file
+    slave.pcm "duetbox_pulse_e2e"
+    file "{venue_e2e_file}"
+    format "wav"
+}}
+pcm.duetbox_pulse_e2e {{
+    type pulse
+    server "unix:{socket_e2e}"
+    device "{pulse_sink}"
+}}
 pcm.{mono} {{
     type multi
     slaves.a {{ pcm "null"; channels 1 }}
@@ -118,6 +141,8 @@ pcm.!{broken_default} {{
             pulse_clock = pcm::PULSE_CLOCK,
             pulse_sink = PULSE_SINK,
             mono = pcm::MONO,
+            venue_e2e = pcm::VENUE_E2E,
+            venue_e2e_file = file(raw::VENUE_E2E),
             broken_default = pcm::BROKEN_DEFAULT,
         );
         fs::write(&conf, text).expect("write the hermetic ALSA config");

@@ -1,0 +1,282 @@
+//! The two-phone duet in real browsers: the box runs in-process with its ALSA output
+//! through the `file` plugin (a WAV recording, paced by a private PulseAudio null sink),
+//! and three headless Chromium phones (tests/e2e/phones.mjs) join through the real page
+//! by tapping its controls: singer A with a 440 Hz fake microphone, singer B with 660 Hz,
+//! and a listener. Asserted: the venue recording holds both voices at the expected
+//! level; A hears B and not itself, B hears A and not itself (measured inside each page
+//! from the received track); the listener hears both. Screenshots are saved under
+//! target/e2e-artifacts/.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use duetbox::config::Config;
+use duetbox::engine::testkit::tone_level;
+use serde_json::Value;
+
+use crate::support::{self, alsa_config, pcm, raw, within, PulseAudio};
+
+/// Seconds the phones stay live before they measure.
+const LISTEN_SECONDS: u32 = 4;
+
+/// Deadline for the whole browser run (three Chromium starts, joins, listening).
+const BROWSER_DEADLINE: Duration = Duration::from_secs(120);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Writes a 48 kHz mono 16-bit WAV of a tone, long enough to loop without a seam
+/// mattering (Chromium loops the fake capture file).
+fn write_tone_wav(path: &Path, hz: f32, amplitude: f32, seconds: u32) {
+    let n = 48_000 * seconds as usize;
+    let mut bytes = Vec::with_capacity(44 + 2 * n);
+    let data_len = (2 * n) as u32;
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&48_000u32.to_le_bytes());
+    bytes.extend_from_slice(&96_000u32.to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for k in 0..n {
+        let v = amplitude * (2.0 * std::f32::consts::PI * hz * k as f32 / 48_000.0).sin();
+        bytes.extend_from_slice(&((v * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write the fake microphone WAV");
+}
+
+/// Reads the left channel of a WAV written by ALSA's file plugin (16-bit, 32-bit int or
+/// 32-bit float), as f32.
+fn read_wav_left(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        bytes.len() > 44 && &bytes[0..4] == b"RIFF",
+        "{} is not a WAV",
+        path.display()
+    );
+    let format = u16::from_le_bytes([bytes[20], bytes[21]]);
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
+    let bits = u16::from_le_bytes([bytes[34], bytes[35]]) as usize;
+    // Find the data chunk (the plugin writes the canonical 44-byte header, but be exact).
+    let mut pos = 12;
+    let mut data = &bytes[44..];
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        if id == b"data" {
+            data = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
+            break;
+        }
+        pos += 8 + len;
+    }
+    let width = bits / 8;
+    data.chunks_exact(width * channels)
+        .map(|frame| {
+            let s = &frame[..width];
+            match (format, bits) {
+                (3, 32) => f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                (1, 32) | (0xFFFE, 32) => {
+                    i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0
+                }
+                (1, 16) | (0xFFFE, 16) => i16::from_le_bytes([s[0], s[1]]) as f32 / 32_768.0,
+                other => panic!("unexpected WAV format {other:?}"),
+            }
+        })
+        .collect()
+}
+
+fn box_config(state_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.http.bind = "127.0.0.1".into();
+    config.http.https_port = 0;
+    config.http.http_port = 0;
+    config.rtc.udp_bind = vec!["127.0.0.1".into()];
+    config.rtc.include_loopback = true;
+    config.audio.output = format!("alsa:{}", pcm::VENUE_E2E);
+    // PulseAudio's null sink on two busy cores (three Chromiums) underruns a 15 ms
+    // buffer, and each pulse stream restart stalls for a second or more: give the test's
+    // "speakers" a roomy buffer. Latency is measured elsewhere (tests/it/whip.rs).
+    config.audio.period_ms = 10.0;
+    config.audio.buffer_periods = 8;
+    config.room.max_singers = 2;
+    config.state.dir = state_dir.display().to_string();
+    config.validate().expect("the test config is valid");
+    config
+}
+
+fn level_db(phone: &Value, hz: &str) -> f64 {
+    phone["levels"][hz]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {hz} Hz level in {phone}"))
+}
+
+#[test]
+fn two_phones_sing_a_duet_through_the_box() {
+    duetbox::telemetry::init("duetbox=debug,warn");
+    let alsa = alsa_config();
+    let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());
+    let work = alsa.dir.join("phones");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let mic_a = work.join("a440.wav");
+    let mic_b = work.join("b660.wav");
+    write_tone_wav(&mic_a, 440.0, 0.5, 10);
+    write_tone_wav(&mic_b, 660.0, 0.5, 10);
+    let artifacts = repo().join("target").join("e2e-artifacts");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let driver = repo().join("tests/e2e/phones.mjs");
+    assert!(
+        repo()
+            .join("tests/e2e/node_modules/playwright-core")
+            .exists(),
+        "the e2e driver's packages are missing: {}",
+        support::INSTALL_HINT
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = runtime
+        .block_on(duetbox::app::start(box_config(&work.join("state"))))
+        .expect("the box starts");
+    assert_eq!(running.output, format!("alsa:{}", pcm::VENUE_E2E));
+    let url = format!("https://127.0.0.1:{}/", running.https_addr.port());
+
+    let args: Vec<String> = vec![
+        driver.display().to_string(),
+        "--url".into(),
+        url,
+        "--out".into(),
+        artifacts.display().to_string(),
+        "--seconds".into(),
+        LISTEN_SECONDS.to_string(),
+        "--phone".into(),
+        format!("A:singer:{}", mic_a.display()),
+        "--phone".into(),
+        format!("B:singer:{}", mic_b.display()),
+        "--phone".into(),
+        "L:listener:-".into(),
+        "--phone".into(),
+        format!("C:singer:{}", mic_a.display()),
+        "--expect-error".into(),
+        "room_full".into(),
+    ];
+    let output = within("the headless phones", BROWSER_DEADLINE, move || {
+        Command::new("node")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run node ({e}): {}", support::INSTALL_HINT))
+    });
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let health = runtime.block_on(async {
+        let counts = running.room.counts();
+        (
+            counts,
+            running
+                .audio
+                .counters
+                .periods
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    });
+    runtime
+        .block_on(running.stop())
+        .expect("the box stops cleanly");
+    assert!(
+        output.status.success(),
+        "phones failed ({}):\n{stderr}\n{stdout}",
+        output.status
+    );
+    let phones: Vec<Value> = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let phone = |name: &str| -> &Value {
+        phones
+            .iter()
+            .find(|p| p["phone"] == name)
+            .unwrap_or_else(|| panic!("no result for phone {name}:\n{stdout}"))
+    };
+    eprintln!("phones: {stdout}");
+    eprintln!(
+        "room at the end (singers, listeners): {:?}, periods {}",
+        health.0, health.1
+    );
+
+    // Each phone, measured inside its page from the track it received.
+    let (a, b, l, c) = (phone("A"), phone("B"), phone("L"), phone("C"));
+    assert_eq!(
+        (
+            a["state"].as_str(),
+            b["state"].as_str(),
+            l["state"].as_str()
+        ),
+        (Some("live"), Some("live"), Some("live"))
+    );
+    assert_eq!(
+        c["error"].as_str(),
+        Some("room_full"),
+        "a third singer is refused: {c}"
+    );
+    let (a440, a660) = (level_db(a, "440"), level_db(a, "660"));
+    let (b440, b660) = (level_db(b, "440"), level_db(b, "660"));
+    assert!(
+        a660 > -45.0 && a660 - a440 >= 30.0,
+        "A hears B (660 Hz {a660} dB) and not itself (440 Hz {a440} dB)"
+    );
+    assert!(
+        b440 > -45.0 && b440 - b660 >= 30.0,
+        "B hears A (440 Hz {b440} dB) and not itself (660 Hz {b660} dB)"
+    );
+    let (l440, l660) = (level_db(l, "440"), level_db(l, "660"));
+    assert!(
+        l440 > -45.0 && l660 > -45.0 && (l440 - l660).abs() < 10.0,
+        "the listener hears both: {l440} / {l660} dB"
+    );
+    for name in ["A", "B", "L"] {
+        assert!(
+            artifacts.join(format!("{name}.png")).exists(),
+            "screenshot of {name}"
+        );
+    }
+
+    // The venue speakers: the WAV the ALSA file plugin wrote (flushed when the box closed
+    // its PCM at shutdown). Both voices, panned centre (-3 dB), at their phones' level.
+    let venue = read_wav_left(&alsa.file(raw::VENUE_E2E));
+    assert!(
+        venue.len() > 48_000 * 3,
+        "the venue recording is {} frames",
+        venue.len()
+    );
+    // The phones were all live during the last LISTEN_SECONDS before they left; take 2 s
+    // from that stretch, ending 1 s before the recording does (leave and shutdown).
+    let end = venue.len() - 48_000;
+    let window = &venue[end - 96_000..end];
+    let (v440, v660) = (tone_level(window, 440.0), tone_level(window, 660.0));
+    eprintln!("venue: 440 Hz {v440:.3}, 660 Hz {v660:.3}");
+    for (hz, level) in [(440, v440), (660, v660)] {
+        assert!(
+            (0.15..=0.6).contains(&level),
+            "venue {hz} Hz level {level} (expected ~0.35)"
+        );
+    }
+    let peak = venue.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert!(
+        peak <= 0.9,
+        "the limiter keeps the venue under its ceiling: peak {peak}"
+    );
+}
