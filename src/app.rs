@@ -1,9 +1,18 @@
 //! Wiring and lifecycle: builds the parts from the config, starts the audio thread and
 //! the network tasks, and orders shutdown (stop accepting, tell phones, close peers,
 //! stop audio).
+//!
+//! [`run`] also talks to the service manager through [`crate::service`]: READY once
+//! [`start`] has returned, STATUS and watchdog pings while running, STOPPING at shutdown.
+//!
+//! Test-only fault switch: `DUETBOX_TEST_STALL_AUDIO_AFTER_MS=<ms>` makes [`run`] freeze
+//! the audio thread (`Counters::stall`) that long after READY, so tests/it/systemd.rs can
+//! watch the watchdog pings stop in a real `duetbox serve` process. Unset (always, in
+//! production) it does nothing.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +25,14 @@ use crate::control::{Room, RoomSettings};
 use crate::http::{self, HttpSettings};
 use crate::output::{self, OutputSpec};
 use crate::rtc::RtcSettings;
+use crate::service;
 
 /// How long requests in flight get at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// The test-only fault switch (module doc): stall the audio thread this many ms after
+/// READY.
+pub const TEST_STALL_AUDIO_ENV: &str = "DUETBOX_TEST_STALL_AUDIO_AFTER_MS";
 
 /// A running box.
 pub struct Running {
@@ -45,7 +59,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let period = engine.period_samples;
     let buffer = period * config.audio.buffer_periods as usize;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<String, String>>();
+    let realtime_priority = config.audio.realtime_priority;
     let (audio, audio_join) = audio::spawn(engine, move || {
+        if realtime_priority > 0 {
+            match audio::make_realtime(realtime_priority) {
+                Ok(()) => tracing::info!(priority = realtime_priority, "audio thread is real-time"),
+                Err(e) => tracing::warn!(priority = realtime_priority, error = %e,
+                    "real-time scheduling refused; the audio thread runs at normal priority"),
+            }
+        }
         let opened = output::open(&spec, period, buffer);
         match opened {
             Ok((sink, warning)) => {
@@ -166,12 +188,48 @@ impl Running {
     }
 }
 
-/// Runs the box until `shutdown` completes.
+/// Runs the box until `shutdown` completes, notifying the service manager (if any).
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let running = start(config).await?;
     tracing::info!(https = %running.https_addr, "duetbox is ready");
+    let notifier = Arc::new(service::Notifier::from_env());
+    notifier.ready();
+    let counters = running.audio.counters.clone();
+    let (room, output) = (running.room.clone(), running.output.clone());
+    let watchdog = tokio::spawn(service::run_watchdog(
+        notifier.clone(),
+        move || counters.periods.load(Ordering::Relaxed),
+        move || {
+            let (singers, listeners) = room.counts();
+            service::status_line(singers, listeners, &output)
+        },
+    ));
+    let fault = test_stall_audio(&running.audio);
     shutdown.await;
+    notifier.stopping();
+    watchdog.abort();
+    if let Some(f) = fault {
+        f.abort();
+    }
     running.stop().await
+}
+
+/// The test-only fault switch ([`TEST_STALL_AUDIO_ENV`]); `None` unless it is set.
+fn test_stall_audio(audio: &AudioHandle) -> Option<tokio::task::JoinHandle<()>> {
+    let text = std::env::var(TEST_STALL_AUDIO_ENV).ok()?;
+    let Ok(ms) = text.trim().parse::<u64>() else {
+        tracing::warn!(
+            value = text,
+            "ignored {TEST_STALL_AUDIO_ENV}: not milliseconds"
+        );
+        return None;
+    };
+    let counters = audio.counters.clone();
+    Some(tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        tracing::warn!("test fault switch: audio thread stalled on purpose");
+        counters.stall.store(true, Ordering::Relaxed);
+    }))
 }
 
 /// Opens an output; used by `start` on the audio thread.

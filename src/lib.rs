@@ -8,6 +8,7 @@
 //! - [`engine`]: pure audio core (jitter buffers, Opus, mixes). No clock, no IO, no threads.
 //! - [`audio`]: the real-time thread that drives the engine into a sink, and its queues.
 //! - [`output`]: the sinks (ALSA, WAV, null) and the output spec that picks one.
+//! - [`service`]: systemd notifications (READY, STATUS, STOPPING, watchdog).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -19,5 +20,6 @@ pub mod engine;
 pub mod http;
 pub mod output;
 pub mod rtc;
+pub mod service;
 pub mod telemetry;
 pub mod trust;

@@ -244,6 +244,25 @@ impl AudioHandle {
     }
 }
 
+/// Puts the calling thread under `SCHED_FIFO` at `priority` (1 to 99). Call it on the
+/// audio thread (for example from the `make_sink` closure of [`spawn`]). Fails with
+/// `EPERM` unless the process may: root, `CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at
+/// least `priority` (the systemd unit's `LimitRTPRIO=`).
+pub fn make_realtime(priority: u8) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pthread_self() is the calling thread's own valid handle, and `param` is a
+    // live, initialised sched_param that the call only reads.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::from_raw_os_error(rc))
+    }
+}
+
 /// Starts the audio thread. `make_sink` runs on the new thread, so the device handle
 /// is created where it is used. Returns the handle and the thread's join handle, whose
 /// result is the sink error that ended it (if any).

@@ -4,6 +4,10 @@
 //! Text becomes typed sections that cannot hold bad values (`Duration`s, enums,
 //! checked ranges); every error names the key and the reason. `default.toml` is the
 //! documented default, and a test keeps it equal to `Config::default()`.
+//!
+//! Not configuration: `DUETBOX_TEST_*` variables are test-only fault switches, read
+//! where they act (`DUETBOX_TEST_STALL_AUDIO_AFTER_MS`, see `app.rs`); the
+//! `DUETBOX_SECTION__KEY` overrides never match them (they have no `__`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -146,6 +150,8 @@ pub struct AudioConfig {
     pub limiter_lookahead_ms: f64,
     /// Limiter release, ms.
     pub limiter_release_ms: f64,
+    /// SCHED_FIFO priority the audio thread asks for (0 = normal scheduling).
+    pub realtime_priority: u8,
 }
 
 impl Default for AudioConfig {
@@ -159,6 +165,7 @@ impl Default for AudioConfig {
             limiter_ceiling_db: -1.0,
             limiter_lookahead_ms: 1.0,
             limiter_release_ms: 80.0,
+            realtime_priority: 70,
         }
     }
 }
@@ -367,6 +374,13 @@ impl Config {
                 "audio.limiter_release_ms",
                 a.limiter_release_ms,
                 "must be between 1 and 2000",
+            );
+        }
+        if a.realtime_priority > 99 {
+            return bad(
+                "audio.realtime_priority",
+                a.realtime_priority,
+                "must be between 0 (off) and 99",
             );
         }
         let j = &self.jitter;
