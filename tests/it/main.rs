@@ -9,4 +9,5 @@ mod audio_thread;
 mod phones;
 mod realtime;
 mod support;
+mod systemd;
 mod tidy;

@@ -328,3 +328,132 @@ impl<S: Sink> Sink for RealTime<S> {
         self.inner.describe()
     }
 }
+
+/// A free TCP port on 127.0.0.1: bound, read, released. Another process could take it
+/// before the box binds it; the box then fails to start and says which address.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A real `duetbox serve` process of this build (as systemd runs it), on loopback, with
+/// the `null` output and its own state directory. Killed by PID on drop.
+pub struct BoxProcess {
+    child: Child,
+    /// This box's scratch directory (config, state, log, notify socket).
+    pub dir: PathBuf,
+    /// Its HTTPS port.
+    pub https_port: u16,
+    log: PathBuf,
+}
+
+impl BoxProcess {
+    /// Writes a config into `dir` and starts the binary with `env` added to a cleaned
+    /// environment (no inherited NOTIFY_SOCKET, WATCHDOG_*, RUST_LOG or DUETBOX_*).
+    pub fn start(dir: &Path, env: &[(&str, String)]) -> BoxProcess {
+        let https_port = free_port();
+        let state = dir.join("state");
+        let config = dir.join("duetbox.toml");
+        fs::write(
+            &config,
+            format!(
+                "[http]\nbind = \"127.0.0.1\"\nhttps_port = {https_port}\nhttp_port = 0\n\
+                 [rtc]\nudp_bind = [\"127.0.0.1\"]\ninclude_loopback = true\n\
+                 [audio]\noutput = \"null\"\nrealtime_priority = 0\n\
+                 [state]\ndir = \"{}\"\n[log]\nfilter = \"info\"\n",
+                state.display()
+            ),
+        )
+        .expect("write the box config");
+        let log = dir.join("duetbox.log");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_duetbox"));
+        command.args(["serve", "--config"]).arg(&config);
+        for (name, _) in std::env::vars_os() {
+            let n = name.to_string_lossy();
+            if n.starts_with("DUETBOX_")
+                || n.starts_with("WATCHDOG_")
+                || n == "NOTIFY_SOCKET"
+                || n == "RUST_LOG"
+                || n == "JOURNAL_STREAM"
+            {
+                command.env_remove(&name);
+            }
+        }
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let log_file = fs::File::create(&log).expect("create the box log");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("clone the log handle"))
+            .stderr(log_file)
+            .spawn()
+            .expect("start the duetbox binary");
+        BoxProcess {
+            child,
+            dir: dir.to_path_buf(),
+            https_port,
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the box has logged so far, for failure messages.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The box's self-signed HTTPS certificate (PEM), written at its first start.
+    pub fn cert_pem(&self) -> String {
+        let path = self.dir.join("state").join("https-cert.pem");
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// Sends SIGTERM, as systemd does on stop (the `kill` command: no unsafe here).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit; panics with its log after `deadline`.
+    pub fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the box") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the box did not exit within {deadline:?}:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Exited already?
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().expect("poll the box")
+    }
+}
+
+impl Drop for BoxProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh scratch directory for one test area of this process (see [`scratch_dir`]).
+pub fn scratch(area: &str) -> PathBuf {
+    scratch_dir(area)
+}
