@@ -152,7 +152,16 @@ async fn ingest(
 pub(crate) async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
+    if !state.room.pin_ok(bearer(&headers).as_deref()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "wrong or missing PIN (Authorization: Bearer <PIN>)",
+        )
+            .into_response();
+    }
     let Some(peer) = id
         .strip_prefix('p')
         .and_then(|n| n.parse::<u32>().ok())
