@@ -100,6 +100,8 @@ pub struct Inbound {
 /// The sending side of a peer: writes mix frames as RTP.
 pub struct Outgoing {
     track: Arc<TrackLocalStaticRTP>,
+    /// Our SSRC for this peer: the sender refuses packets without it.
+    ssrc: u32,
     sequence: AtomicU16,
     timestamp_offset: u32,
     /// Frames sent.
@@ -115,6 +117,7 @@ impl Outgoing {
             payload_type: OPUS_PAYLOAD_TYPE,
             sequence_number: self.sequence.fetch_add(1, Ordering::Relaxed),
             timestamp: self.timestamp_offset.wrapping_add(frame.start as u32),
+            ssrc: self.ssrc,
             ..Default::default()
         };
         let packet = rtc::rtp::packet::Packet {
@@ -244,7 +247,6 @@ pub async fn answer(
             RTCRtpCodecParameters {
                 rtp_codec: opus_codec(),
                 payload_type: OPUS_PAYLOAD_TYPE,
-                ..Default::default()
             },
             RtpCodecKind::Audio,
         )
@@ -336,6 +338,7 @@ pub async fn answer(
     let sdp = rewrite_opus_fmtp(&local.sdp, settings.uplink_bitrate_bps);
     let outgoing = Arc::new(Outgoing {
         track,
+        ssrc,
         sequence: AtomicU16::new(rand::random()),
         timestamp_offset: rand::random(),
         frames_sent: AtomicU64::new(0),
