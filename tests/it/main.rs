@@ -9,3 +9,4 @@ mod audio_thread;
 mod realtime;
 mod support;
 mod tidy;
+mod whip;
