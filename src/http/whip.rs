@@ -77,7 +77,8 @@ async fn ingest(
             "Content-Type must be application/sdp",
         );
     }
-    if !state.room.pin_ok(bearer(headers).as_deref()) {
+    let pin = bearer(headers);
+    if !state.room.pin_ok(pin.as_deref()) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -102,7 +103,7 @@ async fn ingest(
     } else {
         name
     };
-    let admission = match state.room.join(&name, role, None) {
+    let admission = match state.room.join(&name, role, pin.as_deref()) {
         Ok(a) => a,
         Err(ErrorCode::RoomFull) => {
             return plain(

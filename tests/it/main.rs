@@ -8,5 +8,7 @@ mod alsa;
 mod audio_thread;
 mod phones;
 mod realtime;
+mod signaling;
 mod support;
 mod tidy;
+mod whip;

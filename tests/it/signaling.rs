@@ -53,7 +53,10 @@ fn box_config(dir: &Path) -> Config {
 
 async fn error_code(phone: &mut Phone) -> String {
     let v = phone.expect("error").await;
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "errors carry a message: {v}");
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "errors carry a message: {v}"
+    );
     v["code"].as_str().expect("code").to_string()
 }
 
@@ -67,14 +70,18 @@ async fn abuse(addr: SocketAddr) {
     assert_eq!(error_code(&mut p).await, "unknown_type");
     p.send(json!({"type": "offer", "sdp": OFFER})).await;
     assert_eq!(error_code(&mut p).await, "not_joined");
-    p.send(json!({"type": "join", "v": 1, "name": "", "role": "singer"})).await;
+    p.send(json!({"type": "join", "v": 1, "name": "", "role": "singer"}))
+        .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
-    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "drummer"})).await;
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "drummer"}))
+        .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
-    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"})).await;
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"}))
+        .await;
     let welcome = p.expect("welcome").await;
     assert_eq!(welcome["role"], "singer");
-    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"})).await;
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"}))
+        .await;
     assert_eq!(error_code(&mut p).await, "already_joined");
     p.send(json!({"type": "mix", "monitor": 7})).await;
     assert_eq!(error_code(&mut p).await, "bad_field");
@@ -85,13 +92,23 @@ async fn abuse(addr: SocketAddr) {
     p.send(json!({"type": "offer", "sdp": pcmu})).await;
     assert_eq!(error_code(&mut p).await, "bad_sdp");
     p.send(json!({"type": "offer", "sdp": "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"})).await;
-    assert_eq!(error_code(&mut p).await, "bad_sdp", "an unparsable offer is refused by the stack, not a crash");
+    assert_eq!(
+        error_code(&mut p).await,
+        "bad_sdp",
+        "an unparsable offer is refused by the stack, not a crash"
+    );
     p.send(json!({"type": "offer", "sdp": OFFER})).await;
     let answer = p.expect("answer").await;
-    assert!(answer["sdp"].as_str().is_some_and(|s| s.contains("a=fmtp:111")), "{answer}");
+    assert!(
+        answer["sdp"]
+            .as_str()
+            .is_some_and(|s| s.contains("a=fmtp:111")),
+        "{answer}"
+    );
     p.send(json!({"type": "offer", "sdp": OFFER})).await;
     assert_eq!(error_code(&mut p).await, "already_offered");
-    p.send(json!({"type": "candidate", "candidate": {"candidate": "garbage"}})).await;
+    p.send(json!({"type": "candidate", "candidate": {"candidate": "garbage"}}))
+        .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
     assert!(p.send_binary(vec![1, 2, 3]).await);
     assert_eq!(error_code(&mut p).await, "bad_json");
@@ -103,7 +120,11 @@ async fn abuse(addr: SocketAddr) {
 
     // Oversize frame: error, then close 1009.
     let mut big = Phone::connect(addr).await;
-    big.send_text(&format!("{{\"type\":\"ping\",\"t\":1,\"pad\":\"{}\"}}", "x".repeat(70_000))).await;
+    big.send_text(&format!(
+        "{{\"type\":\"ping\",\"t\":1,\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    ))
+    .await;
     match big.next().await {
         Received::Json(v) => {
             assert_eq!(v["code"], "too_large", "{v}");
@@ -114,7 +135,8 @@ async fn abuse(addr: SocketAddr) {
 
     // Unsupported version: fatal, closed with a reason.
     let mut old = Phone::connect(addr).await;
-    old.send(json!({"type": "join", "v": 2, "name": "Future", "role": "listener"})).await;
+    old.send(json!({"type": "join", "v": 2, "name": "Future", "role": "listener"}))
+        .await;
     assert_eq!(error_code(&mut old).await, "version");
     assert_eq!(old.expect_close().await, Some(1008));
 }
@@ -124,12 +146,23 @@ fn bad_signaling_gets_a_clear_error_and_the_singer_keeps_singing() {
     let dir = std::env::temp_dir().join(format!("duetbox-it-signaling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    let running = runtime.block_on(duetbox::app::start(box_config(&dir))).expect("box starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = runtime
+        .block_on(duetbox::app::start(box_config(&dir)))
+        .expect("box starts");
     let addr = running.https_addr;
     let base = format!("https://127.0.0.1:{}", addr.port());
     let singer = runtime
-        .block_on(WhipClient::connect(&base, Role::Singer, "Ana", None, Some(signal_source(Signal::tone(440.0)))))
+        .block_on(WhipClient::connect(
+            &base,
+            Role::Singer,
+            "Ana",
+            None,
+            Some(signal_source(Signal::tone(440.0))),
+        ))
         .expect("the WHIP singer joins");
     runtime.block_on(async {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -137,16 +170,31 @@ fn bad_signaling_gets_a_clear_error_and_the_singer_keeps_singing() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     });
     runtime.block_on(singer.close());
-    runtime.block_on(running.stop()).expect("the box stops cleanly");
+    runtime
+        .block_on(running.stop())
+        .expect("the box stops cleanly");
 
     // The venue during the whole abuse: from the first 100 ms window with the singer's
     // tone to the last one before she hung up, the tone never drops out.
     let venue = read_wav_left(&dir.join("venue.wav"));
-    let windows: Vec<f32> = venue.chunks_exact(4_800).map(|w| tone_level(w, 440.0)).collect();
-    let first = windows.iter().position(|&l| l > 0.2).expect("the singer is heard in the venue");
+    let windows: Vec<f32> = venue
+        .chunks_exact(4_800)
+        .map(|w| tone_level(w, 440.0))
+        .collect();
+    let first = windows
+        .iter()
+        .position(|&l| l > 0.2)
+        .expect("the singer is heard in the venue");
     let last = windows.iter().rposition(|&l| l > 0.2).expect("heard");
-    assert!(last - first >= 20, "the singer was heard for {} windows only", last - first);
+    assert!(
+        last - first >= 20,
+        "the singer was heard for {} windows only",
+        last - first
+    );
     let gaps: Vec<usize> = (first..=last).filter(|&k| windows[k] < 0.2).collect();
-    assert!(gaps.is_empty(), "the singer dropped out in windows {gaps:?} of {first}..={last}: {windows:?}");
+    assert!(
+        gaps.is_empty(),
+        "the singer dropped out in windows {gaps:?} of {first}..={last}: {windows:?}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,7 +47,9 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
         Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -68,12 +70,14 @@ pub enum Received {
 impl Phone {
     /// Connects to `wss://addr/ws`.
     pub async fn connect(addr: SocketAddr) -> Phone {
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .expect("TLS versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
-            .with_no_client_auth();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let tcp = TcpStream::connect(addr).await.expect("connect to the box");
         let tls = connector
@@ -81,13 +85,18 @@ impl Phone {
             .await
             .expect("TLS handshake with the box");
         let url = format!("wss://localhost:{}/ws", addr.port());
-        let (ws, _) = tokio_tungstenite::client_async(url, tls).await.expect("WebSocket handshake");
+        let (ws, _) = tokio_tungstenite::client_async(url, tls)
+            .await
+            .expect("WebSocket handshake");
         Phone { ws }
     }
 
     /// Sends raw text.
     pub async fn send_text(&mut self, text: &str) {
-        self.ws.send(Message::Text(text.into())).await.expect("send");
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
     }
 
     /// Sends a JSON value.
@@ -110,9 +119,13 @@ impl Phone {
                 None => return Received::Closed(None),
                 Some(Err(_)) => return Received::Closed(None),
                 Some(Ok(Message::Text(t))) => {
-                    return Received::Json(serde_json::from_str(t.as_str()).expect("the box sends JSON"))
+                    return Received::Json(
+                        serde_json::from_str(t.as_str()).expect("the box sends JSON"),
+                    )
                 }
-                Some(Ok(Message::Close(frame))) => return Received::Closed(frame.map(|f| u16::from(f.code))),
+                Some(Ok(Message::Close(frame))) => {
+                    return Received::Closed(frame.map(|f| u16::from(f.code)))
+                }
                 Some(Ok(_)) => continue,
             }
         }
