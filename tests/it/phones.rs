@@ -124,7 +124,7 @@ fn level_db(phone: &Value, hz: &str) -> f64 {
 
 #[test]
 fn two_phones_sing_a_duet_through_the_box() {
-    duetbox::telemetry::init("duetbox=debug,warn");
+    duetbox::telemetry::init("duetbox=info,warn");
     let alsa = alsa_config();
     let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());
     let work = alsa.dir.join("phones");

@@ -133,6 +133,30 @@ async fn whip_singer_hears_the_partner_but_not_itself() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_singer_who_vanishes_without_leaving_frees_the_seat_when_ice_consent_fails() {
+    let _serial = SERIAL.lock().await;
+    let (running, base) = start_box(loopback_box_config(&box_dir("whip_vanish"))).await;
+    let ana = singer(&base, "ana", None, tone(440.0)).await;
+    let ben = singer(&base, "ben", None, tone(660.0)).await;
+    assert_eq!(running.room.counts(), (2, 0));
+    // Ana's phone dies: no DELETE, no goodbye, its media tasks just stop.
+    ana.close().await;
+    // The box notices when ICE consent fails (rtc.ice_failed_ms, 5 s by default).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while running.room.counts() != (1, 0) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after 15 s waiting for ana's seat to be freed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Ben never noticed: his mix keeps coming.
+    wait_more(&ben, 0.5, "ben's mix after ana vanished").await;
+    ben.close().await;
+    running.stop().await.expect("the box stops cleanly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whip_refuses_bad_requests_with_a_clear_4xx() {
     let _serial = SERIAL.lock().await;
     let mut config = loopback_box_config(&box_dir("whip_4xx"));
