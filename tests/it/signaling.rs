@@ -198,3 +198,51 @@ fn bad_signaling_gets_a_clear_error_and_the_singer_keeps_singing() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn plain_http_redirects_to_the_https_page() {
+    let dir = std::env::temp_dir().join(format!("duetbox-it-redirect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut config = box_config(&dir);
+    config.audio.output = "null".into();
+    // A free port for the redirect (the OS picks one; released right before the box binds it).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    config.http.http_port = free;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = runtime
+        .block_on(duetbox::app::start(config))
+        .expect("box starts");
+    let https_port = running.https_addr.port();
+    let http = running.http_addr.expect("redirect listens");
+    let response = runtime.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+        tcp.write_all(
+            b"GET /join?x=1 HTTP/1.1\r\nHost: duetbox.local:8080\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
+            .await
+            .expect("timed out waiting for the redirect")
+            .expect("read");
+        text
+    });
+    runtime.block_on(running.stop()).expect("stops");
+    assert!(response.starts_with("HTTP/1.1 308"), "{response}");
+    let location = format!("location: https://duetbox.local:{https_port}/join?x=1");
+    assert!(
+        response.to_ascii_lowercase().contains(&location),
+        "{response}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
