@@ -293,6 +293,10 @@ impl Config {
     ) -> Result<Config, Error> {
         let mut table: toml::Table =
             toml::from_str(text).map_err(|e| Error::Parse(e.to_string().trim().to_string()))?;
+        // Keys whose default is text take an override that is not a TOML string as
+        // the text written: a PIN of 4711 is "4711", not the integer 4711.
+        let defaults = toml::Value::try_from(Config::default())
+            .expect("the built-in defaults serialise to TOML");
         for (name, value) in env {
             let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
                 continue;
@@ -301,7 +305,15 @@ impl Config {
                 continue;
             };
             let (section, key) = (section.to_lowercase(), key.to_lowercase());
-            let parsed = parse_env_value(&value);
+            let is_text = defaults
+                .get(&section)
+                .and_then(|s| s.get(&key))
+                .is_some_and(toml::Value::is_str);
+            let parsed = match parse_env_value(&value) {
+                toml::Value::String(text) => toml::Value::String(text),
+                _ if is_text => toml::Value::String(value),
+                parsed => parsed,
+            };
             let entry = table
                 .entry(section.clone())
                 .or_insert_with(|| toml::Value::Table(toml::Table::new()));

@@ -77,7 +77,8 @@ async fn ingest(
             "Content-Type must be application/sdp",
         );
     }
-    if !state.room.pin_ok(bearer(headers).as_deref()) {
+    let pin = bearer(headers);
+    if !state.room.pin_ok(pin.as_deref()) {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
@@ -102,7 +103,7 @@ async fn ingest(
     } else {
         name
     };
-    let admission = match state.room.join(&name, role, None) {
+    let admission = match state.room.join(&name, role, pin.as_deref()) {
         Ok(a) => a,
         Err(ErrorCode::RoomFull) => {
             return plain(
@@ -152,7 +153,16 @@ async fn ingest(
 pub(crate) async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Response {
+    if !state.room.pin_ok(bearer(&headers).as_deref()) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            "wrong or missing PIN (Authorization: Bearer <PIN>)",
+        )
+            .into_response();
+    }
     let Some(peer) = id
         .strip_prefix('p')
         .and_then(|n| n.parse::<u32>().ok())

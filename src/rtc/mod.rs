@@ -370,13 +370,15 @@ pub fn rewrite_opus_fmtp(sdp: &str, uplink_bitrate_bps: u32) -> String {
     let fmtp = format!(
         "a=fmtp:{pt} minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=1;maxaveragebitrate={uplink_bitrate_bps}"
     );
+    let fmtp_prefix = format!("a=fmtp:{pt} ");
     let mut out = String::with_capacity(sdp.len() + 64);
-    let mut wrote_fmtp = false;
+    // An existing fmtp line is replaced where it stands; only without one is a line
+    // added after the rtpmap (adding it there too would give the phone two).
+    let mut wrote_fmtp = sdp.lines().any(|l| l.starts_with(&fmtp_prefix));
     let mut has_ptime = false;
     for line in sdp.lines() {
-        if line.starts_with(&format!("a=fmtp:{pt} ")) {
+        if line.starts_with(&fmtp_prefix) {
             out.push_str(&fmtp);
-            wrote_fmtp = true;
         } else {
             has_ptime |= line.starts_with("a=ptime:");
             out.push_str(line);
@@ -407,5 +409,18 @@ mod tests {
         assert!(out.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=1;maxaveragebitrate=64000\r\n"), "{out}");
         assert_eq!(out.matches("a=fmtp:111").count(), 1);
         assert!(out.contains("a=ptime:10\r\n"));
+    }
+
+    #[test]
+    fn fmtp_is_added_after_the_rtpmap_when_the_answer_has_none() {
+        let sdp =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n";
+        let out = rewrite_opus_fmtp(sdp, 64_000);
+        assert_eq!(out.matches("a=fmtp:111").count(), 1, "{out}");
+        assert!(
+            out.contains("a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;"),
+            "{out}"
+        );
+        assert!(out.contains("a=ptime:10\r\n"), "{out}");
     }
 }

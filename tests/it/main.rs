@@ -8,6 +8,8 @@ mod alsa;
 mod audio_thread;
 mod phones;
 mod realtime;
+mod signaling;
 mod support;
 mod systemd;
 mod tidy;
+mod whip;

@@ -15,12 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::Message;
 
+use crate::support::wss::Phone;
 use crate::support::{self, BoxProcess, INSTALL_HINT};
 
 /// WATCHDOG_USEC the tests hand the box: pings every 200 ms.
@@ -127,7 +126,8 @@ fn pings(messages: &[(Instant, String)]) -> Vec<Instant> {
         .collect()
 }
 
-/// A rustls client config that trusts exactly the box's self-signed certificate.
+/// A rustls client that trusts exactly the box's self-signed certificate (the /health
+/// check also proves the box serves the certificate in its state directory).
 fn tls_trusting(cert_pem: &str) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(cert_pem.as_bytes()) {
@@ -179,7 +179,7 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn ready_after_the_port_answers_then_pings_only_while_audio_runs() {
-    let dir = support::scratch("systemd-notify");
+    let dir = support::scratch_dir("systemd-notify");
     let manager = Manager::bind(&dir);
     let mut the_box = BoxProcess::start(
         &dir,
@@ -265,46 +265,34 @@ fn ready_after_the_port_answers_then_pings_only_while_audio_runs() {
 
 #[test]
 fn sigterm_tells_a_connected_phone_and_exits_zero_within_5s() {
-    let dir = support::scratch("systemd-sigterm");
+    let dir = support::scratch_dir("systemd-sigterm");
     let manager = Manager::bind(&dir);
     let mut the_box = BoxProcess::start(
         &dir,
         &[("NOTIFY_SOCKET", manager.path.display().to_string())],
     );
     manager.wait_ready(&mut the_box);
-    let port = the_box.https_port;
-    let cert = the_box.cert_pem();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], the_box.https_port));
     let rt = runtime();
-    let mut ws = rt.block_on(async {
-        let tls = tls_connect(port, &cert).await;
-        let (mut ws, _) =
-            tokio_tungstenite::client_async(format!("wss://localhost:{port}/ws"), tls)
-                .await
-                .expect("WebSocket upgrade on /ws");
-        ws.send(Message::text(
-            r#"{"type":"join","v":1,"name":"Listener","role":"listener"}"#,
-        ))
-        .await
-        .expect("send join");
-        let welcome = next_json(&mut ws).await;
-        assert_eq!(welcome["type"], "welcome", "{welcome}");
-        ws
+    let mut phone = rt.block_on(async {
+        let mut phone = Phone::connect(addr).await;
+        phone
+            .send(
+                serde_json::json!({"type": "join", "v": 1, "name": "Listener", "role": "listener"}),
+            )
+            .await;
+        phone.expect("welcome").await;
+        phone
     });
 
     let terminated = Instant::now();
     the_box.terminate();
-    let bye = rt.block_on(async {
-        tokio::time::timeout(STOP_DEADLINE, async {
-            loop {
-                let msg = next_json(&mut ws).await;
-                if msg["type"] == "bye" {
-                    return msg;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("no bye within {STOP_DEADLINE:?}"))
-    });
+    // Phone::expect waits at most wss::REPLY_DEADLINE (5 s) for each message.
+    let bye = rt.block_on(phone.expect("bye"));
+    assert!(
+        terminated.elapsed() <= STOP_DEADLINE,
+        "bye within {STOP_DEADLINE:?}"
+    );
     assert_eq!(
         bye,
         serde_json::json!({"type": "bye", "reason": "shutdown"}),
@@ -322,24 +310,6 @@ fn sigterm_tells_a_connected_phone_and_exits_zero_within_5s() {
         "{}",
         the_box.log_text()
     );
-}
-
-/// The next text message as JSON (pings and pongs skipped).
-async fn next_json<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>) -> serde_json::Value
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    loop {
-        match ws.next().await {
-            Some(Ok(Message::Text(text))) => {
-                return serde_json::from_str(text.as_str()).expect("JSON from the box")
-            }
-            Some(Ok(Message::Close(frame))) => panic!("closed before the message: {frame:?}"),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => panic!("WebSocket error: {e}"),
-            None => panic!("the WebSocket ended"),
-        }
-    }
 }
 
 /// The unit with ExecStart pointed at this build's binary, in `dir` under its own name.
@@ -369,7 +339,7 @@ fn systemd_analyze(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_unit_verifies_without_a_word() {
-    let dir = support::scratch("systemd-verify");
+    let dir = support::scratch_dir("systemd-verify");
     let unit = unit_copy(&dir);
     let (ok, text) = systemd_analyze(&["verify", "--man=no", &unit.display().to_string()]);
     assert!(
@@ -380,7 +350,7 @@ fn the_unit_verifies_without_a_word() {
 
 #[test]
 fn the_unit_exposure_is_at_most_2() {
-    let dir = support::scratch("systemd-security");
+    let dir = support::scratch_dir("systemd-security");
     let unit = unit_copy(&dir);
     let (_, text) = systemd_analyze(&["security", "--offline=yes", &unit.display().to_string()]);
     let line = text

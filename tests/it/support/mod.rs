@@ -5,7 +5,12 @@
 //! each test uses its own PCM names in it), the private PulseAudio daemon, and a
 //! real-time pacer for ALSA PCMs that have no clock. Every child process is stopped by
 //! its PID, also when the test panics; every wait has a deadline and names what it
-//! waited for.
+//! waited for. The box under test runs in-process on 127.0.0.1 ([`start_box`]); the
+//! WHIP/WHEP client that talks to it lives in `whip_client.rs`.
+
+pub mod latency;
+pub mod whip_client;
+pub mod wss;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +19,9 @@ use std::sync::{mpsc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use duetbox::app::Running;
 use duetbox::audio::{Sink, SinkError};
+use duetbox::config::Config;
 use duetbox::engine::SAMPLE_RATE_HZ;
 
 /// How the test binary's failures tell a person to install a missing real part.
@@ -156,7 +163,7 @@ pcm.!{broken_default} {{
 /// A fresh directory for this test process under the system temp dir (short, because
 /// unix socket paths are limited to 107 bytes). Directories of earlier test processes
 /// that are gone are removed first.
-fn scratch_dir(area: &str) -> PathBuf {
+pub fn scratch_dir(area: &str) -> PathBuf {
     let root = std::env::temp_dir().join(format!("duetbox-it-{area}"));
     if let Ok(entries) = fs::read_dir(&root) {
         for entry in entries.flatten() {
@@ -453,7 +460,52 @@ impl Drop for BoxProcess {
     }
 }
 
-/// A fresh scratch directory for one test area of this process (see [`scratch_dir`]).
-pub fn scratch(area: &str) -> PathBuf {
-    scratch_dir(area)
+/// How long the box may take to start (certificate generation, audio thread, sockets).
+pub const BOX_START_DEADLINE: Duration = Duration::from_secs(20);
+
+/// A box config for tests on loopback: HTTPS on 127.0.0.1 with any free port, no HTTP
+/// redirect, WebRTC bound to 127.0.0.1 (WEBRTC.md §5: loopback needs an explicit bind),
+/// a timer-paced `null` output (no sound card needed), two singer seats, state in
+/// `state_dir`.
+pub fn loopback_box_config(state_dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.http.bind = "127.0.0.1".into();
+    config.http.https_port = 0;
+    config.http.http_port = 0;
+    config.rtc.udp_bind = vec!["127.0.0.1".into()];
+    config.rtc.include_loopback = true;
+    config.audio.output = "null".into();
+    // Tests run as root, where SCHED_FIFO would be granted: keep the test boxes' audio
+    // threads at normal priority on a shared machine.
+    config.audio.realtime_priority = 0;
+    config.room.max_singers = 2;
+    config.state.dir = state_dir.display().to_string();
+    config
+}
+
+/// A fresh state directory for one in-process box, named after its test, inside this
+/// test process's scratch directory.
+pub fn box_dir(test: &str) -> PathBuf {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = ROOT.get_or_init(|| scratch_dir("box")).join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("create the box's state dir");
+    dir
+}
+
+/// Starts the box in-process (within [`BOX_START_DEADLINE`]) and returns it with its
+/// base URL, `https://127.0.0.1:<port>`. Logs go to stderr only when RUST_LOG is set.
+pub async fn start_box(config: Config) -> (Running, String) {
+    if std::env::var_os("RUST_LOG").is_some() {
+        duetbox::telemetry::init("warn");
+    }
+    config.validate().expect("the test config is valid");
+    let running = tokio::time::timeout(BOX_START_DEADLINE, duetbox::app::start(config))
+        .await
+        .unwrap_or_else(|_| {
+            panic!("timed out after {BOX_START_DEADLINE:?} waiting for the box to start")
+        })
+        .unwrap_or_else(|e| panic!("the box did not start: {e:#}"));
+    let base_url = format!("https://{}", running.https_addr);
+    (running, base_url)
 }

@@ -1,0 +1,250 @@
+//! Bad input on the signaling channel ends at its sender. A singer sings (a WHIP client
+//! at 440 Hz) while another connection sends malformed JSON, unknown types, fields out
+//! of range, offers without audio or Opus, a second offer, binary and oversize frames
+//! and a wrong protocol version: each gets the documented error (and the fatal ones a
+//! close with a reason), and the venue recording shows the singer never dropped out.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use duetbox::config::Config;
+use duetbox::engine::testkit::{tone_level, Signal};
+use serde_json::json;
+
+use crate::support::latency::read_wav_left;
+use crate::support::whip_client::{signal_source, Role, WhipClient};
+use crate::support::wss::{Phone, Received};
+
+/// A browser-shaped offer (Chrome's layout, one sendrecv Opus m-line). The box can
+/// answer it; no ICE ever completes, which these tests do not need.
+const OFFER: &str = "v=0\r\n\
+o=- 4611731400430051336 2 IN IP4 127.0.0.1\r\n\
+s=-\r\n\
+t=0 0\r\n\
+a=group:BUNDLE 0\r\n\
+a=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+c=IN IP4 0.0.0.0\r\n\
+a=rtcp:9 IN IP4 0.0.0.0\r\n\
+a=ice-ufrag:dTbk\r\n\
+a=ice-pwd:3ROgbzHu0y2ZM/TSfDr9Bugm\r\n\
+a=ice-options:trickle\r\n\
+a=fingerprint:sha-256 9D:9C:2C:7F:6B:0F:76:62:43:38:86:6F:2E:6F:3B:E6:67:7B:AB:4F:D5:65:3D:0A:38:F1:E7:53:F7:4E:76:2C\r\n\
+a=setup:actpass\r\n\
+a=mid:0\r\n\
+a=sendrecv\r\n\
+a=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 minptime=10;useinbandfec=1\r\n";
+
+fn box_config(dir: &Path) -> Config {
+    let mut config = Config::default();
+    config.http.bind = "127.0.0.1".into();
+    config.http.https_port = 0;
+    config.http.http_port = 0;
+    config.rtc.udp_bind = vec!["127.0.0.1".into()];
+    config.rtc.include_loopback = true;
+    config.audio.output = format!("wav:{}", dir.join("venue.wav").display());
+    // Normal priority: as root SCHED_FIFO would be granted (see support::loopback_box_config).
+    config.audio.realtime_priority = 0;
+    config.state.dir = dir.join("state").display().to_string();
+    config.validate().expect("valid test config");
+    config
+}
+
+async fn error_code(phone: &mut Phone) -> String {
+    let v = phone.expect("error").await;
+    assert!(
+        v["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "errors carry a message: {v}"
+    );
+    v["code"].as_str().expect("code").to_string()
+}
+
+async fn abuse(addr: SocketAddr) {
+    let mut p = Phone::connect(addr).await;
+    p.send_text("{nope").await;
+    assert_eq!(error_code(&mut p).await, "bad_json");
+    p.send_text("[1,2,3]").await;
+    assert_eq!(error_code(&mut p).await, "bad_json");
+    p.send(json!({"type": "dance"})).await;
+    assert_eq!(error_code(&mut p).await, "unknown_type");
+    p.send(json!({"type": "offer", "sdp": OFFER})).await;
+    assert_eq!(error_code(&mut p).await, "not_joined");
+    p.send(json!({"type": "join", "v": 1, "name": "", "role": "singer"}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "drummer"}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"}))
+        .await;
+    let welcome = p.expect("welcome").await;
+    assert_eq!(welcome["role"], "singer");
+    p.send(json!({"type": "join", "v": 1, "name": "Mallory", "role": "singer"}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "already_joined");
+    p.send(json!({"type": "mix", "monitor": 7})).await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+    p.send(json!({"type": "offer", "sdp": video})).await;
+    assert_eq!(error_code(&mut p).await, "bad_sdp");
+    let pcmu = OFFER.replace("opus/48000/2", "PCMU/8000");
+    p.send(json!({"type": "offer", "sdp": pcmu})).await;
+    assert_eq!(error_code(&mut p).await, "bad_sdp");
+    p.send(json!({"type": "offer", "sdp": "v=0\r\nm=audio 9 RTP/AVP 111\r\na=rtpmap:111 opus/48000/2\r\n"})).await;
+    assert_eq!(
+        error_code(&mut p).await,
+        "bad_sdp",
+        "an unparsable offer is refused by the stack, not a crash"
+    );
+    p.send(json!({"type": "offer", "sdp": OFFER})).await;
+    let answer = p.expect("answer").await;
+    assert!(
+        answer["sdp"]
+            .as_str()
+            .is_some_and(|s| s.contains("a=fmtp:111")),
+        "{answer}"
+    );
+    p.send(json!({"type": "offer", "sdp": OFFER})).await;
+    assert_eq!(error_code(&mut p).await, "already_offered");
+    p.send(json!({"type": "candidate", "candidate": {"candidate": "garbage"}}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    assert!(p.send_binary(vec![1, 2, 3]).await);
+    assert_eq!(error_code(&mut p).await, "bad_json");
+    // Still a working session after all that.
+    p.send(json!({"type": "ping", "t": 42.5})).await;
+    assert_eq!(p.expect("pong").await["t"], 42.5);
+    p.send(json!({"type": "leave"})).await;
+    assert_eq!(p.expect("bye").await["reason"], "left");
+
+    // Oversize frame: error, then close 1009.
+    let mut big = Phone::connect(addr).await;
+    big.send_text(&format!(
+        "{{\"type\":\"ping\",\"t\":1,\"pad\":\"{}\"}}",
+        "x".repeat(70_000)
+    ))
+    .await;
+    match big.next().await {
+        Received::Json(v) => {
+            assert_eq!(v["code"], "too_large", "{v}");
+            assert_eq!(big.expect_close().await, Some(1009));
+        }
+        Received::Closed(code) => assert_eq!(code, Some(1009)),
+    }
+
+    // Unsupported version: fatal, closed with a reason.
+    let mut old = Phone::connect(addr).await;
+    old.send(json!({"type": "join", "v": 2, "name": "Future", "role": "listener"}))
+        .await;
+    assert_eq!(error_code(&mut old).await, "version");
+    assert_eq!(old.expect_close().await, Some(1008));
+}
+
+#[test]
+fn bad_signaling_gets_a_clear_error_and_the_singer_keeps_singing() {
+    let dir = std::env::temp_dir().join(format!("duetbox-it-signaling-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = runtime
+        .block_on(duetbox::app::start(box_config(&dir)))
+        .expect("box starts");
+    let addr = running.https_addr;
+    let base = format!("https://127.0.0.1:{}", addr.port());
+    let singer = runtime
+        .block_on(WhipClient::connect(
+            &base,
+            Role::Singer,
+            "Ana",
+            None,
+            Some(signal_source(Signal::tone(440.0))),
+        ))
+        .expect("the WHIP singer joins");
+    runtime.block_on(async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        abuse(addr).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    });
+    runtime.block_on(singer.close());
+    runtime
+        .block_on(running.stop())
+        .expect("the box stops cleanly");
+
+    // The venue during the whole abuse: from the first 100 ms window with the singer's
+    // tone to the last one before she hung up, the tone never drops out.
+    let venue = read_wav_left(&dir.join("venue.wav"));
+    let windows: Vec<f32> = venue
+        .chunks_exact(4_800)
+        .map(|w| tone_level(w, 440.0))
+        .collect();
+    let first = windows
+        .iter()
+        .position(|&l| l > 0.2)
+        .expect("the singer is heard in the venue");
+    let last = windows.iter().rposition(|&l| l > 0.2).expect("heard");
+    assert!(
+        last - first >= 20,
+        "the singer was heard for {} windows only",
+        last - first
+    );
+    let gaps: Vec<usize> = (first..=last).filter(|&k| windows[k] < 0.2).collect();
+    assert!(
+        gaps.is_empty(),
+        "the singer dropped out in windows {gaps:?} of {first}..={last}: {windows:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn plain_http_redirects_to_the_https_page() {
+    let dir = std::env::temp_dir().join(format!("duetbox-it-redirect-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let mut config = box_config(&dir);
+    config.audio.output = "null".into();
+    // A free port for the redirect (the OS picks one; released right before the box binds it).
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("probe port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    config.http.http_port = free;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let running = runtime
+        .block_on(duetbox::app::start(config))
+        .expect("box starts");
+    let https_port = running.https_addr.port();
+    let http = running.http_addr.expect("redirect listens");
+    let response = runtime.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(http).await.expect("connect");
+        tcp.write_all(
+            b"GET /join?x=1 HTTP/1.1\r\nHost: duetbox.local:8080\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text))
+            .await
+            .expect("timed out waiting for the redirect")
+            .expect("read");
+        text
+    });
+    runtime.block_on(running.stop()).expect("stops");
+    assert!(response.starts_with("HTTP/1.1 308"), "{response}");
+    let location = format!("location: https://duetbox.local:{https_port}/join?x=1");
+    assert!(
+        response.to_ascii_lowercase().contains(&location),
+        "{response}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

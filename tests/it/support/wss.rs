@@ -1,0 +1,153 @@
+//! A WebSocket "phone" over TLS for the signaling tests: sends raw text (valid or not)
+//! and reads the box's JSON replies. Accepts the box's self-signed certificate: these
+//! tests check signaling, not the certificate.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_rustls::rustls::{self, pki_types::ServerName};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+/// How long one reply may take.
+pub const REPLY_DEADLINE: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// One WebSocket connection to the box.
+pub struct Phone {
+    ws: WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
+}
+
+/// What a read returned.
+#[derive(Debug, PartialEq)]
+pub enum Received {
+    /// A JSON text message.
+    Json(Value),
+    /// A close frame with its code.
+    Closed(Option<u16>),
+}
+
+impl Phone {
+    /// Connects to `wss://addr/ws`.
+    pub async fn connect(addr: SocketAddr) -> Phone {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCert))
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let tcp = TcpStream::connect(addr).await.expect("connect to the box");
+        let tls = connector
+            .connect(ServerName::try_from("localhost").expect("name"), tcp)
+            .await
+            .expect("TLS handshake with the box");
+        let url = format!("wss://localhost:{}/ws", addr.port());
+        let (ws, _) = tokio_tungstenite::client_async(url, tls)
+            .await
+            .expect("WebSocket handshake");
+        Phone { ws }
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a JSON value.
+    pub async fn send(&mut self, value: Value) {
+        self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a binary frame.
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) -> bool {
+        self.ws.send(Message::Binary(bytes.into())).await.is_ok()
+    }
+
+    /// The next JSON message or close (pings and pongs skipped), within the deadline.
+    pub async fn next(&mut self) -> Received {
+        loop {
+            let msg = tokio::time::timeout(REPLY_DEADLINE, self.ws.next())
+                .await
+                .expect("timed out waiting for a reply from the box");
+            match msg {
+                None => return Received::Closed(None),
+                Some(Err(_)) => return Received::Closed(None),
+                Some(Ok(Message::Text(t))) => {
+                    return Received::Json(
+                        serde_json::from_str(t.as_str()).expect("the box sends JSON"),
+                    )
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Received::Closed(frame.map(|f| u16::from(f.code)))
+                }
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
+    /// The next message whose `type` is `kind` (others skipped), within the deadline.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        loop {
+            match self.next().await {
+                Received::Json(v) if v["type"] == kind => return v,
+                Received::Json(_) => continue,
+                Received::Closed(code) => panic!("closed ({code:?}) while waiting for `{kind}`"),
+            }
+        }
+    }
+
+    /// Waits for the close (skipping messages), returning its code.
+    pub async fn expect_close(&mut self) -> Option<u16> {
+        loop {
+            if let Received::Closed(code) = self.next().await {
+                return code;
+            }
+        }
+    }
+}
