@@ -98,22 +98,13 @@ fn read_wav_left(path: &Path) -> Vec<f32> {
 }
 
 fn box_config(state_dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.http.bind = "127.0.0.1".into();
-    config.http.https_port = 0;
-    config.http.http_port = 0;
-    config.rtc.udp_bind = vec!["127.0.0.1".into()];
-    config.rtc.include_loopback = true;
+    let mut config = support::loopback_box_config(state_dir);
     config.audio.output = format!("alsa:{}", pcm::VENUE_E2E);
     // PulseAudio's null sink on two busy cores (three Chromiums) underruns a 15 ms
     // buffer, and each pulse stream restart stalls for a second or more: give the test's
     // "speakers" a roomy buffer. Latency is measured elsewhere (tests/it/whip.rs).
     config.audio.period_ms = 10.0;
     config.audio.buffer_periods = 8;
-    // Normal priority: as root SCHED_FIFO would be granted (see support::loopback_box_config).
-    config.audio.realtime_priority = 0;
-    config.room.max_singers = 2;
-    config.state.dir = state_dir.display().to_string();
     config.validate().expect("the test config is valid");
     config
 }
@@ -126,6 +117,7 @@ fn level_db(phone: &Value, hz: &str) -> f64 {
 
 #[test]
 fn two_phones_sing_a_duet_through_the_box() {
+    let _serial = crate::support::SERIAL.blocking_lock();
     duetbox::telemetry::init("duetbox=info,warn");
     let alsa = alsa_config();
     let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());

@@ -13,6 +13,7 @@ use duetbox::engine::testkit::{tone_level, Signal};
 use serde_json::json;
 
 use crate::support::latency::read_wav_left;
+use crate::support::loopback_box_config;
 use crate::support::whip_client::{signal_source, Role, WhipClient};
 use crate::support::wss::{Phone, Received};
 
@@ -39,16 +40,8 @@ a=rtpmap:111 opus/48000/2\r\n\
 a=fmtp:111 minptime=10;useinbandfec=1\r\n";
 
 fn box_config(dir: &Path) -> Config {
-    let mut config = Config::default();
-    config.http.bind = "127.0.0.1".into();
-    config.http.https_port = 0;
-    config.http.http_port = 0;
-    config.rtc.udp_bind = vec!["127.0.0.1".into()];
-    config.rtc.include_loopback = true;
+    let mut config = loopback_box_config(&dir.join("state"));
     config.audio.output = format!("wav:{}", dir.join("venue.wav").display());
-    // Normal priority: as root SCHED_FIFO would be granted (see support::loopback_box_config).
-    config.audio.realtime_priority = 0;
-    config.state.dir = dir.join("state").display().to_string();
     config.validate().expect("valid test config");
     config
 }
@@ -145,6 +138,7 @@ async fn abuse(addr: SocketAddr) {
 
 #[test]
 fn bad_signaling_gets_a_clear_error_and_the_singer_keeps_singing() {
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = std::env::temp_dir().join(format!("duetbox-it-signaling-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");

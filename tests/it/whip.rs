@@ -22,7 +22,7 @@ use crate::support::whip_client::{
 use crate::support::{box_dir, loopback_box_config, start_box};
 
 /// One whip test at a time (see the module doc).
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+use crate::support::SERIAL;
 
 /// Frames per second at 48 kHz.
 const RATE: usize = SAMPLE_RATE_HZ as usize;
