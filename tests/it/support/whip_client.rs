@@ -859,7 +859,7 @@ fn dechunk(mut rest: &[u8]) -> Result<Option<Vec<u8>>, String> {
 
 /// TLS that accepts any server certificate (the box's is self-signed and made at first
 /// start) but still checks the handshake signatures with ring.
-fn tls_config() -> Arc<rustls::ClientConfig> {
+pub fn tls_config() -> Arc<rustls::ClientConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
