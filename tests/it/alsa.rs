@@ -8,8 +8,8 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duetbox::audio::{self, PacketSlot, Sink};
-use duetbox::engine::testkit::{synthesize, tone_level, Signal, PHONE_FRAME_SAMPLES};
+use duetbox::audio::{self, Sink};
+use duetbox::engine::testkit::{synthesize, tone_level, Signal};
 use duetbox::engine::{Command, EngineConfig, SingerId, SingerSettings, SAMPLE_RATE_HZ};
 use duetbox::output::{self, AlsaSink, OutputSpec, SampleFormat};
 
@@ -76,23 +76,8 @@ fn audio_thread_plays_a_singers_tone_into_an_alsa_file_pcm() {
             settings: SingerSettings::default(),
         })
         .expect("queue has room");
-    let mut encoder = opus::Encoder::new(
-        SAMPLE_RATE_HZ,
-        opus::Channels::Mono,
-        opus::Application::Voip,
-    )
-    .expect("encoder");
     // One second of a phone singing 440 Hz, sent in real time from this thread.
-    for k in 0..50u64 {
-        let pcm = synthesize(Signal::tone(440.0), k * 960, PHONE_FRAME_SAMPLES);
-        let mut buf = [0u8; 1500];
-        let n = encoder.encode_float(&pcm, &mut buf).expect("encode");
-        let at = handle.clock.now();
-        let slot =
-            PacketSlot::new(singer, 7, k as u16, (k * 960) as u32, at, &buf[..n]).expect("fits");
-        handle.push_packet(slot);
-        thread::sleep(Duration::from_millis(20));
-    }
+    crate::support::sing_in_real_time(&handle, singer, 440.0, 50);
     // Let the jitter buffer play out, then stop: the sink is dropped on the audio
     // thread, and the file plugin flushes on close.
     thread::sleep(Duration::from_millis(200));

@@ -5,8 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use duetbox::audio::{self, PacketSlot, Report, Sink};
-use duetbox::engine::testkit::{synthesize, Signal, PHONE_FRAME_SAMPLES};
+use duetbox::audio::{self, Report, Sink};
 use duetbox::engine::{Command, EngineConfig, MixId, SingerId, SingerSettings};
 use duetbox::output::NullSink;
 
@@ -36,19 +35,8 @@ fn packets_from_another_thread_come_back_as_frames_and_reports() {
             settings: SingerSettings::default(),
         })
         .expect("queue has room");
-    let mut enc =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
-    // One second of a phone, sent in real time from this thread.
-    for k in 0..50u64 {
-        let pcm = synthesize(Signal::tone(440.0), k * 960, PHONE_FRAME_SAMPLES);
-        let mut buf = [0u8; 1500];
-        let n = enc.encode_float(&pcm, &mut buf).expect("encode");
-        let at = handle.clock.now();
-        let slot =
-            PacketSlot::new(singer, 7, k as u16, (k * 960) as u32, at, &buf[..n]).expect("fits");
-        handle.push_packet(slot);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // One second of a phone singing 440 Hz, sent in real time from this thread.
+    crate::support::sing_in_real_time(&handle, singer, 440.0, 50);
     let mut personal_frames = 0;
     while let Some(frame) = handle.frames.pop() {
         if frame.mix == MixId::Personal(singer) {

@@ -515,3 +515,35 @@ pub async fn start_box(config: Config) -> (Running, String) {
     let base_url = format!("https://{}", running.https_addr);
     (running, base_url)
 }
+
+/// A phone singing `hz` into a running audio thread for `frames` 20 ms frames, sent in
+/// real time from the calling thread (real Opus, stamped on the thread's clock).
+pub fn sing_in_real_time(
+    handle: &duetbox::audio::AudioHandle,
+    singer: duetbox::engine::SingerId,
+    hz: f32,
+    frames: u64,
+) {
+    use duetbox::engine::testkit::{synthesize, Signal, PHONE_FRAME_SAMPLES};
+    let mut encoder = opus::Encoder::new(
+        SAMPLE_RATE_HZ,
+        opus::Channels::Mono,
+        opus::Application::Voip,
+    )
+    .expect("encoder");
+    for k in 0..frames {
+        let pcm = synthesize(
+            Signal::tone(hz),
+            k * PHONE_FRAME_SAMPLES as u64,
+            PHONE_FRAME_SAMPLES,
+        );
+        let mut buf = [0u8; 1500];
+        let n = encoder.encode_float(&pcm, &mut buf).expect("encode");
+        let at = handle.clock.now();
+        let ts = (k * PHONE_FRAME_SAMPLES as u64) as u32;
+        let slot =
+            duetbox::audio::PacketSlot::new(singer, 7, k as u16, ts, at, &buf[..n]).expect("fits");
+        handle.push_packet(slot);
+        thread::sleep(Duration::from_millis(20));
+    }
+}
