@@ -14,7 +14,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use duetbox::engine::receiver::{Receiver, ReceiverConfig};
-use duetbox::engine::testkit::{synthesize, Signal, PHONE_FRAME_SAMPLES};
+use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
 use duetbox::engine::{
     Command, Engine, EngineConfig, JitterConfig, Output, RtpAudio, SingerId, SingerSettings,
 };
@@ -22,27 +22,6 @@ use duetbox::engine::{
 const PERIOD_SAMPLES: usize = 240;
 const WARMUP_PERIODS: u64 = 400;
 const MEASURED_PERIODS: u64 = 2000;
-
-/// One second of 20 ms Opus packets of a tone, as a phone would send them.
-fn phone_packets(hz: f32) -> Vec<Vec<u8>> {
-    let mut enc =
-        opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("encoder");
-    enc.set_inband_fec(true).expect("fec");
-    enc.set_bitrate(opus::Bitrate::Bits(48_000))
-        .expect("bitrate");
-    (0..50u64)
-        .map(|k| {
-            let pcm = synthesize(
-                Signal::tone(hz),
-                k * PHONE_FRAME_SAMPLES as u64,
-                PHONE_FRAME_SAMPLES,
-            );
-            let mut buf = [0u8; 1500];
-            let n = enc.encode_float(&pcm, &mut buf).expect("encode");
-            buf[..n].to_vec()
-        })
-        .collect()
-}
 
 #[expect(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn clock() -> Instant {
@@ -61,7 +40,7 @@ fn bench_engine(singers: usize, listeners: u32) -> (Duration, Duration) {
     };
     let mut engine = Engine::new(config);
     let packets: Vec<Vec<Vec<u8>>> = (0..singers)
-        .map(|s| phone_packets(220.0 + 37.0 * s as f32))
+        .map(|s| phone_packets(Signal::tone(220.0 + 37.0 * s as f32), 50))
         .collect();
     // Gain staging as an engineer would set it: the voices' sum peaks below full scale,
     // so the limiter idles as it does at normal levels (its busy path is tested, not
@@ -125,7 +104,7 @@ fn bench_receiver() -> Duration {
         jitter: JitterConfig::default(),
         period_samples: PERIOD_SAMPLES,
     });
-    let packets = phone_packets(440.0);
+    let packets = phone_packets(Signal::tone(440.0), 50);
     let mut out = vec![0.0f32; PERIOD_SAMPLES];
     let periods = 20_000u64;
     let mut sent = 0u64;

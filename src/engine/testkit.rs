@@ -93,6 +93,45 @@ fn sample_at(signal: Signal, n: u64, state: &mut NoiseState) -> f32 {
     }
 }
 
+/// A phone's Opus encoder, set up like Chrome's uplink: 48 kHz mono, VoIP, in-band FEC
+/// on expecting some loss, 48 kbit/s.
+pub fn phone_encoder() -> opus::Encoder {
+    let mut encoder = opus::Encoder::new(
+        SAMPLE_RATE_HZ,
+        opus::Channels::Mono,
+        opus::Application::Voip,
+    )
+    .expect("libopus creates a mono encoder");
+    encoder.set_inband_fec(true).expect("fec");
+    encoder.set_packet_loss_perc(10).expect("loss");
+    encoder
+        .set_bitrate(opus::Bitrate::Bits(48_000))
+        .expect("bitrate");
+    encoder
+}
+
+/// `frames` consecutive 20 ms packets of `signal` from one [`phone_encoder`], the first
+/// starting at sample 0.
+pub fn phone_packets(signal: Signal, frames: u64) -> Vec<Vec<u8>> {
+    let mut encoder = phone_encoder();
+    let mut noise = NoiseState::new(signal);
+    let mut pcm = vec![0.0f32; PHONE_FRAME_SAMPLES];
+    (0..frames)
+        .map(|k| {
+            for (i, v) in pcm.iter_mut().enumerate() {
+                *v = sample_at(
+                    signal,
+                    k * PHONE_FRAME_SAMPLES as u64 + i as u64,
+                    &mut noise,
+                );
+            }
+            let mut buf = [0u8; 1500];
+            let n = encoder.encode_float(&pcm, &mut buf).expect("encode");
+            buf[..n].to_vec()
+        })
+        .collect()
+}
+
 /// Delay added by the network on top of the base delay.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Jitter {
@@ -299,18 +338,7 @@ impl Harness {
         let singer = SingerId(self.phones.len() as u32 + 1);
         self.engine
             .handle_command(Command::AddSinger { singer, settings });
-        let mut encoder = opus::Encoder::new(
-            SAMPLE_RATE_HZ,
-            opus::Channels::Mono,
-            opus::Application::Voip,
-        )
-        .expect("encoder");
-        // Chrome's uplink: in-band FEC on, expecting some loss, ~32-64 kbit/s.
-        encoder.set_inband_fec(true).expect("fec");
-        encoder.set_packet_loss_perc(10).expect("loss");
-        encoder
-            .set_bitrate(opus::Bitrate::Bits(48_000))
-            .expect("bitrate");
+        let encoder = phone_encoder();
         let ssrc = self.rng.random();
         let seq = self.rng.random();
         let ts = self.rng.random();

@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::time::Duration;
 
-use duetbox::engine::testkit::{synthesize, Signal, PHONE_FRAME_SAMPLES};
+use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
 use duetbox::engine::{Command, Engine, EngineConfig, RtpAudio, SingerId, SingerSettings};
 
 struct Counting;
@@ -71,19 +71,9 @@ struct Packet {
 fn impaired_packets() -> Vec<Packet> {
     let mut packets = Vec::new();
     for (s, hz) in [(1u32, 440.0f32), (2, 660.0)] {
-        let mut enc =
-            opus::Encoder::new(48_000, opus::Channels::Mono, opus::Application::Voip).expect("enc");
-        enc.set_inband_fec(true).expect("fec");
-        enc.set_packet_loss_perc(10).expect("loss");
+        let encoded = phone_packets(Signal::tone(hz), 1000);
         let mut lcg = 12345u32 + s;
-        for k in 0..1000u64 {
-            let pcm = synthesize(
-                Signal::tone(hz),
-                k * PHONE_FRAME_SAMPLES as u64,
-                PHONE_FRAME_SAMPLES,
-            );
-            let mut buf = [0u8; 1500];
-            let n = enc.encode_float(&pcm, &mut buf).expect("encode");
+        for (k, payload) in (0u64..).zip(encoded) {
             lcg = lcg.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let secs = k as f64 * 0.02;
             let lost = secs > 8.0 && lcg % 20 == 0;
@@ -102,7 +92,7 @@ fn impaired_packets() -> Vec<Packet> {
                 seq: k as u16,
                 ts: (k * PHONE_FRAME_SAMPLES as u64) as u32,
                 at: Duration::from_millis(at_ms),
-                payload: buf[..n].to_vec(),
+                payload,
             });
         }
     }

@@ -524,25 +524,12 @@ pub fn sing_in_real_time(
     hz: f32,
     frames: u64,
 ) {
-    use duetbox::engine::testkit::{synthesize, Signal, PHONE_FRAME_SAMPLES};
-    let mut encoder = opus::Encoder::new(
-        SAMPLE_RATE_HZ,
-        opus::Channels::Mono,
-        opus::Application::Voip,
-    )
-    .expect("encoder");
-    for k in 0..frames {
-        let pcm = synthesize(
-            Signal::tone(hz),
-            k * PHONE_FRAME_SAMPLES as u64,
-            PHONE_FRAME_SAMPLES,
-        );
-        let mut buf = [0u8; 1500];
-        let n = encoder.encode_float(&pcm, &mut buf).expect("encode");
+    use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
+    for (k, payload) in (0u64..).zip(phone_packets(Signal::tone(hz), frames)) {
         let at = handle.clock.now();
         let ts = (k * PHONE_FRAME_SAMPLES as u64) as u32;
         let slot =
-            duetbox::audio::PacketSlot::new(singer, 7, k as u16, ts, at, &buf[..n]).expect("fits");
+            duetbox::audio::PacketSlot::new(singer, 7, k as u16, ts, at, &payload).expect("fits");
         handle.push_packet(slot);
         thread::sleep(Duration::from_millis(20));
     }
