@@ -1,7 +1,7 @@
 //! Test harness for the engine: virtual clock, synthetic phones, impairments and
 //! measurements. Shared by the unit tests and `benches/` (feature `testkit`).
 //!
-//! Phones encode real Opus (libopus, 20 ms mono, in-band FEC on, like Chrome) of a
+//! Phones encode real Opus (libopus, 20 ms mono, in-band FEC on, like a phone browser) of a
 //! test signal, on their own drifting sample clock. Packets cross a simulated network
 //! with seeded jitter, stalls, loss, reordering and duplication, and reach the engine
 //! with their true arrival time. The engine renders one period per step of the virtual
@@ -93,8 +93,9 @@ fn sample_at(signal: Signal, n: u64, state: &mut NoiseState) -> f32 {
     }
 }
 
-/// A phone's Opus encoder, set up like Chrome's uplink: 48 kHz mono, VoIP, in-band FEC
-/// on expecting some loss, 48 kbit/s.
+/// A phone's Opus encoder, set up like a phone browser's uplink: 48 kHz mono, VoIP,
+/// in-band FEC on expecting some loss, 48 kbit/s, and complexity 5, libwebrtc's default
+/// on Android and iOS (desktop Chrome uses 9).
 pub fn phone_encoder() -> opus::Encoder {
     let mut encoder = opus::Encoder::new(
         SAMPLE_RATE_HZ,
@@ -104,6 +105,7 @@ pub fn phone_encoder() -> opus::Encoder {
     .expect("libopus creates a mono encoder");
     encoder.set_inband_fec(true).expect("fec");
     encoder.set_packet_loss_perc(10).expect("loss");
+    encoder.set_complexity(5).expect("complexity");
     encoder
         .set_bitrate(opus::Bitrate::Bits(48_000))
         .expect("bitrate");
@@ -218,6 +220,53 @@ struct Phone {
     with_fec: u64,
     /// Per frame sent: (dropped by the network, carries FEC).
     history: Vec<(bool, bool)>,
+    /// See [`Harness::loop_packets`].
+    looping: Looping,
+}
+
+/// Where a phone's packets come from.
+enum Looping {
+    /// Encoded live, frame by frame.
+    Off,
+    /// Encoded live while the second that starts at `from` (a signal position) is kept.
+    Capturing { from: u64, packets: Vec<Vec<u8>> },
+    /// Replayed from the kept second.
+    Replaying { from: u64, packets: Vec<Vec<u8>> },
+}
+
+/// Phone frames in one second.
+const FRAMES_PER_SECOND: usize = SAMPLE_RATE_HZ as usize / PHONE_FRAME_SAMPLES;
+
+impl Phone {
+    /// The payload of the next frame: encoded live, or replayed (and the signal
+    /// position advanced either way).
+    fn next_payload(&mut self) -> Vec<u8> {
+        let pos = self.signal_pos;
+        self.signal_pos += PHONE_FRAME_SAMPLES as u64;
+        if let Looping::Replaying { from, packets } = &self.looping {
+            let k = (pos - from) as usize / PHONE_FRAME_SAMPLES;
+            return packets[k % packets.len()].clone();
+        }
+        for k in 0..PHONE_FRAME_SAMPLES {
+            self.pcm[k] = sample_at(self.signal, pos + k as u64, &mut self.noise);
+        }
+        let mut buf = [0u8; 1500];
+        let n = self
+            .encoder
+            .encode_float(&self.pcm, &mut buf)
+            .expect("encode");
+        let payload = buf[..n].to_vec();
+        if let Looping::Capturing { from, packets } = &mut self.looping {
+            packets.push(payload.clone());
+            if packets.len() == FRAMES_PER_SECOND {
+                self.looping = Looping::Replaying {
+                    from: *from,
+                    packets: std::mem::take(packets),
+                };
+            }
+        }
+        payload
+    }
 }
 
 struct InFlight {
@@ -360,6 +409,7 @@ impl Harness {
             sent: 0,
             with_fec: 0,
             history: Vec::new(),
+            looping: Looping::Off,
         });
         self.personal.push(Vec::new());
         self.tracks.push(Track {
@@ -400,7 +450,29 @@ impl Harness {
         p.ts = ts;
         p.frames = 0;
         p.start = self.now;
+        p.looping = Looping::Off;
         let _ = p.encoder.reset_state();
+    }
+
+    /// From now on the phone encodes one more second live, then replays that second's
+    /// packets over and over instead of encoding. The stream is the same as a live one
+    /// for a signal that repeats every second once the encoder has settled (give it a
+    /// second or two first); long soaks use it because the phone's encoder, not the
+    /// engine, is most of their cost, which matters under qemu. A stream restart goes
+    /// back to live encoding.
+    ///
+    /// Panics unless the phone plays a tone of whole hertz (a one-second period).
+    pub fn loop_packets(&mut self, phone: PhoneId) {
+        let p = &mut self.phones[phone.0];
+        assert!(
+            matches!(p.signal, Signal::Tone { hz, .. } if hz.fract() == 0.0),
+            "only a tone of whole hertz repeats every second: {:?}",
+            p.signal
+        );
+        p.looping = Looping::Capturing {
+            from: p.signal_pos,
+            packets: Vec::with_capacity(FRAMES_PER_SECOND),
+        };
     }
 
     /// The singer behind a phone.
@@ -548,16 +620,7 @@ impl Harness {
 
     fn send_one(&mut self, idx: usize, send: Duration) {
         let phone = &mut self.phones[idx];
-        for k in 0..PHONE_FRAME_SAMPLES {
-            phone.pcm[k] = sample_at(phone.signal, phone.signal_pos + k as u64, &mut phone.noise);
-        }
-        phone.signal_pos += PHONE_FRAME_SAMPLES as u64;
-        let mut buf = [0u8; 1500];
-        let n = phone
-            .encoder
-            .encode_float(&phone.pcm, &mut buf)
-            .expect("encode");
-        let payload = buf[..n].to_vec();
+        let payload = phone.next_payload();
         let (seq, ts, ssrc, k) = (phone.seq, phone.ts, phone.ssrc, phone.frames);
         phone.seq = phone.seq.wrapping_add(1);
         phone.ts = phone.ts.wrapping_add(PHONE_FRAME_SAMPLES as u32);
