@@ -15,7 +15,7 @@ PI_CARGO := RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=$(PI_TARGET_DIR) $(CARGO)
 PI_BIN := $(PI_TARGET_DIR)/$(PI_TARGET)/release/duetbox
 
 .PHONY: run test setup-run setup-pi setup-deb setup-test build lint unit bench fmt \
-        pi pi-test deb deb-test
+        pi pi-test deb deb-test boot-test
 
 setup-run:
 	bash scripts/setup.sh run
@@ -63,7 +63,12 @@ deb: setup-deb build pi
 deb-test: deb
 	bash .ci/deb-test
 
-test: setup-test lint unit pi-test deb-test
+# Boots this system as a container under a real systemd and runs the package there:
+# start (notify), sandbox, real-time audio thread, watchdog restart, stop, purge (root).
+boot-test: deb
+	bash .ci/boot-test
+
+test: setup-test lint unit pi-test deb-test boot-test
 	$(CARGO) bench --locked --no-run
 
 bench:

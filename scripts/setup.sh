@@ -7,7 +7,7 @@
 #                           through Debian multiarch (no Docker), see docs/raspberry-pi.md
 #   scripts/setup.sh deb    what `make deb` needs: pi + cargo-deb (pinned) + dpkg-dev
 #   scripts/setup.sh test   what `make test` needs (run + deb + browsers, ALSA plugins,
-#                           sox, systemd's tools, ...)
+#                           sox, systemd's tools and systemd-nspawn, ...)
 set -euo pipefail
 
 profile=${1:-test}
@@ -24,8 +24,10 @@ run_pkgs=(build-essential cmake pkg-config libasound2-dev libopus-dev ca-certifi
 pi_pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
          libc6-dev-arm64-cross libasound2-dev:arm64 libopus-dev:arm64 qemu-user-static)
 deb_pkgs=(dpkg-dev file systemd)
+# systemd-container: .ci/boot-test boots this system under a real systemd (nspawn).
 test_pkgs=(chromium chromium-driver pulseaudio libasound2-plugins alsa-utils sox
-           mosquitto mosquitto-clients iproute2 systemd nodejs npm)
+           mosquitto mosquitto-clients iproute2 systemd systemd-container procps
+           nodejs npm)
 
 want=("${run_pkgs[@]}")
 case "$profile" in
