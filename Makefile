@@ -68,8 +68,9 @@ deb-test: deb
 boot-test: deb
 	bash .ci/boot-test
 
+# The benchmark binary is built and smoke-run by `unit` (cargo test --all-targets);
+# `make bench` prints its table.
 test: setup-test lint unit pi-test deb-test boot-test
-	$(CARGO) bench --locked --no-run
 
 bench:
 	$(CARGO) bench --locked --bench engine
