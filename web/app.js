@@ -416,15 +416,19 @@ function buildMicGraph() {
   app.micReadings = [];
 }
 
-function closeMic() {
-  if (app.micGraph) {
+/** Disconnects Web Audio nodes, each on its own (one already disconnected is fine). */
+function disconnectNodes(...nodes) {
+  for (const node of nodes) {
     try {
-      app.micGraph.source.disconnect();
-      app.micGraph.sink.disconnect();
+      node.disconnect();
     } catch (_) {
       // Already disconnected.
     }
   }
+}
+
+function closeMic() {
+  if (app.micGraph) disconnectNodes(app.micGraph.source, app.micGraph.sink);
   app.micGraph = null;
   app.micReadings = [];
   if (app.mic) app.mic.getTracks().forEach((t) => t.stop());
@@ -470,14 +474,7 @@ function attachRemote(stream) {
 }
 
 function detachRemoteGraph() {
-  if (app.remote) {
-    try {
-      app.remote.source.disconnect();
-      app.remote.gain.disconnect();
-    } catch (_) {
-      // Already disconnected.
-    }
-  }
+  if (app.remote) disconnectNodes(app.remote.source, app.remote.gain);
   app.remote = null;
   app.toneReadings = [];
 }

@@ -175,14 +175,8 @@ pub async fn start(
 
 fn router(state: AppState, max_bytes: usize) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
-        )
-        .route(
-            "/index.html",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
-        )
+        .route("/", get(index_html))
+        .route("/index.html", get(index_html))
         .route(
             "/app.js",
             get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
@@ -199,6 +193,11 @@ fn router(state: AppState, max_bytes: usize) -> Router {
         .route("/whep/{id}", delete(whip::delete_session))
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(state)
+}
+
+/// The phone page, served at `/` and `/index.html`.
+async fn index_html() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

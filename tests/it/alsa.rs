@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use duetbox::audio::{self, Sink};
 use duetbox::engine::testkit::{synthesize, tone_level, Signal};
-use duetbox::engine::{Command, EngineConfig, SingerId, SingerSettings, SAMPLE_RATE_HZ};
+use duetbox::engine::{EngineConfig, SingerId, SAMPLE_RATE_HZ};
 use duetbox::output::{self, AlsaSink, OutputSpec, SampleFormat};
 
 use crate::realtime::counted;
@@ -70,14 +70,8 @@ fn audio_thread_plays_a_singers_tone_into_an_alsa_file_pcm() {
     assert_eq!(name, format!("alsa:{}", pcm::VENUE_TONE));
 
     let singer = SingerId(1);
-    handle
-        .command(Command::AddSinger {
-            singer,
-            settings: SingerSettings::default(),
-        })
-        .expect("queue has room");
     // One second of a phone singing 440 Hz, sent in real time from this thread.
-    crate::support::sing_in_real_time(&handle, singer, 440.0, 50);
+    crate::support::seat_and_sing_in_real_time(&handle, singer, 440.0, 50);
     // Let the jitter buffer play out, then stop: the sink is dropped on the audio
     // thread, and the file plugin flushes on close.
     thread::sleep(Duration::from_millis(200));

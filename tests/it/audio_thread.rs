@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use duetbox::audio::{self, Report, Sink};
-use duetbox::engine::{Command, EngineConfig, MixId, SingerId, SingerSettings};
+use duetbox::engine::{EngineConfig, MixId, SingerId};
 use duetbox::output::NullSink;
 
 fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
@@ -29,14 +29,8 @@ fn packets_from_another_thread_come_back_as_frames_and_reports() {
     })
     .expect("spawn audio thread");
     let singer = SingerId(1);
-    handle
-        .command(Command::AddSinger {
-            singer,
-            settings: SingerSettings::default(),
-        })
-        .expect("queue has room");
     // One second of a phone singing 440 Hz, sent in real time from this thread.
-    crate::support::sing_in_real_time(&handle, singer, 440.0, 50);
+    crate::support::seat_and_sing_in_real_time(&handle, singer, 440.0, 50);
     let mut personal_frames = 0;
     while let Some(frame) = handle.frames.pop() {
         if frame.mix == MixId::Personal(singer) {

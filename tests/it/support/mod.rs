@@ -516,15 +516,23 @@ pub async fn start_box(config: Config) -> (Running, String) {
     (running, base_url)
 }
 
-/// A phone singing `hz` into a running audio thread for `frames` 20 ms frames, sent in
-/// real time from the calling thread (real Opus, stamped on the thread's clock).
-pub fn sing_in_real_time(
+/// Seats `singer` (default settings) in a running audio thread, then sings `hz` for
+/// `frames` 20 ms frames, sent in real time from the calling thread (real Opus, stamped
+/// on the thread's clock).
+pub fn seat_and_sing_in_real_time(
     handle: &duetbox::audio::AudioHandle,
     singer: duetbox::engine::SingerId,
     hz: f32,
     frames: u64,
 ) {
     use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
+    use duetbox::engine::{Command, SingerSettings};
+    handle
+        .command(Command::AddSinger {
+            singer,
+            settings: SingerSettings::default(),
+        })
+        .expect("queue has room");
     for (k, payload) in (0u64..).zip(phone_packets(Signal::tone(hz), frames)) {
         let at = handle.clock.now();
         let ts = (k * PHONE_FRAME_SAMPLES as u64) as u32;

@@ -559,19 +559,13 @@ async fn build_peer(
     }
 }
 
-/// Encodes `source` as 20 ms mono Opus (VoIP, in-band FEC, like Chrome) and writes one
-/// RTP packet per tick of a 20 ms interval; records each packet's decoded audio and the
-/// instant it was handed to `write_rtp`.
+/// Encodes `source` as 20 ms mono Opus (the engine harness's phone encoder: VoIP,
+/// in-band FEC, set up like a phone browser's uplink) and writes one RTP packet per tick
+/// of a 20 ms interval; records each packet's decoded audio and the instant it was
+/// handed to `write_rtp`.
 async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>) {
     let LocalVoice { track, ssrc } = voice;
-    let mut encoder = opus::Encoder::new(
-        SAMPLE_RATE_HZ,
-        opus::Channels::Mono,
-        opus::Application::Voip,
-    )
-    .expect("an Opus encoder for 48 kHz mono");
-    encoder.set_inband_fec(true).expect("in-band FEC");
-    encoder.set_packet_loss_perc(10).expect("expected loss");
+    let mut encoder = duetbox::engine::testkit::phone_encoder();
     let mut local = opus::Decoder::new(SAMPLE_RATE_HZ, opus::Channels::Mono)
         .expect("an Opus decoder for 48 kHz mono");
     let mut sequence = rand::random::<u16>();
