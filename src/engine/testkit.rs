@@ -120,18 +120,27 @@ pub fn phone_packets(signal: Signal, frames: u64) -> Vec<Vec<u8>> {
     let mut pcm = vec![0.0f32; PHONE_FRAME_SAMPLES];
     (0..frames)
         .map(|k| {
-            for (i, v) in pcm.iter_mut().enumerate() {
-                *v = sample_at(
-                    signal,
-                    k * PHONE_FRAME_SAMPLES as u64 + i as u64,
-                    &mut noise,
-                );
-            }
-            let mut buf = [0u8; 1500];
-            let n = encoder.encode_float(&pcm, &mut buf).expect("encode");
-            buf[..n].to_vec()
+            let from = k * PHONE_FRAME_SAMPLES as u64;
+            encode_frame(&mut encoder, signal, &mut noise, from, &mut pcm)
         })
         .collect()
+}
+
+/// Encodes the phone frame of `signal` that starts at sample `from` (`pcm` is scratch,
+/// one frame long).
+fn encode_frame(
+    encoder: &mut opus::Encoder,
+    signal: Signal,
+    noise: &mut NoiseState,
+    from: u64,
+    pcm: &mut [f32],
+) -> Vec<u8> {
+    for (i, v) in pcm.iter_mut().enumerate() {
+        *v = sample_at(signal, from + i as u64, noise);
+    }
+    let mut buf = [0u8; 1500];
+    let n = encoder.encode_float(pcm, &mut buf).expect("encode");
+    buf[..n].to_vec()
 }
 
 /// Delay added by the network on top of the base delay.
@@ -220,18 +229,9 @@ struct Phone {
     with_fec: u64,
     /// Per frame sent: (dropped by the network, carries FEC).
     history: Vec<(bool, bool)>,
-    /// See [`Harness::loop_packets`].
-    looping: Looping,
-}
-
-/// Where a phone's packets come from.
-enum Looping {
-    /// Encoded live, frame by frame.
-    Off,
-    /// Encoded live while the second that starts at `from` (a signal position) is kept.
-    Capturing { from: u64, packets: Vec<Vec<u8>> },
-    /// Replayed from the kept second.
-    Replaying { from: u64, packets: Vec<Vec<u8>> },
+    /// See [`Harness::loop_packets`]: the signal position where the kept second starts,
+    /// and its packets as encoded so far; replayed once the second is complete.
+    loop_second: Option<(u64, Vec<Vec<u8>>)>,
 }
 
 /// Phone frames in one second.
@@ -243,29 +243,25 @@ impl Phone {
     fn next_payload(&mut self) -> Vec<u8> {
         let pos = self.signal_pos;
         self.signal_pos += PHONE_FRAME_SAMPLES as u64;
-        if let Looping::Replaying { from, packets } = &self.looping {
-            let k = (pos - from) as usize / PHONE_FRAME_SAMPLES;
-            return packets[k % packets.len()].clone();
-        }
-        for k in 0..PHONE_FRAME_SAMPLES {
-            self.pcm[k] = sample_at(self.signal, pos + k as u64, &mut self.noise);
-        }
-        let mut buf = [0u8; 1500];
-        let n = self
-            .encoder
-            .encode_float(&self.pcm, &mut buf)
-            .expect("encode");
-        let payload = buf[..n].to_vec();
-        if let Looping::Capturing { from, packets } = &mut self.looping {
-            packets.push(payload.clone());
-            if packets.len() == FRAMES_PER_SECOND {
-                self.looping = Looping::Replaying {
-                    from: *from,
-                    packets: std::mem::take(packets),
-                };
+        match &mut self.loop_second {
+            Some((from, packets)) if packets.len() == FRAMES_PER_SECOND => {
+                let k = (pos - *from) as usize / PHONE_FRAME_SAMPLES;
+                packets[k % FRAMES_PER_SECOND].clone()
+            }
+            kept => {
+                let payload = encode_frame(
+                    &mut self.encoder,
+                    self.signal,
+                    &mut self.noise,
+                    pos,
+                    &mut self.pcm,
+                );
+                if let Some((_, packets)) = kept {
+                    packets.push(payload.clone());
+                }
+                payload
             }
         }
-        payload
     }
 }
 
@@ -409,7 +405,7 @@ impl Harness {
             sent: 0,
             with_fec: 0,
             history: Vec::new(),
-            looping: Looping::Off,
+            loop_second: None,
         });
         self.personal.push(Vec::new());
         self.tracks.push(Track {
@@ -450,7 +446,7 @@ impl Harness {
         p.ts = ts;
         p.frames = 0;
         p.start = self.now;
-        p.looping = Looping::Off;
+        p.loop_second = None;
         let _ = p.encoder.reset_state();
     }
 
@@ -469,10 +465,7 @@ impl Harness {
             "only a tone of whole hertz repeats every second: {:?}",
             p.signal
         );
-        p.looping = Looping::Capturing {
-            from: p.signal_pos,
-            packets: Vec::with_capacity(FRAMES_PER_SECOND),
-        };
+        p.loop_second = Some((p.signal_pos, Vec::with_capacity(FRAMES_PER_SECOND)));
     }
 
     /// The singer behind a phone.
