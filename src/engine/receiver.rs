@@ -35,6 +35,14 @@ const FADE_OUT_SAMPLES: usize = 960;
 /// stream, samples (5 ms: short enough not to lose a syllable, long enough not to click).
 const FADE_IN_SAMPLES: usize = 240;
 
+/// A delay this far above the target is a backlog, not jitter (the output stopped
+/// taking audio while packets kept coming): it is dropped rather than played late.
+/// Beyond any target the controller may choose (`max_delay`) plus this margin.
+const BACKLOG_MARGIN_US: i64 = 50_000;
+
+/// Decoded audio kept and faded out when a backlog is dropped, samples (5 ms).
+const BACKLOG_FADE_SAMPLES: usize = 240;
+
 /// Continuous concealment after which the source is idle: silence instead of PLC, and
 /// the next packet starts a fresh timeline (500 ms).
 const IDLE_AFTER_SAMPLES: usize = 24_000;
@@ -97,6 +105,11 @@ pub struct ReceiverStats {
     pub restarts: u64,
     /// Timeline jumps (sequence or timestamp) that forced a fresh start.
     pub resyncs: u64,
+    /// Times a backlog (delay far above the target, e.g. after the output stalled)
+    /// was dropped to bring the voice back in time.
+    pub caught_up: u64,
+    /// Packets dropped unplayed by those catch-ups.
+    pub skipped: u64,
     /// Samples removed by compress splices.
     pub compressed_samples: u64,
     /// Samples added by expand splices.
@@ -342,6 +355,10 @@ impl Receiver {
             return;
         };
         let (seq, ts, samples, has_fec) = (packet.seq, packet.ts, packet.samples, packet.has_fec);
+        if self.is_backlog(now, ts) {
+            self.drop_backlog(now);
+            return;
+        }
         let next_seq = self.store.next_seq().unwrap_or(seq);
         if self.anchor_pending {
             self.anchor_pending = false;
@@ -505,6 +522,48 @@ impl Receiver {
                 self.stats.expanded_samples += splice.samples.unsigned_abs() as u64;
             }
         }
+    }
+
+    /// Whether playing on from the fifo and then packet `ts` would put the voice so far
+    /// behind that it must be a backlog rather than jitter.
+    fn is_backlog(&self, now: Duration, ts: i64) -> bool {
+        if self.arrivals.is_empty() {
+            return false;
+        }
+        let next_ts = if self.anchor_pending { ts } else { self.tail_ts };
+        let head_ts = next_ts - self.fifo.len() as i64;
+        let delay_us = now.as_micros() as i64
+            - self.arrivals.base_us()
+            - head_ts * 1_000_000 / SAMPLE_RATE_HZ as i64;
+        delay_us > self.config.jitter.max_delay.as_micros() as i64 + BACKLOG_MARGIN_US
+    }
+
+    /// Brings a voice that fell far behind back to its target at once: splices remove
+    /// a few milliseconds per period, which after a stall of seconds would leave the
+    /// singer out of time with the music for a long while. Keeps a short fade-out of
+    /// what is decoded, drops the packets whose turn has passed, and re-anchors on the
+    /// first one still due (faded in).
+    fn drop_backlog(&mut self, now: Duration) {
+        self.stats.caught_up += 1;
+        let keep = self.fifo.len().min(BACKLOG_FADE_SAMPLES);
+        self.fifo.truncate(keep);
+        for (i, v) in self.fifo.as_mut_slice().iter_mut().enumerate() {
+            *v *= 1.0 - (i + 1) as f32 / keep as f32;
+        }
+        // The media time that plays at the target delay once the fade is out.
+        let due_us = now.as_micros() as i64 - self.arrivals.base_us() - self.target_us;
+        let due_ts = due_us * SAMPLE_RATE_HZ as i64 / 1_000_000 + keep as i64;
+        while let Some(packet) = self.store.earliest() {
+            if packet.ts + packet.samples as i64 > due_ts {
+                break;
+            }
+            let seq = packet.seq;
+            self.store.advance_to(seq + 1);
+            self.stats.skipped += 1;
+        }
+        self.anchor_pending = true;
+        self.debt = 0;
+        self.envelope = 0.0;
     }
 }
 

@@ -534,6 +534,20 @@ impl Harness {
         }
     }
 
+    /// The output device stops taking audio for `duration` (a stalled driver, a USB
+    /// hiccup): phones keep sending and packets keep arriving, but nothing renders.
+    pub fn stall_output(&mut self, duration: Duration) {
+        let end = self.now + duration;
+        let period = self.engine.config().period_samples;
+        while self.now < end {
+            for idx in 0..self.phones.len() {
+                self.send_due(idx);
+            }
+            self.deliver_due();
+            self.now += Duration::from_nanos(period as u64 * 1_000_000_000 / SAMPLE_RATE_HZ as u64);
+        }
+    }
+
     /// Also drains return frames and counts them per mix (venue, personal).
     pub fn count_returns(&mut self, on: bool) {
         self.decode_returns = on;
@@ -544,21 +558,7 @@ impl Harness {
         for idx in 0..self.phones.len() {
             self.send_due(idx);
         }
-        while self
-            .in_flight
-            .peek()
-            .is_some_and(|Reverse(p)| p.arrival <= self.now)
-        {
-            let Reverse(packet) = self.in_flight.pop().expect("peeked");
-            let singer = self.phones[packet.phone].singer;
-            let rtp = RtpAudio {
-                ssrc: packet.ssrc,
-                sequence: packet.seq,
-                timestamp: packet.ts,
-                payload: &packet.payload,
-            };
-            self.engine.handle_packet(singer, rtp, packet.arrival);
-        }
+        self.deliver_due();
         self.engine.render_period(self.now, &mut self.venue_buf);
         while let Some(out) = self.engine.poll_output() {
             if let Output::Frame { mix, .. } = out {
@@ -591,6 +591,25 @@ impl Harness {
             }
         }
         self.now += Duration::from_nanos(period as u64 * 1_000_000_000 / SAMPLE_RATE_HZ as u64);
+    }
+
+    /// Hands the engine every packet that has arrived by now.
+    fn deliver_due(&mut self) {
+        while self
+            .in_flight
+            .peek()
+            .is_some_and(|Reverse(p)| p.arrival <= self.now)
+        {
+            let Reverse(packet) = self.in_flight.pop().expect("peeked");
+            let singer = self.phones[packet.phone].singer;
+            let rtp = RtpAudio {
+                ssrc: packet.ssrc,
+                sequence: packet.seq,
+                timestamp: packet.ts,
+                payload: &packet.payload,
+            };
+            self.engine.handle_packet(singer, rtp, packet.arrival);
+        }
     }
 
     fn send_due(&mut self, idx: usize) {

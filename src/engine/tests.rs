@@ -335,6 +335,60 @@ fn stream_restart_plays_again_within_one_frame() {
 }
 
 #[test]
+fn both_voices_are_back_in_time_right_after_the_output_stalls() {
+    // 400 ms and 2 s: the packets wait in the store; 4 s: more than it holds.
+    for (seed, stall) in [(7, 400 * MS), (8, 2000 * MS), (9, 4000 * MS)] {
+        let mut h = Harness::new(config()).seed(seed);
+        let ana = h.add_phone(Signal::tone(440.0), Network::default(), solo());
+        let ben = h.add_phone(Signal::tone(660.0), Network::default(), solo());
+        h.run_for(Duration::from_secs(3));
+        h.stall_output(stall);
+        h.record(true);
+        h.mark();
+        h.run_for(Duration::from_secs(2));
+        let window = 480;
+        let levels: Vec<(f32, f32)> = left(&h.venue)
+            .chunks_exact(window)
+            .map(|w| (tone_level(w, 440.0), tone_level(w, 660.0)))
+            .collect();
+        let profile: Vec<String> = levels
+            .iter()
+            .take(10)
+            .map(|(a, b)| format!("{a:.2}/{b:.2}"))
+            .collect();
+        eprintln!(
+            "{stall:?} stall, then 10 ms windows: {} ...",
+            profile.join(" ")
+        );
+        eprintln!("ana {:?}", since_mark(&h, ana));
+        eprintln!("ben {:?}", since_mark(&h, ben));
+        // From the third 10 ms after the output runs again both voices are there, and
+        // stay (the first two hold the fade-out of the old audio and the fade-in).
+        let weak: Vec<usize> = levels
+            .iter()
+            .enumerate()
+            .skip(2)
+            .filter(|(_, &(a, b))| a < 0.2 || b < 0.2)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(weak.is_empty(), "{stall:?}: weak 10 ms windows {weak:?}");
+        // The backlog was dropped, not played late: the delay is back at the target.
+        h.mark();
+        h.run_for(Duration::from_secs(1));
+        for phone in [ana, ben] {
+            let track = h.track(phone);
+            assert!(track.max_delay <= 20 * MS, "{stall:?} {phone:?}: {track:?}");
+        }
+        assert_eq!(
+            h.venue_max_step <= step_bound(660.0),
+            true,
+            "step {}",
+            h.venue_max_step
+        );
+    }
+}
+
+#[test]
 fn mix_minus_keeps_the_own_voice_60_db_below_the_partner() {
     let mut h = Harness::new(config()).seed(1);
     let ana = h.add_phone(Signal::tone(440.0), Network::default(), solo());

@@ -75,6 +75,11 @@ impl PcmFifo {
         self.end = 0;
     }
 
+    /// Keeps only the oldest `n` samples.
+    pub fn truncate(&mut self, n: usize) {
+        self.end = self.start + n.min(self.len());
+    }
+
     /// The waiting samples, oldest first.
     pub fn as_slice(&self) -> &[f32] {
         &self.buf[self.start..self.end]
