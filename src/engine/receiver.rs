@@ -530,7 +530,11 @@ impl Receiver {
         if self.arrivals.is_empty() {
             return false;
         }
-        let next_ts = if self.anchor_pending { ts } else { self.tail_ts };
+        let next_ts = if self.anchor_pending {
+            ts
+        } else {
+            self.tail_ts
+        };
         let head_ts = next_ts - self.fifo.len() as i64;
         let delay_us = now.as_micros() as i64
             - self.arrivals.base_us()
