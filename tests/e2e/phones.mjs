@@ -23,6 +23,9 @@
 //    "levels":{"440":-31.2,"660":-88.0,"880":-35.5},"mic_db":-9.1,"stats":{...}}
 // levels are dB of each frequency in the received mix averaged over the last second
 // (null before any audio arrived); mic_db is the mic's RMS dBFS (null for listeners).
+// stderr carries two marker lines a caller may line its records up with: `mark: all
+// live` (every seated phone is live, the refused ones were refused) and `mark:
+// measuring` (--seconds later, right before the phones measure).
 // Exit status: 0 when every phone reached what it should, 1 on any timeout or wrong
 // outcome (the reason on stderr), 2 on a usage error.
 
@@ -325,7 +328,10 @@ async function run(opts) {
       if (problem) problems.push(problem);
     }
 
+    // Markers on stderr let a caller line its own records up with this run.
+    log('mark: all live');
     await sleep(opts.seconds * 1000);
+    log('mark: measuring');
     await Promise.all(seated.map((p) => p.measure()));
     for (const p of phones) process.stdout.write(`${JSON.stringify(p.result)}\n`);
     return problems;

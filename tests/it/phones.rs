@@ -7,10 +7,14 @@
 //! from the received track); the listener hears both. Screenshots are saved under
 //! target/e2e-artifacts/.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
+use duetbox::audio::Counters;
 use duetbox::config::Config;
 use duetbox::engine::testkit::tone_level;
 use serde_json::Value;
@@ -109,6 +113,45 @@ fn box_config(state_dir: &Path) -> Config {
     config
 }
 
+/// What the phones' driver left: its output (stdout), its stderr, and the output's
+/// period counter at each of its `mark: ...` lines.
+struct DriverRun {
+    output: std::process::Output,
+    stderr: String,
+    marks: Vec<(String, u64)>,
+}
+
+fn run_driver(args: &[String], counters: Arc<Counters>) -> DriverRun {
+    let mut child = Command::new("node")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}): {}", support::INSTALL_HINT));
+    let lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+    // Read as the lines come, so each marker gets the counter of its moment.
+    let reader = std::thread::spawn(move || {
+        let mut stderr = String::new();
+        let mut marks = Vec::new();
+        for line in lines.map_while(Result::ok) {
+            if let Some(mark) = line.strip_prefix("mark: ") {
+                marks.push((mark.to_string(), counters.periods.load(Ordering::Relaxed)));
+            }
+            stderr.push_str(&line);
+            stderr.push('\n');
+        }
+        (stderr, marks)
+    });
+    let output = child.wait_with_output().expect("the driver's output");
+    let (stderr, marks) = reader.join().expect("the stderr reader");
+    DriverRun {
+        output,
+        stderr,
+        marks,
+    }
+}
+
 fn level_db(phone: &Value, hz: &str) -> f64 {
     phone["levels"][hz]
         .as_f64()
@@ -167,15 +210,17 @@ fn two_phones_sing_a_duet_through_the_box() {
         "--expect-error".into(),
         "room_full".into(),
     ];
-    let output = within("the headless phones", BROWSER_DEADLINE, move || {
-        Command::new("node")
-            .args(&args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run node ({e}): {}", support::INSTALL_HINT))
+    let counters = running.audio.counters.clone();
+    let driver = within("the headless phones", BROWSER_DEADLINE, move || {
+        run_driver(&args, counters)
     });
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (output, stderr, marks) = (driver.output, driver.stderr, driver.marks);
     let stdout = String::from_utf8_lossy(&output.stdout);
+    let running_xruns = running
+        .audio
+        .counters
+        .xruns
+        .load(std::sync::atomic::Ordering::Relaxed);
     let health = runtime.block_on(async {
         let counts = running.room.counts();
         (
@@ -251,23 +296,64 @@ fn two_phones_sing_a_duet_through_the_box() {
     // The venue speakers: the WAV the ALSA file plugin wrote (flushed when the box closed
     // its PCM at shutdown). Both voices, panned centre (-3 dB), at their phones' level.
     let venue = read_wav_left(&alsa.file(raw::VENUE_E2E));
+    // The recording holds exactly the periods the audio thread wrote, and a busy machine
+    // stalls the PulseAudio "speakers" now and then (seconds, at Chromium starts): so
+    // find the duet in it by the period counter at the driver's markers, not by time.
+    let period_frames = (48_000.0 * box_config(&work).audio.period_ms / 1000.0) as usize;
+    let periods_written = health.1 as usize;
     assert!(
-        venue.len() > 48_000 * 3,
-        "the venue recording is {} frames",
+        venue.len().abs_diff(periods_written * period_frames) <= 2 * period_frames,
+        "the recording ({} frames) is the {periods_written} periods written",
         venue.len()
     );
-    // The phones were all live during the last LISTEN_SECONDS before they left; take 2 s
-    // from that stretch, ending 1 s before the recording does (leave and shutdown).
-    let end = venue.len() - 48_000;
-    let window = &venue[end - 96_000..end];
-    let (v440, v660) = (tone_level(window, 440.0), tone_level(window, 660.0));
-    eprintln!("venue: 440 Hz {v440:.3}, 660 Hz {v660:.3}");
+    let mark = |name: &str| -> usize {
+        marks
+            .iter()
+            .find(|(m, _)| m == name)
+            .map(|&(_, periods)| periods as usize * period_frames)
+            .unwrap_or_else(|| panic!("no '{name}' marker from the driver:\n{stderr}"))
+    };
+    // Half a second after the last join for the voices to settle, until the phones
+    // start measuring (they stay live through it).
+    let from = mark("all live") + 24_000;
+    let to = mark("measuring").min(venue.len());
+    assert!(
+        to >= from + 48_000,
+        "the output wrote only {:.2} s of the {LISTEN_SECONDS} s duet (xruns {running_xruns})",
+        to.saturating_sub(from) as f64 / 48_000.0
+    );
+    let duet = &venue[from..to];
+    let windows: Vec<(f32, f32)> = duet
+        .chunks_exact(4_800)
+        .map(|w| (tone_level(w, 440.0), tone_level(w, 660.0)))
+        .collect();
+    let profile: Vec<String> = windows
+        .iter()
+        .map(|(a, b)| format!("{a:.2}/{b:.2}"))
+        .collect();
+    let (v440, v660) = (tone_level(duet, 440.0), tone_level(duet, 660.0));
+    eprintln!(
+        "venue, {:.2} s of duet: 440 Hz {v440:.3}, 660 Hz {v660:.3}; per 100 ms: {}",
+        duet.len() as f64 / 48_000.0,
+        profile.join(" ")
+    );
     for (hz, level) in [(440, v440), (660, v660)] {
         assert!(
             (0.15..=0.6).contains(&level),
             "venue {hz} Hz level {level} (expected ~0.35)"
         );
     }
+    // Both voices all along, not on average: a dropout would show as weak windows.
+    let both = windows
+        .iter()
+        .filter(|&&(a, b)| a >= 0.15 && b >= 0.15)
+        .count();
+    assert!(
+        both * 10 >= windows.len() * 9,
+        "both voices in only {both} of {} 100 ms windows: {}",
+        windows.len(),
+        profile.join(" ")
+    );
     let peak = venue.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(
         peak <= 0.9,
