@@ -309,9 +309,7 @@ impl Receiver {
         let tail = self.fifo.as_mut_slice();
         let n = tail.len().min(OPUS_GRANULE_SAMPLES);
         let from = tail.len() - n;
-        for (i, v) in tail[from..].iter_mut().enumerate() {
-            *v *= 1.0 - (i + 1) as f32 / n as f32;
-        }
+        fade_out(&mut tail[from..]);
         self.envelope = 0.0;
     }
 
@@ -500,10 +498,7 @@ impl Receiver {
         if self.arrivals.is_empty() {
             return;
         }
-        let vts = self.tail_ts - self.fifo.len() as i64;
-        let delay_us = now.as_micros() as i64
-            - self.arrivals.base_us()
-            - vts * 1_000_000 / SAMPLE_RATE_HZ as i64;
+        let delay_us = self.delay_us(now, self.tail_ts - self.fifo.len() as i64);
         self.stats.delay = Duration::from_micros(delay_us.max(0) as u64);
         let err_us = delay_us - self.target_us;
         if err_us > BAND_ABOVE_US {
@@ -535,11 +530,13 @@ impl Receiver {
         } else {
             self.tail_ts
         };
-        let head_ts = next_ts - self.fifo.len() as i64;
-        let delay_us = now.as_micros() as i64
-            - self.arrivals.base_us()
-            - head_ts * 1_000_000 / SAMPLE_RATE_HZ as i64;
+        let delay_us = self.delay_us(now, next_ts - self.fifo.len() as i64);
         delay_us > self.config.jitter.max_delay.as_micros() as i64 + BACKLOG_MARGIN_US
+    }
+
+    /// `D` at `now` if the sample playing now has media time `vts` (module docs).
+    fn delay_us(&self, now: Duration, vts: i64) -> i64 {
+        now.as_micros() as i64 - self.arrivals.base_us() - vts * 1_000_000 / SAMPLE_RATE_HZ as i64
     }
 
     /// Brings a voice that fell far behind back to its target at once: splices remove
@@ -551,9 +548,7 @@ impl Receiver {
         self.stats.caught_up += 1;
         let keep = self.fifo.len().min(BACKLOG_FADE_SAMPLES);
         self.fifo.truncate(keep);
-        for (i, v) in self.fifo.as_mut_slice().iter_mut().enumerate() {
-            *v *= 1.0 - (i + 1) as f32 / keep as f32;
-        }
+        fade_out(self.fifo.as_mut_slice());
         // The media time that plays at the target delay once the fade is out.
         let due_us = now.as_micros() as i64 - self.arrivals.base_us() - self.target_us;
         let due_ts = due_us * SAMPLE_RATE_HZ as i64 / 1_000_000 + keep as i64;
@@ -568,6 +563,14 @@ impl Receiver {
         self.anchor_pending = true;
         self.debt = 0;
         self.envelope = 0.0;
+    }
+}
+
+/// Fades `x` linearly down to silence at its last sample.
+fn fade_out(x: &mut [f32]) {
+    let n = x.len() as f32;
+    for (i, v) in x.iter_mut().enumerate() {
+        *v *= 1.0 - (i + 1) as f32 / n;
     }
 }
 
