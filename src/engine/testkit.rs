@@ -538,13 +538,9 @@ impl Harness {
     /// hiccup): phones keep sending and packets keep arriving, but nothing renders.
     pub fn stall_output(&mut self, duration: Duration) {
         let end = self.now + duration;
-        let period = self.engine.config().period_samples;
         while self.now < end {
-            for idx in 0..self.phones.len() {
-                self.send_due(idx);
-            }
-            self.deliver_due();
-            self.now += Duration::from_nanos(period as u64 * 1_000_000_000 / SAMPLE_RATE_HZ as u64);
+            self.exchange();
+            self.now += self.period();
         }
     }
 
@@ -554,11 +550,7 @@ impl Harness {
     }
 
     fn step(&mut self) {
-        let period = self.engine.config().period_samples;
-        for idx in 0..self.phones.len() {
-            self.send_due(idx);
-        }
-        self.deliver_due();
+        self.exchange();
         self.engine.render_period(self.now, &mut self.venue_buf);
         while let Some(out) = self.engine.poll_output() {
             if let Output::Frame { mix, .. } = out {
@@ -590,11 +582,20 @@ impl Harness {
                 track.max_delay = track.max_delay.max(stats.delay);
             }
         }
-        self.now += Duration::from_nanos(period as u64 * 1_000_000_000 / SAMPLE_RATE_HZ as u64);
+        self.now += self.period();
     }
 
-    /// Hands the engine every packet that has arrived by now.
-    fn deliver_due(&mut self) {
+    /// One engine period of virtual time.
+    fn period(&self) -> Duration {
+        let period = self.engine.config().period_samples as u64;
+        Duration::from_nanos(period * 1_000_000_000 / SAMPLE_RATE_HZ as u64)
+    }
+
+    /// Phones send what is due and the engine gets every packet that has arrived by now.
+    fn exchange(&mut self) {
+        for idx in 0..self.phones.len() {
+            self.send_due(idx);
+        }
         while self
             .in_flight
             .peek()
