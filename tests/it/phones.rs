@@ -187,8 +187,10 @@ fn two_phones_sing_a_duet_through_the_box() {
         .enable_all()
         .build()
         .expect("runtime");
+    let config = box_config(&work.join("state"));
+    let period_frames = (48_000.0 * config.audio.period_ms / 1000.0) as usize;
     let running = runtime
-        .block_on(duetbox::app::start(box_config(&work.join("state"))))
+        .block_on(duetbox::app::start(config))
         .expect("the box starts");
     assert_eq!(running.output, format!("alsa:{}", pcm::VENUE_E2E));
     let url = format!("https://127.0.0.1:{}/", running.https_addr.port());
@@ -213,30 +215,19 @@ fn two_phones_sing_a_duet_through_the_box() {
         "room_full".into(),
     ];
     let counters = running.audio.counters.clone();
-    let driver = within("the headless phones", BROWSER_DEADLINE, move || {
-        run_driver(&args, counters)
+    let driver = within("the headless phones", BROWSER_DEADLINE, {
+        let counters = counters.clone();
+        move || run_driver(&args, counters)
     });
     let (output, stderr, marks) = (driver.output, driver.stderr, driver.marks);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let running_xruns = running
-        .audio
-        .counters
-        .xruns
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let health = runtime.block_on(async {
-        let counts = running.room.counts();
-        (
-            counts,
-            running
-                .audio
-                .counters
-                .periods
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
-    });
+    let room_at_end = runtime.block_on(async { running.room.counts() });
     runtime
         .block_on(running.stop())
         .expect("the box stops cleanly");
+    // The audio thread has ended: these are final, and the recording is closed.
+    let periods_written = counters.periods.load(Ordering::Relaxed) as usize;
+    let xruns = counters.xruns.load(Ordering::Relaxed);
     assert!(
         output.status.success(),
         "phones failed ({}):\n{stderr}\n{stdout}",
@@ -254,8 +245,7 @@ fn two_phones_sing_a_duet_through_the_box() {
     };
     eprintln!("phones: {stdout}");
     eprintln!(
-        "room at the end (singers, listeners): {:?}, periods {}",
-        health.0, health.1
+        "room at the end (singers, listeners): {room_at_end:?}, periods {periods_written}, xruns {xruns}"
     );
 
     // Each phone, measured inside its page from the track it received.
@@ -301,8 +291,6 @@ fn two_phones_sing_a_duet_through_the_box() {
     // The recording holds exactly the periods the audio thread wrote, and a busy machine
     // stalls the PulseAudio "speakers" now and then (seconds, at Chromium starts): so
     // find the duet in it by the period counter at the driver's markers, not by time.
-    let period_frames = (48_000.0 * box_config(&work).audio.period_ms / 1000.0) as usize;
-    let periods_written = health.1 as usize;
     assert!(
         venue.len().abs_diff(periods_written * period_frames) <= 2 * period_frames,
         "the recording ({} frames) is the {periods_written} periods written",
@@ -321,7 +309,7 @@ fn two_phones_sing_a_duet_through_the_box() {
     let to = mark("measuring").min(venue.len());
     assert!(
         to >= from + 48_000,
-        "the output wrote only {:.2} s of the {LISTEN_SECONDS} s duet (xruns {running_xruns})",
+        "the output wrote only {:.2} s of the {LISTEN_SECONDS} s duet (xruns {xruns})",
         to.saturating_sub(from) as f64 / 48_000.0
     );
     let duet = &venue[from..to];
