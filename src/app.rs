@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::{self, AudioHandle, Sink, SinkError};
 use crate::config::Config;
-use crate::control::{Room, RoomSettings};
+use crate::control::{self, Control, RoomConfig};
 use crate::http::{self, HttpSettings};
 use crate::output::{self, OutputSpec};
 use crate::rtc::RtcSettings;
@@ -42,8 +42,8 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     /// The audio thread's handle (heartbeat, counters).
     pub audio: AudioHandle,
-    /// The room.
-    pub room: Arc<Room>,
+    /// The room's handle (what every surface drives).
+    pub control: Control,
     /// What the output is, e.g. "alsa:default" or "null".
     pub output: String,
     server: http::Server,
@@ -95,7 +95,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         Err(e) => anyhow::bail!("opening the audio output: {e}"),
     };
-    tracing::info!(output = %output, period_frames = period, "audio output running");
+    tracing::info!(
+        output = %output,
+        period_frames = audio.counters.device_period_frames.load(Ordering::Relaxed),
+        engine_period_frames = period,
+        "audio output running"
+    );
 
     let cancel = CancellationToken::new();
     let rtc = RtcSettings {
@@ -112,20 +117,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ice_keepalive: Duration::from_millis(config.rtc.ice_keepalive_ms),
         uplink_bitrate_bps: config.rtc.uplink_bitrate_bps,
     };
-    let room = Room::new(
-        RoomSettings {
+    let (control, control_task) = control::start(
+        RoomConfig {
             max_singers: config.room.max_singers,
             max_listeners: config.room.max_listeners,
             pin: config.room.pin.clone(),
+            rejoin_grace: Duration::from_millis(config.room.rejoin_grace_ms),
+            master_gain_db: config.audio.master_gain_db,
+            backing_gain_db: config.audio.backing_gain_db,
         },
         rtc,
         audio.clone(),
         cancel.clone(),
     );
-    let tasks = vec![
-        tokio::spawn(room.clone().run_fanout()),
-        tokio::spawn(room.clone().run_reports()),
-    ];
+    let tasks = vec![tokio::spawn(control_task.run())];
 
     let state_dir = config.state_dir(std::env::var("STATE_DIRECTORY").ok());
     let hostname = std::fs::read_to_string("/etc/hostname")
@@ -145,7 +150,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         settings,
         &identity.cert_pem,
         &identity.key_pem,
-        room.clone(),
+        control.clone(),
         audio.clone(),
         output.clone(),
         cancel.clone(),
@@ -156,7 +161,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         https_addr: server.https_addr,
         http_addr: server.http_addr,
         audio,
-        room,
+        control,
         output,
         server,
         audio_join,
@@ -166,15 +171,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 impl Running {
-    /// Stops in order: tell phones and close peers, stop the web server, stop audio.
+    /// Stops in order: tell phones and close peers (the control task does both on
+    /// cancel, then ends), stop the web server, stop audio.
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         self.cancel.cancel();
-        self.room.close_all().await;
-        self.server.stop(SHUTDOWN_GRACE).await;
         for t in self.tasks {
             let _ = t.await;
         }
+        self.server.stop(SHUTDOWN_GRACE).await;
         self.audio.stop();
         let join = self.audio_join;
         let result = tokio::task::spawn_blocking(move || join.join())
@@ -195,12 +200,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let notifier = Arc::new(service::Notifier::from_env());
     notifier.ready();
     let counters = running.audio.counters.clone();
-    let (room, output) = (running.room.clone(), running.output.clone());
+    let (control, output) = (running.control.clone(), running.output.clone());
     let watchdog = tokio::spawn(service::run_watchdog(
         notifier.clone(),
         move || counters.periods.load(Ordering::Relaxed),
         move || {
-            let (singers, listeners) = room.counts();
+            let (singers, listeners) = control.counts();
             service::status_line(singers, listeners, &output)
         },
     ));

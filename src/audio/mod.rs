@@ -25,6 +25,10 @@ use crate::engine::{
     Tap,
 };
 
+pub mod bridge;
+
+use bridge::PeriodBridge;
+
 /// Packets the audio thread can have waiting (about 1 s of 20 ms packets from 20 phones).
 pub const PACKET_QUEUE: usize = 1024;
 
@@ -176,6 +180,9 @@ pub struct Counters {
     pub frames_dropped: AtomicU64,
     /// Reports dropped because nobody read them.
     pub reports_dropped: AtomicU64,
+    /// The period the output device granted, frames (0 until it is open). The engine
+    /// renders its own configured period; [`bridge::PeriodBridge`] joins the two.
+    pub device_period_frames: AtomicU64,
     /// Test-only fault switch: while set, the thread stalls (the watchdog must notice).
     pub stall: AtomicBool,
 }
@@ -194,6 +201,12 @@ impl AudioClock {
         AudioClock {
             epoch: Instant::now(),
         }
+    }
+
+    /// The instant `at` (a time on this clock) stands for: to sleep until a deadline
+    /// computed on this clock.
+    pub fn instant_at(&self, at: Duration) -> Instant {
+        self.epoch + at
     }
 
     /// Time since the epoch.
@@ -220,6 +233,9 @@ pub struct AudioHandle {
     pub counters: Arc<Counters>,
     /// The clock arrival times must be measured on.
     pub clock: AudioClock,
+    /// The period the engine renders, frames (the configured one; the device's may
+    /// differ, see [`Counters::device_period_frames`]).
+    pub engine_period_frames: usize,
     stop: Arc<AtomicBool>,
 }
 
@@ -281,6 +297,7 @@ where
         reports: Arc::new(ArrayQueue::new(CONTROL_QUEUE * 4)),
         counters: Arc::new(Counters::default()),
         clock: AudioClock::start(),
+        engine_period_frames: config.period_samples,
         stop: Arc::new(AtomicBool::new(false)),
     };
     let thread_handle = handle.clone();
@@ -295,15 +312,15 @@ where
     F: FnOnce() -> Result<Box<dyn Sink>, SinkError>,
 {
     let mut sink = make_sink()?;
-    let period = sink.period_frames();
-    let config = EngineConfig {
-        period_samples: period,
-        ..config
-    };
+    let device_period = sink.period_frames();
+    handle
+        .counters
+        .device_period_frames
+        .store(device_period as u64, Ordering::Relaxed);
+    let engine_period = config.period_samples;
     let mut engine = Engine::new(config);
-    let mut venue = vec![0.0f32; 2 * period];
+    let mut bridge = PeriodBridge::new(engine_period, device_period);
     let mut next_report = Duration::ZERO;
-    let mut singers: Vec<SingerId> = Vec::with_capacity(config.max_singers);
     while !handle.stop.load(Ordering::Acquire) {
         while handle.counters.stall.load(Ordering::Relaxed) {
             // Test-only fault: behave like a hung thread (no periods, no heartbeat).
@@ -312,91 +329,90 @@ where
                 return Ok(());
             }
         }
-        let now = handle.clock.now();
-        while let Some(slot) = handle.packets.pop() {
-            let rtp = RtpAudio {
-                ssrc: slot.ssrc,
-                sequence: slot.sequence,
-                timestamp: slot.timestamp,
-                payload: &slot.data[..slot.len as usize],
-            };
-            engine.handle_packet(slot.singer, rtp, slot.at);
-        }
-        while let Some(command) = handle.commands.pop() {
-            track_singers(&mut singers, command);
-            engine.handle_command(command);
-        }
-        while engine.backing_queued() < 4 * 2 * period {
-            let Some(chunk) = handle.backing.pop() else {
-                break;
-            };
-            engine.push_backing(&chunk.data[..chunk.len]);
-        }
-        engine.render_period(now, &mut venue);
-        while let Some(output) = engine.poll_output() {
-            match output {
-                Output::Frame {
-                    mix,
-                    start,
-                    samples,
-                    payload,
-                } => {
-                    let mut slot = FrameSlot {
-                        mix,
-                        start,
-                        samples: samples as u32,
-                        len: payload.len() as u16,
-                        data: [0; MAX_ENCODED_BYTES],
-                    };
-                    slot.data[..payload.len()].copy_from_slice(payload);
-                    if handle.frames.push(slot).is_err() {
-                        handle
-                            .counters
-                            .frames_dropped
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Output::Event(event) => report(&handle, Report::Event(event)),
+        while bridge.needs_render() {
+            let now = handle.clock.now();
+            render(&mut engine, &handle, now, bridge.render_slot());
+            bridge.rendered();
+            if now >= next_report {
+                next_report = now + STATS_INTERVAL;
+                report_levels(&mut engine, &handle);
             }
         }
-        if now >= next_report {
-            next_report = now + STATS_INTERVAL;
-            for &singer in &singers {
-                if let (Some(stats), Some(voice)) = (
-                    engine.singer_stats(singer),
-                    engine.take_level(Tap::Voice(singer)),
-                ) {
-                    report(
-                        &handle,
-                        Report::Singer(SingerReport {
-                            singer,
-                            stats,
-                            voice,
-                        }),
-                    );
-                }
-            }
-            if let Some(level) = engine.take_level(Tap::Venue) {
-                report(&handle, Report::Venue(level));
-            }
-        }
-        sink.write(&venue)?;
+        sink.write(bridge.device_period())?;
+        bridge.written();
         handle.counters.xruns.store(sink.xruns(), Ordering::Relaxed);
         handle.counters.periods.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
 
-fn track_singers(singers: &mut Vec<SingerId>, command: Command) {
-    match command {
-        // Capacity is max_singers and the engine rejects more, so this never grows.
-        Command::AddSinger { singer, .. }
-            if !singers.contains(&singer) && singers.len() < singers.capacity() =>
-        {
-            singers.push(singer);
+/// One engine period: what arrived goes in, the period is rendered into `venue`, the
+/// encoded frames and events go out.
+fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut [f32]) {
+    while let Some(slot) = handle.packets.pop() {
+        let rtp = RtpAudio {
+            ssrc: slot.ssrc,
+            sequence: slot.sequence,
+            timestamp: slot.timestamp,
+            payload: &slot.data[..slot.len as usize],
+        };
+        engine.handle_packet(slot.singer, rtp, slot.at);
+    }
+    while let Some(command) = handle.commands.pop() {
+        engine.handle_command(command);
+    }
+    let period = engine.config().period_samples;
+    while engine.backing_queued() < 4 * 2 * period {
+        let Some(chunk) = handle.backing.pop() else {
+            break;
+        };
+        engine.push_backing(&chunk.data[..chunk.len]);
+    }
+    engine.render_period(now, venue);
+    while let Some(output) = engine.poll_output() {
+        match output {
+            Output::Frame {
+                mix,
+                start,
+                samples,
+                payload,
+            } => {
+                let mut slot = FrameSlot {
+                    mix,
+                    start,
+                    samples: samples as u32,
+                    len: payload.len() as u16,
+                    data: [0; MAX_ENCODED_BYTES],
+                };
+                slot.data[..payload.len()].copy_from_slice(payload);
+                if handle.frames.push(slot).is_err() {
+                    handle
+                        .counters
+                        .frames_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Output::Event(event) => report(handle, Report::Event(event)),
         }
-        Command::RemoveSinger(singer) => singers.retain(|s| *s != singer),
-        _ => {}
+    }
+}
+
+/// Every seated singer's stats and voice level, and the venue level.
+fn report_levels(engine: &mut Engine, handle: &AudioHandle) {
+    for seat in 0..engine.seats() {
+        if let Some((singer, stats, voice)) = engine.take_seat_report(seat) {
+            report(
+                handle,
+                Report::Singer(SingerReport {
+                    singer,
+                    stats,
+                    voice,
+                }),
+            );
+        }
+    }
+    if let Some(level) = engine.take_level(Tap::Venue) {
+        report(handle, Report::Venue(level));
     }
 }
 

@@ -117,6 +117,8 @@ pub struct RoomConfig {
     pub pin: String,
     /// WebSocket idle timeout, ms.
     pub idle_timeout_ms: u64,
+    /// How long a phone whose connection dropped keeps its place, ms.
+    pub rejoin_grace_ms: u64,
 }
 
 impl Default for RoomConfig {
@@ -126,6 +128,7 @@ impl Default for RoomConfig {
             max_listeners: 100,
             pin: String::new(),
             idle_timeout_ms: 20_000,
+            rejoin_grace_ms: 30_000,
         }
     }
 }
@@ -478,6 +481,13 @@ impl Config {
                 "room.idle_timeout_ms",
                 r.idle_timeout_ms,
                 "must be at least 6000 (phones ping every 5 s)",
+            );
+        }
+        if r.rejoin_grace_ms > 600_000 {
+            return bad(
+                "room.rejoin_grace_ms",
+                r.rejoin_grace_ms,
+                "must be at most 600000 (10 minutes)",
             );
         }
         let t = &self.rtc;

@@ -1,253 +1,173 @@
-//! The control plane: who is in the room, in which seat, hearing which mix.
+//! The control plane: one task owns the [`room::Room`] and carries out what it decides.
 //!
-//! Owns admission (PIN, seat limits, names), the peers' WebRTC sessions, the fan-out of
-//! encoded mix frames to the peers that hear them, and the room view the phones see.
-//! Drives the audio thread only through its command queue, and reads it only through
-//! its report queue: it never shares a lock with the real-time thread. Locks here are
-//! held only by network tasks, briefly, and never across an `.await`.
+//! [`ControlTask`] is the room's driver, a short loop in the manner of the audio thread:
+//! it takes requests from every surface through one channel ([`Control`] is the cheap,
+//! cloneable handle the WebSocket sessions, WHIP/WHEP and later MQTT hold), reads the
+//! clock, feeds the room, and does the IO the room's actions ask for: engine commands
+//! into the audio thread's queue (through [`link::EngineLink`], so none is lost), the
+//! fan-out of encoded mix frames to each connection's media, goodbyes to connections,
+//! and the [`room::RoomView`] published through a `watch` for everyone to read.
 //!
-//! Invariant: whatever one peer sends or does, no other peer's seat, route or stream
-//! changes (bad input ends at its sender).
+//! The room's state lives in the room alone and the room lives in this task alone: no
+//! lock anywhere around it. Nothing here waits on one peer: each connection's media
+//! has its own bounded queue of frames and its own writer task, so a peer that cannot
+//! keep up loses its own frames (counted, logged at most once per
+//! [`DROP_LOG_INTERVAL`]) and never delays another.
+//!
+//! Boundary: knows the room, the audio thread's queues and our `rtc` module; imports
+//! nothing of `http` (adapters map the room's refusals to their wire's codes).
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub mod link;
+pub mod room;
 
-use tokio::sync::{mpsc, watch};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::audio::{AudioHandle, Report};
-use crate::engine::{Command, Event, MixId, SingerId, SingerSettings};
-use crate::http::signaling::{ErrorCode, PeerView, Role};
-use crate::rtc::{self, Inbound, Outgoing, Peer, PeerEvent, RtcSettings};
+use crate::engine::{Event, MixId, SingerId};
+use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings};
 
-/// How often the fan-out task drains encoded frames (the return path's added latency is
-/// at most this; 1 ms costs ~1000 wake-ups a second, nothing on a Pi).
+pub use room::{
+    ByeReason, ConnId, Input, JoinRequest, MediaState, PeerId, Presence, Refusal, Reply, Role,
+    RoomConfig, RoomView, SingerFigures, SlotChange, SlotId, Token, Welcome,
+};
+
+use link::EngineLink;
+use room::{Action, Room};
+
+/// How often the fan-out drains encoded frames (the return path's added latency is at
+/// most this; 1 ms costs ~1000 wake-ups a second, nothing on a Pi).
 const FANOUT_TICK: Duration = Duration::from_millis(1);
 
-/// How often reports from the audio thread are read (stats, levels, routes).
+/// How often the audio thread's reports are read (it writes them every 100 ms).
 const REPORT_TICK: Duration = Duration::from_millis(20);
 
-/// A peer: one phone or WHIP/WHEP client.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u32);
+/// Requests waiting for the control task. Senders wait when it is full (backpressure
+/// on the network clients), never the task.
+const REQUEST_QUEUE: usize = 256;
 
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "p{}", self.0)
-    }
+/// Encoded frames a connection's writer may have waiting: 8 × 10 ms. Beyond that the
+/// peer cannot keep up and its newest frames are dropped (its own loss only).
+pub const PEER_QUEUE_FRAMES: usize = 8;
+
+/// A connection's dropped frames, and the output's underruns, are logged at most this
+/// often (a Pi logs to an SD card).
+pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the peer connections to close.
+const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The media of one connection, for its owner (the WebSocket session or WHIP handler).
+pub struct Media {
+    /// The SDP answer to send back.
+    pub answer: String,
+    /// What happens to the connection: trickled candidates, state changes.
+    pub events: mpsc::UnboundedReceiver<PeerEvent>,
+    /// The peer connection, for trickled remote candidates.
+    pub peer: Arc<Peer>,
 }
 
-/// Room limits and secrets.
-#[derive(Clone, Debug)]
-pub struct RoomSettings {
-    /// Singer seats.
-    pub max_singers: usize,
-    /// Listener limit.
-    pub max_listeners: usize,
-    /// PIN ("" = none).
-    pub pin: String,
+enum Request {
+    Input {
+        input: Input,
+        /// For a join: told when the room ends this connection.
+        bye: Option<oneshot::Sender<ByeReason>>,
+        span: tracing::Span,
+        reply: oneshot::Sender<Result<Reply, Refusal>>,
+    },
+    Attach {
+        conn: ConnId,
+        peer: Arc<Peer>,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
-/// Why a peer left.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaveReason {
-    /// It asked to.
-    Left,
-    /// The box is shutting down.
-    Shutdown,
-    /// Its connection failed or timed out.
-    Timeout,
-}
-
-impl LeaveReason {
-    /// The protocol's `bye` reason.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaveReason::Left => "left",
-            LeaveReason::Shutdown => "shutdown",
-            LeaveReason::Timeout => "timeout",
-        }
-    }
-}
-
-struct Entry {
-    name: String,
-    role: Role,
-    singer: Option<SingerId>,
-    state: &'static str,
-    level_db: f32,
-    delay_ms: f32,
-    loss_pct: f32,
-    last_lost: u64,
-    last_packets: u64,
-    peer: Option<Arc<Peer>>,
-    /// Told when the box ends this peer's session (WS tasks watch it).
-    bye: watch::Sender<Option<LeaveReason>>,
-}
-
-struct State {
-    peers: BTreeMap<PeerId, Entry>,
-    next_id: u32,
-    /// Which mix each singer hears (engine Route events).
-    routes: HashMap<SingerId, MixId>,
-    /// Subscribers per mix, rebuilt on every change.
-    fanout: HashMap<MixId, Vec<Arc<Outgoing>>>,
-    venue_level_db: f32,
-}
-
-/// The room. Cheap to share (`Arc`).
-pub struct Room {
-    settings: RoomSettings,
-    rtc: RtcSettings,
+/// The handle every surface holds. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    requests: mpsc::Sender<Request>,
+    view: watch::Receiver<Arc<RoomView>>,
+    next_conn: Arc<AtomicU64>,
+    venue_level_db: Arc<AtomicU32>,
+    rtc: Arc<RtcSettings>,
     audio: AudioHandle,
-    state: Mutex<State>,
-    changed: watch::Sender<u64>,
-    shutdown: CancellationToken,
+    max_singers: usize,
 }
 
-/// Admission result.
-pub struct Admission {
-    /// The new peer.
-    pub peer: PeerId,
-    /// Told when the box ends the session.
-    pub bye: watch::Receiver<Option<LeaveReason>>,
-}
-
-impl Room {
-    /// An empty room driving `audio`.
-    pub fn new(
-        settings: RoomSettings,
-        rtc: RtcSettings,
-        audio: AudioHandle,
-        shutdown: CancellationToken,
-    ) -> Arc<Room> {
-        Arc::new(Room {
-            settings,
-            rtc,
-            audio,
-            state: Mutex::new(State {
-                peers: BTreeMap::new(),
-                next_id: 1,
-                routes: HashMap::new(),
-                fanout: HashMap::new(),
-                venue_level_db: -120.0,
-            }),
-            changed: watch::channel(0).0,
-            shutdown,
-        })
+impl Control {
+    /// A fresh connection id (one per WebSocket session or WHIP/WHEP resource).
+    pub fn conn(&self) -> ConnId {
+        ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding this lock is a bug; the data is still consistent enough
-        // to keep serving the other phones, so recover the guard.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    /// A fresh secret token (128 bits from the thread-local CSPRNG).
+    pub fn new_token() -> Token {
+        Token(rand::random())
     }
 
-    fn bump(&self) {
-        self.changed.send_modify(|v| *v += 1);
+    /// Feeds one input to the room and waits for its reply. What the control task logs
+    /// about it goes under the caller's current span (a connection's peer span).
+    pub async fn handle(&self, input: Input) -> Result<Reply, Refusal> {
+        self.request(input, None, tracing::Span::current()).await
     }
 
-    /// Room changes (joins, leaves, levels) as a version counter.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-
-    /// The box's maximum singer count.
-    pub fn max_singers(&self) -> usize {
-        self.settings.max_singers
-    }
-
-    /// Whether a PIN is required, and whether `given` is it.
-    pub fn pin_ok(&self, given: Option<&str>) -> bool {
-        self.settings.pin.is_empty() || given == Some(self.settings.pin.as_str())
-    }
-
-    /// Admits a peer or says why not.
-    pub fn join(&self, name: &str, role: Role, pin: Option<&str>) -> Result<Admission, ErrorCode> {
-        if !self.pin_ok(pin) {
-            return Err(ErrorCode::WrongPin);
+    /// Joins (or rejoins) on `conn`; the receiver is told when the room ends it.
+    pub async fn join(
+        &self,
+        conn: ConnId,
+        request: JoinRequest,
+    ) -> Result<(Welcome, oneshot::Receiver<ByeReason>), Refusal> {
+        let (bye, bye_rx) = oneshot::channel();
+        match self
+            .request(
+                Input::Join { conn, request },
+                Some(bye),
+                tracing::Span::current(),
+            )
+            .await?
+        {
+            Reply::Joined(welcome) => Ok((welcome, bye_rx)),
+            Reply::Done => unreachable!("the room answers a join with a welcome"),
         }
-        if self.shutdown.is_cancelled() {
-            return Err(ErrorCode::Internal);
-        }
-        let mut st = self.lock();
-        let count = |r: Role| st.peers.values().filter(|e| e.role == r).count();
-        let limit = match role {
-            Role::Singer => self.settings.max_singers,
-            Role::Listener => self.settings.max_listeners,
+    }
+
+    async fn request(
+        &self,
+        input: Input,
+        bye: Option<oneshot::Sender<ByeReason>>,
+        span: tracing::Span,
+    ) -> Result<Reply, Refusal> {
+        let (reply, reply_rx) = oneshot::channel();
+        let request = Request::Input {
+            input,
+            bye,
+            span,
+            reply,
         };
-        if count(role) >= limit {
-            return Err(ErrorCode::RoomFull);
+        if self.requests.send(request).await.is_err() {
+            return Err(Refusal::ShuttingDown);
         }
-        let id = PeerId(st.next_id);
-        st.next_id += 1;
-        let singer = (role == Role::Singer).then_some(SingerId(id.0));
-        if let Some(singer) = singer {
-            if self
-                .audio
-                .command(Command::AddSinger {
-                    singer,
-                    settings: SingerSettings::default(),
-                })
-                .is_err()
-            {
-                return Err(ErrorCode::Internal);
-            }
-        }
-        let (bye, bye_rx) = watch::channel(None);
-        st.peers.insert(
-            id,
-            Entry {
-                name: name.to_string(),
-                role,
-                singer,
-                state: "connecting",
-                level_db: -120.0,
-                delay_ms: 0.0,
-                loss_pct: 0.0,
-                last_lost: 0,
-                last_packets: 0,
-                peer: None,
-                bye,
-            },
-        );
-        let listeners = st
-            .peers
-            .values()
-            .filter(|e| e.role == Role::Listener)
-            .count();
-        drop(st);
-        if role == Role::Listener {
-            let _ = self.audio.command(Command::SetListeners(listeners as u32));
-        }
-        tracing::info!(peer = %id, name, role = role.as_str(), "peer joined");
-        self.bump();
-        Ok(Admission {
-            peer: id,
-            bye: bye_rx,
-        })
+        reply_rx.await.unwrap_or(Err(Refusal::ShuttingDown))
     }
 
-    /// Answers a peer's offer; returns the answer SDP and the peer's event stream.
-    pub async fn attach(
-        self: &Arc<Self>,
-        id: PeerId,
+    /// Answers `conn`'s offer with a new peer connection and hands its media to the
+    /// control task (the WebRTC setup runs here, in the caller's task, so the control
+    /// task never waits for it). A singer's voice goes to `singer`'s engine seat.
+    pub async fn offer(
+        &self,
+        conn: ConnId,
+        singer: Option<SingerId>,
         offer_sdp: String,
         wait_for_candidates: bool,
-    ) -> Result<(String, mpsc::UnboundedReceiver<PeerEvent>), rtc::Error> {
-        let (role, singer) = {
-            let st = self.lock();
-            let Some(e) = st.peers.get(&id) else {
-                return Err(rtc::Error::Setup("peer left".into()));
-            };
-            if e.peer.is_some() {
-                return Err(rtc::Error::Offer("already offered".into()));
-            }
-            (e.role, e.singer)
-        };
+    ) -> Result<Media, rtc::Error> {
         let inbound = singer.map(|singer| Inbound {
             singer,
             audio: self.audio.clone(),
@@ -255,217 +175,393 @@ impl Room {
         let (peer, answer, events) =
             rtc::answer(&self.rtc, offer_sdp, inbound, wait_for_candidates).await?;
         let peer = Arc::new(peer);
-        let attached = {
-            let mut st = self.lock();
-            let attached = match st.peers.get_mut(&id) {
-                Some(e) => {
-                    e.peer = Some(peer.clone());
-                    true
-                }
-                None => false,
-            };
-            rebuild_fanout(&mut st);
-            attached
+        let (reply, reply_rx) = oneshot::channel();
+        let attach = Request::Attach {
+            conn,
+            peer: peer.clone(),
+            reply,
         };
+        let attached = self.requests.send(attach).await.is_ok() && reply_rx.await == Ok(true);
         if !attached {
             peer.close().await;
-            return Err(rtc::Error::Setup("peer left".into()));
+            return Err(rtc::Error::Setup("the connection ended meanwhile".into()));
         }
-        tracing::debug!(peer = %id, role = role.as_str(), "peer answered");
-        Ok((answer, events))
+        Ok(Media {
+            answer,
+            events,
+            peer,
+        })
     }
 
-    /// Adds a trickled candidate for a peer.
-    pub async fn add_candidate(&self, id: PeerId, json: Option<&str>) -> Result<(), rtc::Error> {
-        let peer = self.lock().peers.get(&id).and_then(|e| e.peer.clone());
-        match peer {
-            Some(p) => p.add_remote_candidate(json).await,
-            None => Err(rtc::Error::Candidate("no offer yet".into())),
-        }
+    /// The room now.
+    pub fn view(&self) -> Arc<RoomView> {
+        self.view.borrow().clone()
     }
 
-    /// Applies a singer's own mix settings (listeners: ignored).
-    pub fn set_mix(&self, id: PeerId, monitor: Option<f32>, reverb: Option<f32>) {
-        let singer = self.lock().peers.get(&id).and_then(|e| e.singer);
-        let Some(singer) = singer else { return };
-        let settings = SingerSettings {
-            monitor: monitor.unwrap_or(0.0),
-            reverb_wet: reverb.unwrap_or(0.0),
-            ..SingerSettings::default()
-        };
-        let _ = self.audio.command(Command::SetSinger { singer, settings });
-    }
-
-    /// Marks a peer's media state (connecting, live, reconnecting).
-    pub fn set_state(&self, id: PeerId, state: &'static str) {
-        if let Some(e) = self.lock().peers.get_mut(&id) {
-            e.state = state;
-        }
-        self.bump();
-    }
-
-    /// Removes a peer: frees its seat, closes its connection, tells its owner.
-    pub async fn leave(&self, id: PeerId, reason: LeaveReason) {
-        let entry = {
-            let mut st = self.lock();
-            let entry = st.peers.remove(&id);
-            if let Some(e) = &entry {
-                if let Some(singer) = e.singer {
-                    st.routes.remove(&singer);
-                }
-            }
-            rebuild_fanout(&mut st);
-            let listeners = st
-                .peers
-                .values()
-                .filter(|e| e.role == Role::Listener)
-                .count();
-            (entry, listeners)
-        };
-        let (Some(entry), listeners) = entry else {
-            return;
-        };
-        if let Some(singer) = entry.singer {
-            let _ = self.audio.command(Command::RemoveSinger(singer));
-        } else {
-            let _ = self.audio.command(Command::SetListeners(listeners as u32));
-        }
-        let _ = entry.bye.send(Some(reason));
-        let mut frames_sent = 0;
-        if let Some(peer) = entry.peer {
-            frames_sent = peer.outgoing.frames_sent.load(Ordering::Relaxed);
-            peer.close().await;
-        }
-        tracing::info!(peer = %id, name = entry.name, reason = reason.as_str(), frames_sent, "peer left");
-        self.bump();
-    }
-
-    /// Every peer, for the `room` message.
-    pub fn view(&self) -> Vec<PeerView> {
-        self.lock()
-            .peers
-            .iter()
-            .map(|(id, e)| PeerView {
-                peer: id.to_string(),
-                name: e.name.clone(),
-                role: e.role,
-                level_db: e.level_db,
-                delay_ms: e.delay_ms,
-                loss_pct: e.loss_pct,
-                state: e.state,
-            })
-            .collect()
+    /// The room, as it changes.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<RoomView>> {
+        self.view.clone()
     }
 
     /// (singers, listeners) now.
     pub fn counts(&self) -> (usize, usize) {
-        let st = self.lock();
-        let singers = st.peers.values().filter(|e| e.role == Role::Singer).count();
-        (singers, st.peers.len() - singers)
+        self.view.borrow().counts()
     }
 
-    /// Venue output level, dBFS.
+    /// Stage slots.
+    pub fn max_singers(&self) -> usize {
+        self.max_singers
+    }
+
+    /// The venue output's peak level over the last report, dBFS.
     pub fn venue_level_db(&self) -> f32 {
-        self.lock().venue_level_db
+        f32::from_bits(self.venue_level_db.load(Ordering::Relaxed))
+    }
+}
+
+struct Conn {
+    peer: PeerId,
+    span: tracing::Span,
+    bye: Option<oneshot::Sender<ByeReason>>,
+    mix: Option<MixId>,
+    media: Option<ConnMedia>,
+}
+
+struct ConnMedia {
+    peer: Arc<Peer>,
+    frames: mpsc::Sender<OutFrame>,
+    dropped: u64,
+    dropped_logged: u64,
+    logged_at: Option<Duration>,
+}
+
+/// The task that owns the room. See the module docs.
+pub struct ControlTask {
+    room: Room,
+    requests: mpsc::Receiver<Request>,
+    view: watch::Sender<Arc<RoomView>>,
+    venue_level_db: Arc<AtomicU32>,
+    audio: AudioHandle,
+    link: EngineLink,
+    conns: HashMap<ConnId, Conn>,
+    fanout: HashMap<MixId, Vec<ConnId>>,
+    closing: JoinSet<()>,
+    shutdown: CancellationToken,
+    xruns_logged: u64,
+    xruns_logged_at: Option<Duration>,
+}
+
+/// Builds the room, its task and the handle. Run the task with [`ControlTask::run`].
+pub fn start(
+    config: RoomConfig,
+    rtc: RtcSettings,
+    audio: AudioHandle,
+    shutdown: CancellationToken,
+) -> (Control, ControlTask) {
+    let room = Room::new(config);
+    let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
+    let (view_tx, view) = watch::channel(Arc::new(room.view()));
+    let venue_level_db = Arc::new(AtomicU32::new((-120.0f32).to_bits()));
+    let control = Control {
+        requests: requests_tx,
+        view,
+        next_conn: Arc::new(AtomicU64::new(1)),
+        venue_level_db: venue_level_db.clone(),
+        rtc: Arc::new(rtc),
+        audio: audio.clone(),
+        max_singers: room.max_singers(),
+    };
+    let task = ControlTask {
+        room,
+        requests,
+        view: view_tx,
+        venue_level_db,
+        audio,
+        link: EngineLink::new(),
+        conns: HashMap::new(),
+        fanout: HashMap::new(),
+        closing: JoinSet::new(),
+        shutdown,
+        xruns_logged: 0,
+        xruns_logged_at: None,
+    };
+    (control, task)
+}
+
+impl ControlTask {
+    /// Runs until shutdown: then every connection is told, every peer closed.
+    pub async fn run(mut self) {
+        let mut fanout_tick = tokio::time::interval(FANOUT_TICK);
+        fanout_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut report_tick = tokio::time::interval(REPORT_TICK);
+        report_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            let deadline = self
+                .room
+                .next_deadline()
+                .map(|d| self.audio.clock.instant_at(d));
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    self.input(Input::Shutdown, tracing::Span::none());
+                    break;
+                }
+                request = self.requests.recv() => match request {
+                    Some(request) => self.request(request),
+                    None => break,
+                },
+                _ = fanout_tick.tick() => self.fan_out(),
+                _ = report_tick.tick() => self.reports(),
+                _ = sleep_until(deadline) => {
+                    self.input(Input::Tick, tracing::Span::none());
+                }
+            }
+            self.link.flush(|c| self.audio.command(c));
+        }
+        self.link.flush(|c| self.audio.command(c));
+        let closing = std::mem::take(&mut self.closing);
+        let _ = tokio::time::timeout(CLOSE_DEADLINE, closing.join_all()).await;
     }
 
-    /// Ends every session (shutdown).
-    pub async fn close_all(&self) {
-        let ids: Vec<PeerId> = self.lock().peers.keys().copied().collect();
-        for id in ids {
-            self.leave(id, LeaveReason::Shutdown).await;
+    fn now(&self) -> Duration {
+        self.audio.clock.now()
+    }
+
+    fn request(&mut self, request: Request) {
+        match request {
+            Request::Input {
+                input,
+                bye,
+                span,
+                reply,
+            } => {
+                let conn = match &input {
+                    Input::Join { conn, .. } => Some(*conn),
+                    _ => None,
+                };
+                let result = self.room.handle(self.now(), input);
+                if let (Some(conn), Ok(Reply::Joined(welcome))) = (conn, &result) {
+                    tracing::info!(
+                        parent: &span,
+                        peer = %welcome.peer,
+                        name = welcome.name,
+                        role = welcome.role.as_str(),
+                        slot = ?welcome.slot.map(|s| s.to_string()),
+                        rejoined = welcome.rejoined,
+                        "peer joined"
+                    );
+                    self.conns.insert(
+                        conn,
+                        Conn {
+                            peer: welcome.peer,
+                            span: span.clone(),
+                            bye,
+                            mix: None,
+                            media: None,
+                        },
+                    );
+                }
+                // Carried out before the reply, so whoever asked sees the consequences
+                // (the view, the goodbye) by the time the reply arrives.
+                self.apply(&span);
+                let _ = reply.send(result);
+            }
+            Request::Attach { conn, peer, reply } => {
+                let attached = self.attach(conn, peer);
+                let _ = reply.send(attached);
+            }
         }
     }
 
-    /// Sends encoded frames to their subscribers until cancelled.
-    pub async fn run_fanout(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(FANOUT_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
+    fn input(&mut self, input: Input, span: tracing::Span) {
+        let _ = self.room.handle(self.now(), input);
+        self.apply(&span);
+    }
+
+    fn apply(&mut self, span: &tracing::Span) {
+        let mut fanout_changed = false;
+        let mut view_changed = false;
+        while let Some(action) = self.room.poll_action() {
+            match action {
+                Action::Engine(command) => self.link.queue(command),
+                Action::Route { conn, mix } => {
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.mix = Some(mix);
+                        fanout_changed = true;
+                    }
+                }
+                Action::Bye { conn, reason } => {
+                    if let Some(c) = self.conns.remove(&conn) {
+                        self.bye(c, reason);
+                        fanout_changed = true;
+                    }
+                }
+                Action::Left { peer, reason } => {
+                    tracing::info!(parent: span, peer = %peer, reason = reason.as_str(), "peer left");
+                }
+                Action::Changed => view_changed = true,
             }
-            while let Some(frame) = self.audio.frames.pop() {
-                let subscribers = self
-                    .lock()
-                    .fanout
-                    .get(&frame.mix)
-                    .cloned()
-                    .unwrap_or_default();
-                for out in subscribers {
-                    out.send(&frame).await;
+        }
+        if fanout_changed {
+            self.rebuild_fanout();
+        }
+        if view_changed {
+            self.view.send_replace(Arc::new(self.room.view()));
+        }
+    }
+
+    fn bye(&mut self, mut conn: Conn, reason: ByeReason) {
+        if let Some(bye) = conn.bye.take() {
+            let _ = bye.send(reason);
+        }
+        if let Some(media) = conn.media.take() {
+            let frames_sent = media.peer.frames_sent();
+            tracing::debug!(
+                parent: &conn.span,
+                peer = %conn.peer,
+                reason = reason.as_str(),
+                frames_sent,
+                frames_dropped = media.dropped,
+                "media closed"
+            );
+            // Dropping the frame sender ends the writer task; the close itself may take
+            // a while and must not hold up the room.
+            let peer = media.peer;
+            self.closing.spawn(async move { peer.close().await });
+        }
+    }
+
+    fn attach(&mut self, conn: ConnId, peer: Arc<Peer>) -> bool {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        if c.media.is_some() {
+            return false;
+        }
+        let (frames, mut frames_rx) = mpsc::channel::<OutFrame>(PEER_QUEUE_FRAMES);
+        let writer = peer.clone();
+        tokio::spawn(
+            async move {
+                while let Some(frame) = frames_rx.recv().await {
+                    writer.send(frame).await;
+                }
+            }
+            .instrument(c.span.clone()),
+        );
+        c.media = Some(ConnMedia {
+            peer,
+            frames,
+            dropped: 0,
+            dropped_logged: 0,
+            logged_at: None,
+        });
+        self.rebuild_fanout();
+        true
+    }
+
+    fn rebuild_fanout(&mut self) {
+        self.fanout.clear();
+        for (&conn, c) in &self.conns {
+            if let (Some(mix), Some(_)) = (c.mix, &c.media) {
+                self.fanout.entry(mix).or_default().push(conn);
+            }
+        }
+    }
+
+    /// Hands every encoded frame to the writers of the connections that hear its mix,
+    /// without waiting for any of them.
+    fn fan_out(&mut self) {
+        while let Some(frame) = self.audio.frames.pop() {
+            let Some(subscribers) = self.fanout.get(&frame.mix) else {
+                continue;
+            };
+            let out = OutFrame {
+                start: frame.start,
+                payload: Bytes::copy_from_slice(frame.payload()),
+            };
+            for conn in subscribers {
+                let Some(media) = self.conns.get_mut(conn).and_then(|c| c.media.as_mut()) else {
+                    continue;
+                };
+                if media.frames.try_send(out.clone()).is_err() {
+                    media.dropped += 1;
                 }
             }
         }
     }
 
-    /// Reads the audio thread's reports (routes, stats, levels) until cancelled.
-    pub async fn run_reports(self: Arc<Self>) {
-        let mut tick = tokio::time::interval(REPORT_TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        let mut last_xruns = 0;
-        loop {
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let mut changed = false;
-            while let Some(report) = self.audio.reports.pop() {
-                let mut st = self.lock();
-                match report {
-                    Report::Event(Event::Route { singer, mix }) => {
-                        st.routes.insert(singer, mix);
-                        rebuild_fanout(&mut st);
-                    }
-                    Report::Event(Event::Rejected { singer, reason }) => {
-                        tracing::warn!(singer = %singer, reason = ?reason, "engine refused a command");
-                    }
-                    Report::Singer(r) => {
-                        let id = PeerId(r.singer.0);
-                        if let Some(e) = st.peers.get_mut(&id) {
-                            e.level_db = r.voice.peak_dbfs();
-                            e.delay_ms = r.stats.delay.as_secs_f32() * 1000.0;
-                            let lost = r.stats.lost.saturating_sub(e.last_lost);
-                            let packets = r.stats.packets.saturating_sub(e.last_packets);
-                            e.loss_pct = if lost + packets > 0 {
-                                lost as f32 * 100.0 / (lost + packets) as f32
-                            } else {
-                                0.0
-                            };
-                            e.last_lost = r.stats.lost;
-                            e.last_packets = r.stats.packets;
-                            changed = true;
-                        }
-                    }
-                    Report::Venue(level) => st.venue_level_db = level.peak_dbfs(),
+    fn reports(&mut self) {
+        let mut changed = false;
+        while let Some(report) = self.audio.reports.pop() {
+            match report {
+                Report::Singer(r) => {
+                    let figures = SingerFigures {
+                        level_db: r.voice.peak_dbfs(),
+                        delay_ms: r.stats.delay.as_secs_f32() * 1000.0,
+                        lost: r.stats.lost,
+                        packets: r.stats.packets,
+                    };
+                    let _ = self.room.handle(
+                        self.now(),
+                        Input::Figures {
+                            singer: r.singer,
+                            figures,
+                        },
+                    );
+                    changed = true;
+                }
+                Report::Venue(level) => self
+                    .venue_level_db
+                    .store(level.peak_dbfs().to_bits(), Ordering::Relaxed),
+                Report::Event(Event::Rejected { singer, reason }) => {
+                    // The room and the engine disagree about a seat: a bug, not input.
+                    tracing::error!(singer = %singer, reason = ?reason, "engine refused a command");
                 }
             }
-            let xruns = self.audio.counters.xruns.load(Ordering::Relaxed);
-            if xruns > last_xruns {
-                tracing::warn!(xruns, "audio output underran and recovered");
-                last_xruns = xruns;
+        }
+        if changed {
+            self.apply(&tracing::Span::none());
+        }
+        let now = self.now();
+        for c in self.conns.values_mut() {
+            let (Some(media), span, peer) = (c.media.as_mut(), &c.span, c.peer) else {
+                continue;
+            };
+            if media.dropped > media.dropped_logged
+                && media
+                    .logged_at
+                    .is_none_or(|t| now.saturating_sub(t) >= DROP_LOG_INTERVAL)
+            {
+                tracing::warn!(
+                    parent: span,
+                    peer = %peer,
+                    dropped = media.dropped - media.dropped_logged,
+                    total = media.dropped,
+                    "return mix frames dropped: the peer cannot keep up"
+                );
+                media.dropped_logged = media.dropped;
+                media.logged_at = Some(now);
             }
-            if changed {
-                self.bump();
-            }
+        }
+        let xruns = self.audio.counters.xruns.load(Ordering::Relaxed);
+        if xruns > self.xruns_logged
+            && self
+                .xruns_logged_at
+                .is_none_or(|t| now.saturating_sub(t) >= DROP_LOG_INTERVAL)
+        {
+            tracing::warn!(
+                xruns,
+                new = xruns - self.xruns_logged,
+                "audio output underran and recovered"
+            );
+            self.xruns_logged = xruns;
+            self.xruns_logged_at = Some(now);
         }
     }
 }
 
-fn rebuild_fanout(st: &mut State) {
-    let mut fanout: HashMap<MixId, Vec<Arc<Outgoing>>> = HashMap::new();
-    for e in st.peers.values() {
-        let Some(peer) = &e.peer else { continue };
-        let mix = match e.singer {
-            Some(singer) => st
-                .routes
-                .get(&singer)
-                .copied()
-                .unwrap_or(MixId::Personal(singer)),
-            None => MixId::Venue,
-        };
-        fanout.entry(mix).or_default().push(peer.outgoing.clone());
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
-    st.fanout = fanout;
 }

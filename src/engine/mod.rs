@@ -166,14 +166,8 @@ pub enum Reject {
 /// Something the control plane should know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// From now on `singer` receives the frames of `mix`.
-    Route {
-        /// The singer.
-        singer: SingerId,
-        /// The mix they hear.
-        mix: MixId,
-    },
-    /// A command was refused.
+    /// A command was refused (the control plane and the engine disagree about a seat:
+    /// a bug in the caller, reported rather than panicked on).
     Rejected {
         /// The singer it named.
         singer: SingerId,
@@ -408,7 +402,7 @@ impl Engine {
                 seat.encoder.reset();
                 seat.voice_meter.take();
                 seat.personal_meter.take();
-                self.update_route(idx, true);
+                self.update_route(idx);
             }
             Command::RemoveSinger(singer) => match self.seat_of(singer) {
                 Some(idx) => self.seats[idx].singer = None,
@@ -420,7 +414,7 @@ impl Engine {
             Command::SetSinger { singer, settings } => match self.seat_of(singer) {
                 Some(idx) => {
                     self.seats[idx].settings = settings;
-                    self.update_route(idx, false);
+                    self.update_route(idx);
                 }
                 None => self.push_event(Event::Rejected {
                     singer,
@@ -574,6 +568,19 @@ impl Engine {
         None
     }
 
+    /// Seats (seated or free), for [`Engine::take_seat_report`].
+    pub fn seats(&self) -> usize {
+        self.seats.len()
+    }
+
+    /// The singer in seat `seat`, their receive statistics and their voice level since
+    /// the last call (which it resets); `None` for a free seat. Allocates nothing.
+    pub fn take_seat_report(&mut self, seat: usize) -> Option<(SingerId, ReceiverStats, Level)> {
+        let seat = self.seats.get_mut(seat)?;
+        let singer = seat.singer?;
+        Some((singer, seat.receiver.stats(), seat.voice_meter.take()))
+    }
+
     /// The receive statistics of a seated singer.
     pub fn singer_stats(&self, singer: SingerId) -> Option<ReceiverStats> {
         self.seat_of(singer)
@@ -636,7 +643,8 @@ impl Engine {
         self.seats.iter().position(|s| s.singer == Some(singer))
     }
 
-    fn update_route(&mut self, idx: usize, force_event: bool) {
+    /// Which encode the singer's personal mix needs; a change starts it afresh.
+    fn update_route(&mut self, idx: usize) {
         let seat = &mut self.seats[idx];
         let Some(singer) = seat.singer else { return };
         let mix = if seat.settings.hears_venue_mix() {
@@ -644,14 +652,11 @@ impl Engine {
         } else {
             MixId::Personal(singer)
         };
-        if mix != seat.route || force_event {
-            if mix != seat.route {
-                seat.encoder.reset();
-                seat.limiter.reset();
-            }
-            seat.route = mix;
-            self.push_event(Event::Route { singer, mix });
+        if mix != seat.route {
+            seat.encoder.reset();
+            seat.limiter.reset();
         }
+        seat.route = mix;
     }
 
     fn render_backing(&mut self) {

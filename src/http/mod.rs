@@ -11,7 +11,6 @@ mod ws;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -22,7 +21,8 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::audio::AudioHandle;
-use crate::control::Room;
+use crate::control::{Control, Refusal};
+use signaling::ErrorCode;
 
 /// The phone page, embedded so the box is one file to deploy.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
@@ -62,7 +62,7 @@ pub struct HttpSettings {
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct AppState {
-    pub(crate) room: Arc<Room>,
+    pub(crate) control: Control,
     pub(crate) audio: AudioHandle,
     pub(crate) output: String,
     pub(crate) settings: HttpSettings,
@@ -96,7 +96,7 @@ pub async fn start(
     settings: HttpSettings,
     cert_pem: &str,
     key_pem: &str,
-    room: Arc<Room>,
+    control: Control,
     audio: AudioHandle,
     output: String,
     shutdown: CancellationToken,
@@ -123,7 +123,7 @@ pub async fn start(
         source,
     })?;
     let state = AppState {
-        room,
+        control,
         audio,
         output,
         settings: settings.clone(),
@@ -212,19 +212,36 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    let (singers, listeners) = state.room.counts();
+    let (singers, listeners) = state.control.counts();
     let c = &state.audio.counters;
     let body = serde_json::json!({
         "status": "ok",
         "output": state.output,
+        "period_frames": c.device_period_frames.load(Ordering::Relaxed),
+        "engine_period_frames": state.audio.engine_period_frames,
         "singers": singers,
         "listeners": listeners,
         "periods": c.periods.load(Ordering::Relaxed),
         "xruns": c.xruns.load(Ordering::Relaxed),
         "packets_dropped": c.packets_dropped.load(Ordering::Relaxed),
-        "venue_level_db": state.room.venue_level_db(),
+        "venue_level_db": state.control.venue_level_db(),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
+}
+
+/// The signaling code for a refusal of the room (WHIP/WHEP map it to a status).
+pub(crate) fn refusal_code(refusal: Refusal) -> ErrorCode {
+    match refusal {
+        Refusal::WrongPin => ErrorCode::WrongPin,
+        Refusal::Full(_) => ErrorCode::RoomFull,
+        Refusal::ShuttingDown => ErrorCode::Internal,
+        Refusal::AlreadyJoined => ErrorCode::AlreadyJoined,
+        Refusal::NotJoined => ErrorCode::NotJoined,
+        Refusal::NotASinger
+        | Refusal::UnknownPeer
+        | Refusal::UnknownSlot
+        | Refusal::OutOfRange(_) => ErrorCode::BadField,
+    }
 }
 
 fn redirect_to_https(headers: &axum::http::HeaderMap, uri: &Uri, https_port: u16) -> Response {

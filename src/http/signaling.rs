@@ -4,8 +4,10 @@
 //! Parsing never panics: any text is either a [`ClientMessage`] or a [`WireError`] that
 //! names what was wrong, which the connection sends back to that phone alone.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
+
+use crate::control::{Role, RoomView, Token};
 
 /// Protocol version spoken here.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -15,26 +17,6 @@ pub const MAX_NAME_CHARS: usize = 32;
 
 /// Longest SDP accepted, bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
-
-/// Singer or listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Sends a voice, hears a personal mix.
-    Singer,
-    /// Hears the venue mix.
-    Listener,
-}
-
-impl Role {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Singer => "singer",
-            Role::Listener => "listener",
-        }
-    }
-}
 
 /// What a phone sends.
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +31,8 @@ pub enum ClientMessage {
         role: Role,
         /// PIN, when given.
         pin: Option<String>,
+        /// Token from an earlier `welcome`: rejoin in the same place.
+        token: Option<Token>,
     },
     /// SDP offer.
     Offer {
@@ -206,7 +190,25 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
                     ))
                 }
             };
-            Ok(ClientMessage::Join { v, name, role, pin })
+            let token = match obj.get("token") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(s)) => Some(Token::parse(s).ok_or_else(|| {
+                    WireError::new(ErrorCode::BadField, "`token` must be 32 hex digits")
+                })?),
+                Some(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`token` must be a string",
+                    ))
+                }
+            };
+            Ok(ClientMessage::Join {
+                v,
+                name,
+                role,
+                pin,
+                token,
+            })
         }
         "offer" => {
             let sdp = string_field(&obj, "sdp")?;
@@ -254,23 +256,58 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
     }
 }
 
-/// One peer as the room lists it.
+/// One participant as the `room` message lists it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PeerView {
     /// Id, e.g. "p7".
     pub peer: String,
     /// Display name.
     pub name: String,
-    /// Role.
-    pub role: Role,
+    /// singer | listener.
+    pub role: &'static str,
+    /// Stage slot ("A", "B", …) of a singer.
+    pub slot: Option<String>,
     /// Voice level, dBFS.
     pub level_db: f32,
     /// Jitter-buffer delay, ms.
     pub delay_ms: f32,
-    /// Loss in the last second, %.
+    /// Loss in the last report interval, %.
     pub loss_pct: f32,
     /// connecting | live | reconnecting.
     pub state: &'static str,
+}
+
+impl PeerView {
+    /// Everyone in the room, for the `room` message.
+    pub fn list(view: &RoomView) -> Vec<PeerView> {
+        view.participants
+            .iter()
+            .map(|p| PeerView {
+                peer: p.peer.to_string(),
+                name: p.name.clone(),
+                role: p.role.as_str(),
+                slot: p.slot.map(|s| s.to_string()),
+                level_db: round1(p.level_db),
+                delay_ms: round1(p.delay_ms),
+                loss_pct: round1(p.loss_pct),
+                state: p.presence.as_str(),
+            })
+            .collect()
+    }
+}
+
+/// One decimal is all a phone shows; it also keeps the `room` message short.
+fn round1(x: f32) -> f32 {
+    (x * 10.0).round() / 10.0
+}
+
+/// A singer's own mix settings, as `welcome` hands them back.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct MixView {
+    /// Own voice in the personal mix, 0..=1.
+    pub monitor: f32,
+    /// Voice reverb, 0..=1.
+    pub reverb: f32,
 }
 
 /// What the box sends.
@@ -283,12 +320,20 @@ pub enum ServerMessage {
         v: u64,
         /// Peer id.
         peer: String,
-        /// Role.
-        role: Role,
+        /// singer | listener.
+        role: &'static str,
         /// Name as accepted.
         name: String,
         /// Singer seats.
         max_singers: usize,
+        /// The secret to rejoin with (keep it; never show it).
+        token: String,
+        /// Stage slot of a singer.
+        slot: Option<String>,
+        /// Whether this was a rejoin: place and settings kept.
+        rejoined: bool,
+        /// A singer's own mix settings as the box has them.
+        mix: Option<MixView>,
     },
     /// SDP answer.
     Answer {
@@ -319,7 +364,7 @@ pub enum ServerMessage {
     },
     /// The session ends.
     Bye {
-        /// left | shutdown | replaced | timeout.
+        /// left | kicked | shutdown | replaced | timeout.
         reason: &'static str,
     },
 }
@@ -396,11 +441,23 @@ mod tests {
     fn messages_parse_or_name_their_fault() {
         check(
             r#"{"type":"join","v":1,"name":" Ana ","role":"singer"}"#,
-            r#"Join { v: 1, name: "Ana", role: Singer, pin: None }"#,
+            r#"Join { v: 1, name: "Ana", role: Singer, pin: None, token: None }"#,
         );
         check(
             r#"{"type":"join","v":1,"name":"Ben","role":"listener","pin":"12"}"#,
-            r#"Join { v: 1, name: "Ben", role: Listener, pin: Some("12") }"#,
+            r#"Join { v: 1, name: "Ben", role: Listener, pin: Some("12"), token: None }"#,
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"Ben","role":"singer","token":"000102030405060708090a0b0c0d0eff"}"#,
+            r#"Join { v: 1, name: "Ben", role: Singer, pin: None, token: Some(Token(..)) }"#,
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"Ben","role":"singer","token":"p7"}"#,
+            "error BadField: `token` must be 32 hex digits",
+        );
+        check(
+            r#"{"type":"join","v":1,"name":"Ben","role":"singer","token":7}"#,
+            "error BadField: `token` must be a string",
         );
         check(
             r#"{"type":"join","v":1,"name":"","role":"singer"}"#,

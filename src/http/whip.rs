@@ -1,6 +1,9 @@
 //! WHIP (RFC 9725) and WHEP over HTTPS: one POST with an SDP offer, one 201 with the
 //! answer (all candidates in it), one DELETE to leave. Extension: a WHIP singer whose
 //! offer is `sendrecv` receives its personal mix on the same transceiver.
+//!
+//! Each resource is a connection of the room that cannot rejoin; its URL carries the
+//! participant's secret token, so only the client that created it can DELETE it.
 
 use std::collections::HashMap;
 
@@ -9,9 +12,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use super::signaling::{self, ErrorCode, Role};
+use tracing::Instrument;
+
+use super::signaling;
 use super::AppState;
-use crate::control::{LeaveReason, PeerId};
+use crate::control::{Control, Input, JoinRequest, MediaState, Refusal, Role, Token};
 use crate::rtc::PeerEvent;
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -77,15 +82,6 @@ async fn ingest(
             "Content-Type must be application/sdp",
         );
     }
-    let pin = bearer(headers);
-    if !state.room.pin_ok(pin.as_deref()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "wrong or missing PIN (Authorization: Bearer <PIN>)",
-        )
-            .into_response();
-    }
     let Ok(sdp) = String::from_utf8(body.to_vec()) else {
         return plain(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
@@ -103,76 +99,102 @@ async fn ingest(
     } else {
         name
     };
-    let admission = match state.room.join(&name, role, pin.as_deref()) {
-        Ok(a) => a,
-        Err(ErrorCode::RoomFull) => {
-            return plain(
-                StatusCode::CONFLICT,
-                format!("all {} seats are taken", role.as_str()),
-            )
-        }
-        Err(code) => {
-            return plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("could not join: {code:?}"),
-            )
-        }
+    let control = state.control.clone();
+    let conn = control.conn();
+    let request = JoinRequest {
+        name,
+        role,
+        pin: bearer(headers),
+        token: None,
+        new_token: Control::new_token(),
+        // A WHIP/WHEP client has no way back into a session: when its media fails, it
+        // is gone.
+        rejoinable: false,
     };
-    let peer = admission.peer;
-    let (answer, mut events) = match state.room.attach(peer, sdp, true).await {
-        Ok(ok) => ok,
+    let (welcome, bye) = match control.join(conn, request).await {
+        Ok(joined) => joined,
+        Err(Refusal::WrongPin) => return unauthorized(),
+        Err(refusal @ Refusal::Full(_)) => return plain(StatusCode::CONFLICT, refusal.to_string()),
+        Err(refusal) => return plain(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
+    };
+    let span = tracing::info_span!(
+        "peer",
+        id = %welcome.peer,
+        name = welcome.name.as_str(),
+        role = welcome.role.as_str()
+    );
+    let singer = (welcome.role == Role::Singer).then(|| welcome.peer.singer());
+    let offered = control
+        .offer(conn, singer, sdp, true)
+        .instrument(span.clone())
+        .await;
+    let media = match offered {
+        Ok(media) => media,
         Err(e) => {
-            state.room.leave(peer, LeaveReason::Left).await;
+            let _ = control.handle(Input::Leave { conn }).await;
             return plain(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
-    let room = state.room.clone();
-    tokio::spawn(async move {
-        while let Some(event) = events.recv().await {
-            match event {
-                PeerEvent::Connected => room.set_state(peer, "live"),
-                PeerEvent::Disconnected => room.set_state(peer, "reconnecting"),
-                PeerEvent::Failed => break,
-                PeerEvent::LocalCandidate(_) => {}
+    let mut events = media.events;
+    tokio::spawn(
+        async move {
+            let mut bye = bye;
+            loop {
+                tokio::select! {
+                    // The room ended the session (DELETE, failure, shutdown): it closes
+                    // the media itself.
+                    _ = &mut bye => break,
+                    event = events.recv() => {
+                        let state = match event {
+                            Some(PeerEvent::Connected) => MediaState::Connected,
+                            Some(PeerEvent::Disconnected) => MediaState::Disconnected,
+                            Some(PeerEvent::Failed) | None => MediaState::Failed,
+                            Some(PeerEvent::LocalCandidate(_)) => continue,
+                        };
+                        let _ = control.handle(Input::Media { conn, state }).await;
+                        if state == MediaState::Failed {
+                            break;
+                        }
+                    }
+                }
             }
         }
-        room.leave(peer, LeaveReason::Timeout).await;
-    });
-    let location = format!("/{base}/{peer}");
+        .instrument(span),
+    );
+    // The resource URL carries the session's secret token: only whoever got this answer
+    // can end the session (peer ids are shown to everyone; they grant nothing).
+    let location = format!("/{base}/{}", welcome.token);
     (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_string()),
             (header::LOCATION, location),
         ],
-        answer,
+        media.answer,
     )
         .into_response()
 }
 
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "wrong or missing PIN (Authorization: Bearer <PIN>)",
+    )
+        .into_response()
+}
+
+/// `DELETE` of a WHIP/WHEP resource: its URL's token is the only key.
 pub(crate) async fn delete_session(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    headers: HeaderMap,
 ) -> Response {
-    if !state.room.pin_ok(bearer(&headers).as_deref()) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "wrong or missing PIN (Authorization: Bearer <PIN>)",
-        )
-            .into_response();
-    }
-    let Some(peer) = id
-        .strip_prefix('p')
-        .and_then(|n| n.parse::<u32>().ok())
-        .map(PeerId)
-    else {
+    let Some(token) = Token::parse(&id) else {
         return plain(StatusCode::NOT_FOUND, "no such session");
     };
-    if !state.room.view().iter().any(|p| p.peer == peer.to_string()) {
-        return plain(StatusCode::NOT_FOUND, "no such session");
+    match state.control.handle(Input::LeaveByToken { token }).await {
+        Ok(_) => plain(StatusCode::OK, "session ended"),
+        Err(Refusal::UnknownPeer) => plain(StatusCode::NOT_FOUND, "no such session"),
+        Err(refusal) => plain(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
     }
-    state.room.leave(peer, LeaveReason::Left).await;
-    plain(StatusCode::OK, "session ended")
 }

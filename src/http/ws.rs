@@ -1,7 +1,15 @@
 //! One phone's WebSocket session: signaling messages in and out, room updates, bye.
 //!
-//! Everything a phone sends is answered to that phone only. A fatal error (PIN, room
-//! full, version, oversize frame) is followed by a close with a reason.
+//! The session is a connection ([`ConnId`]) of the room: it feeds the control task what
+//! the phone says and what its peer connection does, and passes on what the room
+//! decides (the welcome, the goodbye). Everything a phone sends is answered to that
+//! phone only. A fatal error (PIN, room full, version, oversize frame) is followed by a
+//! close with a reason. Room updates come from the room's published view, at most
+//! every [`ROOM_INTERVAL`], so a room that changes fast costs each phone one message
+//! per interval.
+//!
+//! The outgoing queue is bounded ([`OUT_QUEUE`]): a phone that stops reading (frozen,
+//! or a script) is closed instead of growing the box's memory.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +18,24 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::signaling::{
-    self, ClientMessage, ErrorCode, ServerMessage, WireError, PROTOCOL_VERSION,
+    self, ClientMessage, ErrorCode, MixView, PeerView, ServerMessage, WireError, PROTOCOL_VERSION,
 };
-use super::AppState;
-use crate::control::{LeaveReason, PeerId, Room};
-use crate::rtc::PeerEvent;
+use super::{refusal_code, AppState};
+use crate::control::{ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Role};
+use crate::rtc::{Peer, PeerEvent};
 
 /// Fastest rate of `room` messages to one phone (levels at <= 10 Hz).
 const ROOM_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Messages waiting for one phone's socket. The box sends a phone a few messages a
+/// second (room updates at most 10); 64 is seconds of them. A phone that lets them pile
+/// up has stopped reading and is closed.
+pub const OUT_QUEUE: usize = 64;
 
 /// Close code for an oversize frame (RFC 6455 §7.4.1).
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -32,28 +47,59 @@ pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
     let max = state.settings.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
-        .on_upgrade(move |socket| session(socket, state))
+        .on_upgrade(move |socket| {
+            let span = tracing::info_span!(
+                "peer",
+                id = tracing::field::Empty,
+                name = tracing::field::Empty,
+                role = tracing::field::Empty
+            );
+            session(socket, state).instrument(span)
+        })
+}
+
+/// The joined part of a session.
+struct Joined {
+    peer: PeerId,
+    role: Role,
+    bye: Option<oneshot::Receiver<ByeReason>>,
 }
 
 struct Session {
-    room: Arc<Room>,
-    out: mpsc::UnboundedSender<Message>,
-    peer: Option<PeerId>,
-    offered: bool,
+    control: Control,
+    conn: ConnId,
+    out: mpsc::Sender<Message>,
+    /// The phone stopped reading: the session ends.
+    overflowed: bool,
+    joined: Option<Joined>,
+    media: Option<Arc<Peer>>,
     events: Option<mpsc::UnboundedReceiver<PeerEvent>>,
-    bye: Option<tokio::sync::watch::Receiver<Option<LeaveReason>>>,
 }
 
 impl Session {
-    fn send(&self, msg: ServerMessage) {
-        let _ = self.out.send(Message::Text(msg.to_json().into()));
+    fn send(&mut self, msg: ServerMessage) {
+        self.push(Message::Text(msg.to_json().into()));
     }
 
-    fn close(&self, code: u16, reason: &str) {
-        let _ = self.out.send(Message::Close(Some(CloseFrame {
+    fn push(&mut self, msg: Message) {
+        if self.out.try_send(msg).is_err() && !self.overflowed {
+            self.overflowed = true;
+            tracing::info!(
+                queued = OUT_QUEUE,
+                "phone stopped reading its socket; closing it"
+            );
+        }
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.push(Message::Close(Some(CloseFrame {
             code,
             reason: reason.to_string().into(),
         })));
+    }
+
+    fn error(&mut self, code: ErrorCode, message: impl Into<String>) {
+        self.send(WireError::new(code, message).into());
     }
 
     /// Handles one message; returns false when the session must end.
@@ -61,60 +107,84 @@ impl Session {
         let msg = match signaling::parse(text) {
             Ok(m) => m,
             Err(e) => {
-                tracing::debug!(peer = ?self.peer, code = ?e.code, "refused a message");
+                tracing::debug!(code = ?e.code, "refused a message");
                 self.send(e.into());
                 return true;
             }
         };
         match msg {
-            ClientMessage::Join { v, name, role, pin } => {
-                if self.peer.is_some() {
-                    self.send(WireError::new(ErrorCode::AlreadyJoined, "already joined").into());
+            ClientMessage::Join {
+                v,
+                name,
+                role,
+                pin,
+                token,
+            } => {
+                if self.joined.is_some() {
+                    self.error(ErrorCode::AlreadyJoined, "already joined");
                     return true;
                 }
                 if v != PROTOCOL_VERSION {
                     return self.fatal(ErrorCode::Version, &format!("protocol version {v} is not supported; this box speaks {PROTOCOL_VERSION}"));
                 }
-                match self.room.join(&name, role, pin.as_deref()) {
-                    Ok(admission) => {
-                        self.peer = Some(admission.peer);
-                        self.bye = Some(admission.bye);
+                let request = JoinRequest {
+                    name,
+                    role,
+                    pin,
+                    token,
+                    new_token: Control::new_token(),
+                    rejoinable: true,
+                };
+                match self.control.join(self.conn, request).await {
+                    Ok((welcome, bye)) => {
+                        let span = tracing::Span::current();
+                        span.record("id", tracing::field::display(welcome.peer));
+                        span.record("name", welcome.name.as_str());
+                        span.record("role", welcome.role.as_str());
+                        self.joined = Some(Joined {
+                            peer: welcome.peer,
+                            role: welcome.role,
+                            bye: Some(bye),
+                        });
                         self.send(ServerMessage::Welcome {
                             v: PROTOCOL_VERSION,
-                            peer: admission.peer.to_string(),
-                            role,
-                            name,
-                            max_singers: self.room.max_singers(),
+                            peer: welcome.peer.to_string(),
+                            role: welcome.role.as_str(),
+                            name: welcome.name,
+                            max_singers: self.control.max_singers(),
+                            token: welcome.token.to_string(),
+                            slot: welcome.slot.map(|s| s.to_string()),
+                            rejoined: welcome.rejoined,
+                            mix: welcome.settings.map(|s| MixView {
+                                monitor: s.monitor,
+                                reverb: s.reverb_wet,
+                            }),
                         });
                         self.send(ServerMessage::Room {
-                            peers: self.room.view(),
+                            peers: PeerView::list(&self.control.view()),
                         });
                         true
                     }
-                    Err(ErrorCode::WrongPin) => self.fatal(ErrorCode::WrongPin, "wrong PIN"),
-                    Err(ErrorCode::RoomFull) => self.fatal(
-                        ErrorCode::RoomFull,
-                        &format!("all {} seats are taken", role.as_str()),
-                    ),
-                    Err(code) => {
-                        self.send(WireError::new(code, "could not join").into());
-                        true
+                    Err(refusal) => {
+                        let code = refusal_code(refusal);
+                        if code.is_fatal() {
+                            self.fatal(code, &refusal.to_string())
+                        } else {
+                            self.error(code, refusal.to_string());
+                            true
+                        }
                     }
                 }
             }
-            _ if self.peer.is_none() => {
-                self.send(WireError::new(ErrorCode::NotJoined, "send join first").into());
+            _ if self.joined.is_none() => {
+                self.error(ErrorCode::NotJoined, "send join first");
                 true
             }
             ClientMessage::Offer { sdp } => {
-                let peer = self.peer.expect("checked above");
-                if self.offered {
-                    self.send(
-                        WireError::new(
-                            ErrorCode::AlreadyOffered,
-                            "this connection already has an offer",
-                        )
-                        .into(),
+                if self.media.is_some() {
+                    self.error(
+                        ErrorCode::AlreadyOffered,
+                        "this connection already has an offer",
                     );
                     return true;
                 }
@@ -122,29 +192,43 @@ impl Session {
                     self.send(e.into());
                     return true;
                 }
-                match self.room.attach(peer, sdp, false).await {
-                    Ok((answer, events)) => {
-                        self.offered = true;
-                        self.events = Some(events);
-                        self.send(ServerMessage::Answer { sdp: answer });
+                let joined = self.joined.as_ref().expect("checked above");
+                let singer = (joined.role == Role::Singer).then(|| joined.peer.singer());
+                match self.control.offer(self.conn, singer, sdp, false).await {
+                    Ok(media) => {
+                        self.media = Some(media.peer);
+                        self.events = Some(media.events);
+                        self.send(ServerMessage::Answer { sdp: media.answer });
                     }
                     Err(e) => {
-                        tracing::info!(peer = %peer, error = %e, "offer refused");
-                        self.send(WireError::new(ErrorCode::BadSdp, e.to_string()).into());
+                        tracing::info!(error = %e, "offer refused");
+                        self.error(ErrorCode::BadSdp, e.to_string());
                     }
                 }
                 true
             }
             ClientMessage::Candidate { candidate } => {
-                let peer = self.peer.expect("checked above");
-                if let Err(e) = self.room.add_candidate(peer, candidate.as_deref()).await {
-                    self.send(WireError::new(ErrorCode::BadField, e.to_string()).into());
+                let result = match &self.media {
+                    Some(peer) => peer.add_remote_candidate(candidate.as_deref()).await,
+                    None => {
+                        self.error(ErrorCode::BadField, "candidate before offer");
+                        return true;
+                    }
+                };
+                if let Err(e) = result {
+                    self.error(ErrorCode::BadField, e.to_string());
                 }
                 true
             }
             ClientMessage::Mix { monitor, reverb } => {
-                self.room
-                    .set_mix(self.peer.expect("checked above"), monitor, reverb);
+                let input = Input::Mix {
+                    conn: self.conn,
+                    monitor,
+                    reverb,
+                };
+                if let Err(refusal) = self.control.handle(input).await {
+                    self.error(refusal_code(refusal), refusal.to_string());
+                }
                 true
             }
             ClientMessage::Ping { t } => {
@@ -152,123 +236,158 @@ impl Session {
                 true
             }
             ClientMessage::Leave => {
-                let peer = self.peer.take().expect("checked above");
-                self.room.leave(peer, LeaveReason::Left).await;
-                self.send(ServerMessage::Bye {
-                    reason: LeaveReason::Left.as_str(),
-                });
-                self.close(1000, "left");
-                false
+                // The room answers with a goodbye, which ends the session (below).
+                if let Err(refusal) = self.control.handle(Input::Leave { conn: self.conn }).await {
+                    self.error(refusal_code(refusal), refusal.to_string());
+                }
+                true
             }
         }
     }
 
-    fn fatal(&self, code: ErrorCode, message: &str) -> bool {
-        self.send(WireError::new(code, message).into());
+    fn fatal(&mut self, code: ErrorCode, message: &str) -> bool {
+        self.error(code, message);
         self.close(CLOSE_POLICY, message);
         false
+    }
+
+    /// The room ended this connection.
+    fn bye(&mut self, reason: ByeReason) {
+        if let Some(joined) = self.joined.as_mut() {
+            joined.bye = None;
+        }
+        self.joined = None;
+        self.send(ServerMessage::Bye {
+            reason: reason.as_str(),
+        });
+        self.close(1000, reason.as_str());
     }
 }
 
 async fn session(socket: WebSocket, state: AppState) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
-    let writer = tokio::spawn(async move {
-        while let Some(msg) = out_rx.recv().await {
-            let closing = matches!(msg, Message::Close(_));
-            if sink.send(msg).await.is_err() || closing {
-                break;
+    let (out, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let writer = tokio::spawn(
+        async move {
+            while let Some(msg) = out_rx.recv().await {
+                let closing = matches!(msg, Message::Close(_));
+                if sink.send(msg).await.is_err() || closing {
+                    break;
+                }
             }
+            let _ = sink.close().await;
         }
-        let _ = sink.close().await;
-    });
+        .in_current_span(),
+    );
+    let control = state.control.clone();
     let mut s = Session {
-        room: state.room.clone(),
+        conn: control.conn(),
+        control,
         out,
-        peer: None,
-        offered: false,
+        overflowed: false,
+        joined: None,
+        media: None,
         events: None,
-        bye: None,
     };
-    let mut room_updates = state.room.subscribe();
+    let mut room_updates = s.control.subscribe();
     let mut room_tick = tokio::time::interval(ROOM_INTERVAL);
     room_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut room_dirty = false;
+    let mut room_gone = false;
     let idle = state.settings.idle_timeout;
+    let mut last_heard = Instant::now();
     loop {
+        if s.overflowed {
+            break;
+        }
         tokio::select! {
-            received = tokio::time::timeout(idle, stream.next()) => {
+            received = stream.next() => {
+                last_heard = Instant::now();
                 match received {
-                    Err(_) => {
-                        s.send(ServerMessage::Bye { reason: LeaveReason::Timeout.as_str() });
-                        s.close(1000, "idle");
-                        break;
-                    }
-                    Ok(None) | Ok(Some(Ok(Message::Close(_)))) => break,
-                    Ok(Some(Err(e))) => {
+                    None | Some(Ok(Message::Close(_))) => break,
+                    Some(Err(e)) => {
                         // tungstenite reports an oversize message as a capacity error.
                         let text = e.to_string();
                         if text.contains("too long") || text.contains("Space limit") || text.contains("size") {
-                            s.send(WireError::new(ErrorCode::TooLarge, "message too large").into());
+                            s.error(ErrorCode::TooLarge, "message too large");
                             s.close(CLOSE_TOO_BIG, "message too large");
                         }
-                        tracing::debug!(peer = ?s.peer, error = %text, "websocket read failed");
+                        tracing::debug!(error = %text, "websocket read failed");
                         break;
                     }
-                    Ok(Some(Ok(Message::Text(text)))) => {
+                    Some(Ok(Message::Text(text))) => {
                         if !s.handle(text.as_str()).await {
                             break;
                         }
                     }
-                    Ok(Some(Ok(Message::Binary(_)))) => {
-                        s.send(WireError::new(ErrorCode::BadJson, "binary frames are not part of the protocol").into());
+                    Some(Ok(Message::Binary(_))) => {
+                        s.error(ErrorCode::BadJson, "binary frames are not part of the protocol");
                     }
-                    Ok(Some(Ok(_))) => {}
+                    Some(Ok(_)) => {}
                 }
             }
+            // The deadline counts from the last frame heard, not from this pass of the
+            // loop (room updates wake the loop ten times a second).
+            _ = tokio::time::sleep_until(last_heard + idle) => {
+                s.send(ServerMessage::Bye { reason: ByeReason::Timeout.as_str() });
+                s.close(1000, "idle");
+                break;
+            }
             event = async { match s.events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                let Some(peer) = s.peer else { continue };
-                match event {
+                let state = match event {
                     Some(PeerEvent::LocalCandidate(json)) => {
                         if let Ok(candidate) = serde_json::from_str(&json) {
                             s.send(ServerMessage::Candidate { candidate });
                         }
+                        continue;
                     }
-                    Some(PeerEvent::Connected) => s.room.set_state(peer, "live"),
-                    Some(PeerEvent::Disconnected) => s.room.set_state(peer, "reconnecting"),
+                    Some(PeerEvent::Connected) => MediaState::Connected,
+                    Some(PeerEvent::Disconnected) => MediaState::Disconnected,
                     Some(PeerEvent::Failed) | None => {
                         s.events = None;
-                        s.room.leave(peer, LeaveReason::Timeout).await;
+                        MediaState::Failed
                     }
-                }
+                };
+                let _ = s.control.handle(Input::Media { conn: s.conn, state }).await;
             }
-            changed = async { match s.bye.as_mut() { Some(rx) => rx.changed().await, None => std::future::pending().await } } => {
-                let reason = s.bye.as_ref().and_then(|rx| *rx.borrow());
-                if changed.is_err() || reason.is_some() {
-                    let reason = reason.unwrap_or(LeaveReason::Timeout);
-                    s.peer = None;
-                    s.send(ServerMessage::Bye { reason: reason.as_str() });
-                    s.close(1000, reason.as_str());
-                    break;
+            reason = async {
+                match s.joined.as_mut().and_then(|j| j.bye.as_mut()) {
+                    Some(rx) => rx.await,
+                    None => std::future::pending().await,
                 }
+            } => {
+                // A dropped sender (the control task ended) is a shutdown.
+                s.bye(reason.unwrap_or(ByeReason::Shutdown));
+                break;
             }
-            _ = room_updates.changed() => room_dirty = true,
+            changed = room_updates.changed(), if !room_gone => {
+                // The control task has ended (shutdown): the goodbye follows.
+                room_gone = changed.is_err();
+                room_dirty = !room_gone;
+            }
             _ = room_tick.tick() => {
-                if room_dirty && s.peer.is_some() {
+                if room_dirty && s.joined.is_some() {
                     room_dirty = false;
-                    s.send(ServerMessage::Room { peers: s.room.view() });
+                    let peers = PeerView::list(&room_updates.borrow_and_update());
+                    s.send(ServerMessage::Room { peers });
                 }
             }
-            _ = state.shutdown.cancelled(), if s.peer.is_none() => {
-                s.send(ServerMessage::Bye { reason: LeaveReason::Shutdown.as_str() });
+            _ = state.shutdown.cancelled(), if s.joined.is_none() => {
+                s.send(ServerMessage::Bye { reason: ByeReason::Shutdown.as_str() });
                 s.close(1001, "shutdown");
                 break;
             }
         }
     }
-    if let Some(peer) = s.peer.take() {
-        s.room.leave(peer, LeaveReason::Left).await;
+    if s.joined.take().is_some() {
+        // Gone without a goodbye: the room keeps the phone's place for the grace.
+        let _ = s.control.handle(Input::Closed { conn: s.conn }).await;
     }
+    let overflowed = s.overflowed;
     drop(s);
+    if overflowed {
+        // Its socket is full: the queued close would never get through.
+        writer.abort();
+    }
     let _ = writer.await;
 }

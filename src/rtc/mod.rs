@@ -35,11 +35,16 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState,
 };
 
-use crate::audio::{AudioHandle, FrameSlot, PacketSlot};
+use crate::audio::{AudioHandle, PacketSlot};
 use crate::engine::SingerId;
 
-/// The payload type we register for Opus (Chrome's and Safari's choice too).
+/// The payload type we register for Opus (Chrome's and Safari's choice too). A peer that
+/// offers another one gets its own in the answer, and its mix is sent with that.
 const OPUS_PAYLOAD_TYPE: u8 = 111;
+
+/// A peer's failed writes are logged at the first and then once per this many (1000
+/// frames are 10 s of a mix).
+const SEND_ERROR_LOG_EVERY: u64 = 1000;
 
 /// How long an answer for a non-trickle client (WHIP) may wait for candidate gathering.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -97,51 +102,81 @@ pub struct Inbound {
     pub audio: AudioHandle,
 }
 
+/// One encoded mix frame on its way to a peer (the payload shared by every peer that
+/// hears the mix: cloning it is a reference count, not a copy).
+#[derive(Clone, Debug)]
+pub struct OutFrame {
+    /// Mix time of its first frame (frames since the engine started).
+    pub start: u64,
+    /// The Opus payload.
+    pub payload: bytes::Bytes,
+}
+
 /// The sending side of a peer: writes mix frames as RTP.
-pub struct Outgoing {
+struct Outgoing {
     track: Arc<TrackLocalStaticRTP>,
     /// Our SSRC for this peer: the sender refuses packets without it.
     ssrc: u32,
+    /// The payload type this peer negotiated for Opus (111 in Chromium's and Safari's
+    /// offers, 109 in Firefox's, 96 in aiortc's and GStreamer's): the sender refuses
+    /// any other.
+    payload_type: u8,
     sequence: AtomicU16,
     timestamp_offset: u32,
-    /// Frames sent.
-    pub frames_sent: AtomicU64,
-}
-
-impl Outgoing {
-    /// Sends one encoded frame; the RTP timestamp is the frame's mix time plus this
-    /// peer's random offset (RFC 3550 §5.1), so every peer's stream is continuous.
-    pub async fn send(&self, frame: &FrameSlot) {
-        let header = rtc::rtp::header::Header {
-            version: 2,
-            payload_type: OPUS_PAYLOAD_TYPE,
-            sequence_number: self.sequence.fetch_add(1, Ordering::Relaxed),
-            timestamp: self.timestamp_offset.wrapping_add(frame.start as u32),
-            ssrc: self.ssrc,
-            ..Default::default()
-        };
-        let packet = rtc::rtp::packet::Packet {
-            header,
-            payload: bytes::Bytes::copy_from_slice(frame.payload()),
-        };
-        // A closed peer refuses writes; its owner removes it on the Failed event.
-        match self.track.write_rtp(packet).await {
-            Ok(()) => {
-                self.frames_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => tracing::trace!(error = %e, "mix frame not sent"),
-        }
-    }
+    frames_sent: AtomicU64,
+    /// Write failures so far (logged at the first and every
+    /// [`SEND_ERROR_LOG_EVERY`]th: a broken peer fails on every frame).
+    failures: AtomicU64,
 }
 
 /// One phone's connection.
 pub struct Peer {
     pc: Arc<dyn PeerConnection>,
-    /// Its sending side (mix frames go here).
-    pub outgoing: Arc<Outgoing>,
+    outgoing: Outgoing,
 }
 
 impl Peer {
+    /// Sends one encoded frame; the RTP timestamp is the frame's mix time plus this
+    /// peer's random offset (RFC 3550 §5.1), so every peer's stream is continuous.
+    pub async fn send(&self, frame: OutFrame) {
+        let out = &self.outgoing;
+        let header = rtc::rtp::header::Header {
+            version: 2,
+            payload_type: out.payload_type,
+            sequence_number: out.sequence.fetch_add(1, Ordering::Relaxed),
+            timestamp: out.timestamp_offset.wrapping_add(frame.start as u32),
+            ssrc: out.ssrc,
+            ..Default::default()
+        };
+        let packet = rtc::rtp::packet::Packet {
+            header,
+            payload: frame.payload,
+        };
+        match out.track.write_rtp(packet).await {
+            Ok(()) => {
+                out.frames_sent.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                // A closed peer refuses every write until its owner removes it: count
+                // them all, say so once in a while.
+                let failures = out.failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures == 1 || failures % SEND_ERROR_LOG_EVERY == 0 {
+                    tracing::debug!(error = %e, failures, "mix frames not sent");
+                }
+            }
+        }
+    }
+
+    /// Frames sent so far.
+    pub fn frames_sent(&self) -> u64 {
+        self.outgoing.frames_sent.load(Ordering::Relaxed)
+    }
+
+    /// The payload type the mix is sent with (the one this peer negotiated for Opus).
+    pub fn payload_type(&self) -> u8 {
+        self.outgoing.payload_type
+    }
+
     /// Adds a trickled remote candidate (RTCIceCandidateInit JSON); `None` ends them.
     pub async fn add_remote_candidate(&self, json: Option<&str>) -> Result<(), Error> {
         let Some(json) = json else { return Ok(()) };
@@ -338,15 +373,41 @@ pub async fn answer(
             return Err(e);
         }
     };
+    let Some(payload_type) = opus_payload_type(&local.sdp) else {
+        let _ = pc.close().await;
+        return Err(Error::Offer("the answer has no Opus payload type".into()));
+    };
     let sdp = rewrite_opus_fmtp(&local.sdp, settings.uplink_bitrate_bps);
-    let outgoing = Arc::new(Outgoing {
+    let outgoing = Outgoing {
         track,
         ssrc,
+        payload_type,
         sequence: AtomicU16::new(rand::random()),
         timestamp_offset: rand::random(),
         frames_sent: AtomicU64::new(0),
-    });
+        failures: AtomicU64::new(0),
+    };
     Ok((Peer { pc, outgoing }, sdp, events_rx))
+}
+
+/// The payload type of Opus in an SDP's first audio m-line: in an answer, the one the
+/// offer chose (JSEP answers with the offerer's numbers).
+pub fn opus_payload_type(sdp: &str) -> Option<u8> {
+    let mut in_audio = false;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_audio {
+                return None;
+            }
+            in_audio = m.starts_with("audio ");
+        } else if let (true, Some(rest)) = (in_audio, line.strip_prefix("a=rtpmap:")) {
+            let (pt, codec) = rest.split_once(' ')?;
+            if codec.to_ascii_lowercase().starts_with("opus/48000") {
+                return pt.trim().parse().ok();
+            }
+        }
+    }
+    None
 }
 
 /// Rewrites the Opus fmtp of the answer *text sent to the phone* (never the description
@@ -409,6 +470,17 @@ mod tests {
         assert!(out.contains("a=fmtp:111 minptime=10;useinbandfec=1;usedtx=0;stereo=0;sprop-stereo=1;maxaveragebitrate=64000\r\n"), "{out}");
         assert_eq!(out.matches("a=fmtp:111").count(), 1);
         assert!(out.contains("a=ptime:10\r\n"));
+    }
+
+    #[test]
+    fn the_opus_payload_type_is_read_from_the_audio_m_line() {
+        let firefox = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 109 9 0 8 101\r\na=rtpmap:109 opus/48000/2\r\na=rtpmap:101 telephone-event/8000\r\n";
+        assert_eq!(opus_payload_type(firefox), Some(109));
+        let gstreamer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 OPUS/48000/2\r\n";
+        assert_eq!(opus_payload_type(gstreamer), Some(96));
+        let video_first = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert_eq!(opus_payload_type(video_first), None);
+        assert_eq!(opus_payload_type("v=0\r\n"), None);
     }
 
     #[test]

@@ -221,7 +221,7 @@ fn two_phones_sing_a_duet_through_the_box() {
     });
     let (output, stderr, marks) = (driver.output, driver.stderr, driver.marks);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let room_at_end = runtime.block_on(async { running.room.counts() });
+    let room_at_end = runtime.block_on(async { running.control.counts() });
     runtime
         .block_on(running.stop())
         .expect("the box stops cleanly");

@@ -113,7 +113,7 @@ async fn whip_singer_hears_the_partner_but_not_itself() {
     let ana = singer(&base, "ana", None, tone(440.0)).await;
     let ben = singer(&base, "ben", None, tone(660.0)).await;
     assert_eq!((ana.status(), ben.status()), (201, 201));
-    assert_eq!(running.room.counts(), (2, 0));
+    assert_eq!(running.control.counts(), (2, 0));
     wait_more(&ana, 3.0, "3 s of ana's personal mix").await;
     wait_more(&ben, 0.5, "ben's personal mix to catch up").await;
     assert_hears(&ana, "ana", 660.0, Some(440.0), 1.0);
@@ -121,11 +121,11 @@ async fn whip_singer_hears_the_partner_but_not_itself() {
 
     let status = ana.delete().await.expect("DELETE ana's session");
     assert_eq!(status, 200, "DELETE {} answers 200", ana.location());
-    assert_eq!(running.room.counts(), (1, 0), "ana's seat is free");
+    assert_eq!(running.control.counts(), (1, 0), "ana's seat is free");
     ana.close().await;
     let cleo = singer(&base, "cleo", None, tone(550.0)).await;
     assert_eq!(cleo.status(), 201, "a third singer takes the free seat");
-    assert_eq!(running.room.counts(), (2, 0));
+    assert_eq!(running.control.counts(), (2, 0));
 
     cleo.close().await;
     ben.close().await;
@@ -138,12 +138,12 @@ async fn a_singer_who_vanishes_without_leaving_frees_the_seat_when_ice_consent_f
     let (running, base) = start_box(loopback_box_config(&box_dir("whip_vanish"))).await;
     let ana = singer(&base, "ana", None, tone(440.0)).await;
     let ben = singer(&base, "ben", None, tone(660.0)).await;
-    assert_eq!(running.room.counts(), (2, 0));
+    assert_eq!(running.control.counts(), (2, 0));
     // Ana's phone dies: no DELETE, no goodbye, its media tasks just stop.
     ana.close().await;
     // The box notices when ICE consent fails (rtc.ice_failed_ms, 5 s by default).
     let deadline = Instant::now() + Duration::from_secs(15);
-    while running.room.counts() != (1, 0) {
+    while running.control.counts() != (1, 0) {
         assert!(
             Instant::now() < deadline,
             "timed out after 15 s waiting for ana's seat to be freed"
@@ -230,7 +230,11 @@ async fn whip_refuses_bad_requests_with_a_clear_4xx() {
         assert_eq!(unknown.status, 404, "DELETE {path}: {unknown:?}");
     }
 
-    assert_eq!(running.room.counts(), (2, 0), "the refusals took no seat");
+    assert_eq!(
+        running.control.counts(),
+        (2, 0),
+        "the refusals took no seat"
+    );
     // The refusals take milliseconds, less than a packet: what matters is that ana's
     // stream goes on after them, with her partner in it.
     ana.wait_received(
@@ -256,9 +260,9 @@ async fn whip_singer_with_the_right_pin_is_admitted() {
     let (running, base) = start_box(config).await;
     let ana = singer(&base, "ana", Some(PIN), tone(440.0)).await;
     assert_eq!(ana.status(), 201);
-    assert_eq!(running.room.counts(), (1, 0));
+    assert_eq!(running.control.counts(), (1, 0));
     assert_eq!(ana.delete().await.expect("DELETE ana's session"), 200);
-    assert_eq!(running.room.counts(), (0, 0));
+    assert_eq!(running.control.counts(), (0, 0));
     ana.close().await;
     running.stop().await.expect("the box stops cleanly");
 }
@@ -273,12 +277,12 @@ async fn whep_listener_hears_the_venue_mix() {
         .unwrap_or_else(|e| panic!("listener lou could not connect: {e}"));
     assert_eq!(lou.status(), 201);
     assert!(lou.location().starts_with("/whep/"), "{}", lou.location());
-    assert_eq!(running.room.counts(), (1, 1));
+    assert_eq!(running.control.counts(), (1, 1));
     wait_more(&lou, 2.0, "2 s of the venue mix at the listener").await;
     assert_hears(&lou, "lou", 440.0, None, 1.0);
 
     assert_eq!(lou.delete().await.expect("DELETE lou's session"), 200);
-    assert_eq!(running.room.counts(), (1, 0));
+    assert_eq!(running.control.counts(), (1, 0));
     lou.close().await;
     ana.close().await;
     running.stop().await.expect("the box stops cleanly");

@@ -1,0 +1,1050 @@
+//! The room: the one owner of who is in the box, who holds which stage slot, every
+//! slot's settings, the master and backing levels, admission, and every deadline.
+//!
+//! Sans-IO, like the engine and str0m: the caller feeds [`Input`]s with the time they
+//! happened ([`Room::handle`]), drains [`Action`]s ([`Room::poll_action`]) and feeds
+//! [`Input::Tick`] at [`Room::next_deadline`]. The room never reads a clock, never
+//! spawns, never locks and does no IO; its tests run on virtual time without sockets.
+//! Every surface (the WebSocket, WHIP/WHEP, later MQTT and the host page) drives it
+//! with the same inputs, through the one task that owns it (`control::ControlTask`).
+//!
+//! # Model
+//!
+//! A *participant* is a person on a phone (or a WHIP/WHEP client): a visible
+//! [`PeerId`], a secret [`Token`], a name, a role, and for a singer a stage *slot* (A,
+//! B, … up to `max_singers`). A *connection* ([`ConnId`], never shown to anyone) is one
+//! WebSocket session or one WHIP/WHEP resource; a participant has at most one at a
+//! time. A phone whose connection drops keeps its participant, slot and settings for
+//! the rejoin grace: it comes back on a new connection with its token. Ids others can
+//! see are never capabilities: only the token (and the connection it arrived on) acts
+//! for a participant.
+//!
+//! A slot's settings are the engine's [`SingerSettings`]: the host's (gain, pan, mute)
+//! stay with the slot from one singer to the next; the singer's own (monitor, reverb)
+//! go back to their defaults when a new singer takes the slot. A rejoin keeps all.
+//!
+//! # Outputs
+//!
+//! - [`Action::Engine`]: state commands for the audio thread, in order. The caller
+//!   must deliver every one (`control::link::EngineLink` does, coalescing).
+//! - [`Action::Route`]: which mix a connection's media hears. The room decides routes
+//!   from the same settings, through the same rule
+//!   ([`SingerSettings::hears_venue_mix`]), that the engine uses to pick its encode.
+//! - [`Action::Bye`]: end a connection (tell it why, close its media).
+//! - [`Action::Changed`]: the [`RoomView`] changed.
+//!
+//! Replies to the input's sender come back from [`Room::handle`] itself: a
+//! [`Reply`] or a [`Refusal`], which is data, not an error.
+//!
+//! # Invariants
+//!
+//! - A slot has at most one holder and a singer holds exactly one slot; singers never
+//!   exceed `max_singers`, listeners never exceed `max_listeners`.
+//! - Every seated singer has had exactly one `AddSinger` and, once gone, one
+//!   `RemoveSinger`; nothing one participant sends changes another's slot, settings or
+//!   route.
+//! - A connection that is not a participant's current one has no power: its inputs are
+//!   ignored or refused.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use crate::engine::{Command, MixId, SingerId, SingerSettings};
+
+/// Bytes of a session token: 128 random bits.
+pub const TOKEN_BYTES: usize = 16;
+
+/// Lowest gain the room accepts for a slot, the master or the backing track, dB.
+pub const GAIN_MIN_DB: f32 = -60.0;
+
+/// Highest gain the room accepts, dB. Every output passes a limiter, so a boost cannot
+/// clip; more than this only makes a voice harsh.
+pub const GAIN_MAX_DB: f32 = 12.0;
+
+/// A participant, as everyone sees it (`p7`). Not a capability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "p{}", self.0)
+    }
+}
+
+impl PeerId {
+    /// The engine's id for this participant's voice (same number, so logs line up).
+    pub fn singer(self) -> SingerId {
+        SingerId(self.0)
+    }
+}
+
+/// One connection (a WebSocket session or a WHIP/WHEP resource). Chosen by the caller,
+/// unique for the life of the box, never shown to anyone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "c{}", self.0)
+    }
+}
+
+/// A participant's secret: whoever holds it acts for the participant (rejoin, WHIP
+/// DELETE). 128 random bits, made by the caller (the room has no randomness of its own,
+/// so that its tests are deterministic). Shown as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Token(pub [u8; TOKEN_BYTES]);
+
+impl Token {
+    /// Parses 32 hex digits; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Token> {
+        let bytes = text.as_bytes();
+        if bytes.len() != 2 * TOKEN_BYTES {
+            return None;
+        }
+        let mut out = [0u8; TOKEN_BYTES];
+        for (k, pair) in bytes.chunks_exact(2).enumerate() {
+            let hi = (pair[0] as char).to_digit(16)?;
+            let lo = (pair[1] as char).to_digit(16)?;
+            out[k] = (hi * 16 + lo) as u8;
+        }
+        Some(Token(out))
+    }
+
+    /// Compares in time independent of where the tokens differ, so response times leak
+    /// nothing about a guess.
+    pub fn matches(&self, other: &Token) -> bool {
+        constant_time_eq(&self.0, &other.0)
+    }
+}
+
+impl fmt::Display for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never reach a log, not even through `{:?}`.
+        f.write_str("Token(..)")
+    }
+}
+
+/// Equality of two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A stage slot: A, B, … (index 0 is A).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SlotId(pub usize);
+
+impl fmt::Display for SlotId {
+    /// A..Z, then AA, AB, … like spreadsheet columns (max_singers is at most 32).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut n = self.0 + 1;
+        let mut letters = [0u8; 4];
+        let mut len = 0;
+        while n > 0 && len < letters.len() {
+            n -= 1;
+            letters[len] = b'A' + (n % 26) as u8;
+            len += 1;
+            n /= 26;
+        }
+        for &l in letters[..len].iter().rev() {
+            write!(f, "{}", l as char)?;
+        }
+        Ok(())
+    }
+}
+
+impl SlotId {
+    /// Parses a slot name ("A", "b", "AA"); `None` for anything else.
+    pub fn parse(text: &str) -> Option<SlotId> {
+        if text.is_empty() || text.len() > 3 {
+            return None;
+        }
+        let mut n = 0usize;
+        for c in text.chars() {
+            let c = c.to_ascii_uppercase();
+            if !c.is_ascii_uppercase() {
+                return None;
+            }
+            n = n * 26 + (c as usize - 'A' as usize + 1);
+        }
+        Some(SlotId(n - 1))
+    }
+}
+
+/// Singer or listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Sends a voice from a stage slot, hears a personal mix.
+    Singer,
+    /// Hears the venue mix.
+    Listener,
+}
+
+impl Role {
+    /// The name used on every wire and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Singer => "singer",
+            Role::Listener => "listener",
+        }
+    }
+}
+
+/// Where a participant's media stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Presence {
+    /// Admitted; media not up yet.
+    Connecting,
+    /// Media flows.
+    Live,
+    /// Media or connection lost; the participant keeps its place meanwhile.
+    Reconnecting,
+}
+
+impl Presence {
+    /// The name used on every wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Presence::Connecting => "connecting",
+            Presence::Live => "live",
+            Presence::Reconnecting => "reconnecting",
+        }
+    }
+}
+
+/// What the media layer reports about a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MediaState {
+    /// ICE and DTLS are up.
+    Connected,
+    /// Consent lost for a moment (ICE may recover).
+    Disconnected,
+    /// Consent lost for good, or the peer connection closed.
+    Failed,
+}
+
+/// Why the room ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ByeReason {
+    /// Its participant asked to leave.
+    Left,
+    /// The host removed its participant; the phone must not rejoin by itself.
+    Kicked,
+    /// The same participant came back on another connection.
+    Replaced,
+    /// Its media failed (the participant may rejoin within the grace).
+    Timeout,
+    /// The box is shutting down.
+    Shutdown,
+}
+
+impl ByeReason {
+    /// The name used on every wire and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByeReason::Left => "left",
+            ByeReason::Kicked => "kicked",
+            ByeReason::Replaced => "replaced",
+            ByeReason::Timeout => "timeout",
+            ByeReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// Why the room refused an input. Adapters map these to their wire's codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The PIN is missing or wrong.
+    WrongPin,
+    /// Every seat of this role is taken.
+    Full(Role),
+    /// The box is shutting down.
+    ShuttingDown,
+    /// This connection already joined.
+    AlreadyJoined,
+    /// This connection has not joined (or is no longer its participant's).
+    NotJoined,
+    /// Only singers have mix settings.
+    NotASinger,
+    /// No participant with that id or token.
+    UnknownPeer,
+    /// No such slot.
+    UnknownSlot,
+    /// A value is out of its range; names the field.
+    OutOfRange(&'static str),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::WrongPin => f.write_str("wrong PIN"),
+            Refusal::Full(role) => write!(f, "all {} seats are taken", role.as_str()),
+            Refusal::ShuttingDown => f.write_str("the box is shutting down"),
+            Refusal::AlreadyJoined => f.write_str("already joined"),
+            Refusal::NotJoined => f.write_str("not joined"),
+            Refusal::NotASinger => f.write_str("only singers have mix settings"),
+            Refusal::UnknownPeer => f.write_str("no such participant"),
+            Refusal::UnknownSlot => f.write_str("no such slot"),
+            Refusal::OutOfRange(field) => write!(f, "`{field}` is out of range"),
+        }
+    }
+}
+
+/// A request to join (or to rejoin with a token).
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    /// Display name (the adapter has checked it: 1-32 printable characters).
+    pub name: String,
+    /// Role asked for.
+    pub role: Role,
+    /// PIN given, if any.
+    pub pin: Option<String>,
+    /// A token from an earlier `welcome`: rejoin that participant if it is still here.
+    pub token: Option<Token>,
+    /// The token the participant gets if this is a fresh join (made by the caller).
+    pub new_token: Token,
+    /// Whether a lost connection keeps the participant for the rejoin grace (phones),
+    /// or ends it at once (WHIP/WHEP clients, which have no way back).
+    pub rejoinable: bool,
+}
+
+/// A change to some of a slot's settings; `None` leaves a field as it is.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SlotChange {
+    /// Voice gain, dB ([`GAIN_MIN_DB`]..=[`GAIN_MAX_DB`]).
+    pub gain_db: Option<f32>,
+    /// Silences the voice everywhere.
+    pub muted: Option<bool>,
+    /// Stereo position, -1..=1.
+    pub pan: Option<f32>,
+    /// Own voice in the singer's personal mix, 0..=1.
+    pub monitor: Option<f32>,
+    /// Voice reverb, 0..=1.
+    pub reverb: Option<f32>,
+}
+
+/// A singer's receive figures, as the audio thread reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SingerFigures {
+    /// Voice peak since the last report, dBFS.
+    pub level_db: f32,
+    /// The box's jitter-buffer delay for this voice, ms.
+    pub delay_ms: f32,
+    /// Packets lost so far (cumulative).
+    pub lost: u64,
+    /// Packets received so far (cumulative).
+    pub packets: u64,
+}
+
+/// Everything that can happen to the room.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A connection asks to join.
+    Join {
+        /// The connection.
+        conn: ConnId,
+        /// What it asks for.
+        request: JoinRequest,
+    },
+    /// The media of a connection changed state.
+    Media {
+        /// The connection.
+        conn: ConnId,
+        /// Its new state.
+        state: MediaState,
+    },
+    /// A connection ended without saying goodbye (socket closed or failed).
+    Closed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A participant leaves through its connection.
+    Leave {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A participant leaves through its token (WHIP/WHEP `DELETE` of its resource).
+    LeaveByToken {
+        /// The token.
+        token: Token,
+    },
+    /// A singer changes their own monitor and reverb (only the fields given).
+    Mix {
+        /// The singer's connection.
+        conn: ConnId,
+        /// Own voice in the personal mix, 0..=1.
+        monitor: Option<f32>,
+        /// Voice reverb, 0..=1.
+        reverb: Option<f32>,
+    },
+    /// The host changes a slot's settings (only the fields given).
+    SetSlot {
+        /// The slot.
+        slot: SlotId,
+        /// The change.
+        change: SlotChange,
+    },
+    /// The host sets the master level.
+    SetMaster {
+        /// Gain, dB.
+        gain_db: f32,
+    },
+    /// The host sets the backing track's level or mute (only the fields given).
+    SetBacking {
+        /// Gain, dB.
+        gain_db: Option<f32>,
+        /// Silenced.
+        muted: Option<bool>,
+    },
+    /// The host removes a participant.
+    Kick {
+        /// Who.
+        peer: PeerId,
+    },
+    /// New receive figures for a singer's voice.
+    Figures {
+        /// The voice.
+        singer: SingerId,
+        /// Its figures.
+        figures: SingerFigures,
+    },
+    /// Time passed: expire what is due ([`Room::next_deadline`]).
+    Tick,
+    /// The box is stopping: every connection ends, no more joins.
+    Shutdown,
+}
+
+/// What the room tells the sender of an input.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// Admitted (or readmitted).
+    Joined(Welcome),
+    /// Done.
+    Done,
+}
+
+/// An admission.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Welcome {
+    /// The participant.
+    pub peer: PeerId,
+    /// Its secret.
+    pub token: Token,
+    /// Its role.
+    pub role: Role,
+    /// Its name as kept.
+    pub name: String,
+    /// Its slot (singers).
+    pub slot: Option<SlotId>,
+    /// Its slot's settings (singers).
+    pub settings: Option<SingerSettings>,
+    /// Whether this was a rejoin with a token (place and settings kept).
+    pub rejoined: bool,
+}
+
+/// What the caller must do.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Action {
+    /// Deliver this command to the audio thread (never drop it).
+    Engine(Command),
+    /// From now on this connection's media hears `mix`.
+    Route {
+        /// The connection.
+        conn: ConnId,
+        /// The mix.
+        mix: MixId,
+    },
+    /// End this connection: tell it `reason`, close its media.
+    Bye {
+        /// The connection.
+        conn: ConnId,
+        /// Why.
+        reason: ByeReason,
+    },
+    /// A participant is gone for good (for the log and, later, the panel's events).
+    Left {
+        /// Who.
+        peer: PeerId,
+        /// Why.
+        reason: ByeReason,
+    },
+    /// The room view changed (publish it).
+    Changed,
+}
+
+/// Limits and secrets of the room.
+#[derive(Clone, Debug)]
+pub struct RoomConfig {
+    /// Stage slots.
+    pub max_singers: usize,
+    /// Listener limit.
+    pub max_listeners: usize,
+    /// PIN ("" = none).
+    pub pin: String,
+    /// How long a participant whose connection dropped keeps its place.
+    pub rejoin_grace: Duration,
+    /// Master level at start, dB.
+    pub master_gain_db: f32,
+    /// Backing level at start, dB.
+    pub backing_gain_db: f32,
+}
+
+/// One participant as everyone may see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParticipantView {
+    /// Id.
+    pub peer: PeerId,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Slot (singers).
+    pub slot: Option<SlotId>,
+    /// Media state.
+    pub presence: Presence,
+    /// Voice peak, dBFS (-120 = silence; listeners: -120).
+    pub level_db: f32,
+    /// The box's buffer for this voice, ms.
+    pub delay_ms: f32,
+    /// Loss over the last report interval, %.
+    pub loss_pct: f32,
+}
+
+/// One slot as everyone may see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SlotView {
+    /// Which.
+    pub slot: SlotId,
+    /// Who holds it.
+    pub peer: Option<PeerId>,
+    /// Its settings.
+    pub settings: SingerSettings,
+}
+
+/// A snapshot of the room.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RoomView {
+    /// Participants by id.
+    pub participants: Vec<ParticipantView>,
+    /// Slots A, B, ….
+    pub slots: Vec<SlotView>,
+    /// Master level, dB.
+    pub master_gain_db: f32,
+    /// Backing level, dB.
+    pub backing_gain_db: f32,
+    /// Backing silenced.
+    pub backing_muted: bool,
+}
+
+impl RoomView {
+    /// (singers, listeners) in the room, reconnecting ones included.
+    pub fn counts(&self) -> (usize, usize) {
+        let singers = self
+            .participants
+            .iter()
+            .filter(|p| p.role == Role::Singer)
+            .count();
+        (singers, self.participants.len() - singers)
+    }
+}
+
+struct Participant {
+    name: String,
+    role: Role,
+    token: Token,
+    conn: Option<ConnId>,
+    slot: Option<SlotId>,
+    presence: Presence,
+    /// When a lost participant's place is given up.
+    grace_until: Option<Duration>,
+    rejoinable: bool,
+    figures: SingerFigures,
+    loss_pct: f32,
+}
+
+struct Slot {
+    holder: Option<PeerId>,
+    settings: SingerSettings,
+}
+
+/// The room. See the module docs for the model and call order.
+pub struct Room {
+    config: RoomConfig,
+    participants: BTreeMap<PeerId, Participant>,
+    slots: Vec<Slot>,
+    master_gain_db: f32,
+    backing_gain_db: f32,
+    backing_muted: bool,
+    next_peer: u32,
+    shutting_down: bool,
+    actions: VecDeque<Action>,
+    changed: bool,
+}
+
+impl Room {
+    /// An empty room.
+    pub fn new(config: RoomConfig) -> Room {
+        let slots = (0..config.max_singers)
+            .map(|_| Slot {
+                holder: None,
+                settings: SingerSettings::default(),
+            })
+            .collect();
+        Room {
+            master_gain_db: config.master_gain_db,
+            backing_gain_db: config.backing_gain_db,
+            backing_muted: false,
+            config,
+            participants: BTreeMap::new(),
+            slots,
+            next_peer: 1,
+            shutting_down: false,
+            actions: VecDeque::new(),
+            changed: false,
+        }
+    }
+
+    /// Applies one input at `now` (any monotonic clock, the same for every call).
+    /// Replies to its sender; the consequences come out of [`Room::poll_action`].
+    pub fn handle(&mut self, now: Duration, input: Input) -> Result<Reply, Refusal> {
+        let result = match input {
+            Input::Join { conn, request } => self.join(conn, request).map(Reply::Joined),
+            Input::Media { conn, state } => {
+                self.media(now, conn, state);
+                Ok(Reply::Done)
+            }
+            Input::Closed { conn } => {
+                if let Some(peer) = self.by_conn(conn) {
+                    self.lose(now, peer, conn);
+                }
+                Ok(Reply::Done)
+            }
+            Input::Leave { conn } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                self.remove(peer, ByeReason::Left);
+                Ok(Reply::Done)
+            }
+            Input::LeaveByToken { token } => {
+                let peer = self.by_token(&token).ok_or(Refusal::UnknownPeer)?;
+                self.remove(peer, ByeReason::Left);
+                Ok(Reply::Done)
+            }
+            Input::Mix {
+                conn,
+                monitor,
+                reverb,
+            } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                let slot = self.participants[&peer].slot.ok_or(Refusal::NotASinger)?;
+                self.change_slot(
+                    slot,
+                    SlotChange {
+                        monitor,
+                        reverb,
+                        ..SlotChange::default()
+                    },
+                )
+                .map(|()| Reply::Done)
+            }
+            Input::SetSlot { slot, change } => self.change_slot(slot, change).map(|()| Reply::Done),
+            Input::SetMaster { gain_db } => {
+                check_gain("master_gain_db", gain_db)?;
+                self.master_gain_db = gain_db;
+                self.emit(Action::Engine(Command::SetMaster { gain_db }));
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::SetBacking { gain_db, muted } => {
+                if let Some(gain_db) = gain_db {
+                    check_gain("backing_gain_db", gain_db)?;
+                    self.backing_gain_db = gain_db;
+                }
+                if let Some(muted) = muted {
+                    self.backing_muted = muted;
+                }
+                self.emit(Action::Engine(Command::SetBacking {
+                    gain_db: self.backing_gain_db,
+                    muted: self.backing_muted,
+                }));
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::Kick { peer } => {
+                if !self.participants.contains_key(&peer) {
+                    return Err(Refusal::UnknownPeer);
+                }
+                self.remove(peer, ByeReason::Kicked);
+                Ok(Reply::Done)
+            }
+            Input::Figures { singer, figures } => {
+                self.figures(singer, figures);
+                Ok(Reply::Done)
+            }
+            Input::Tick => {
+                self.expire(now);
+                Ok(Reply::Done)
+            }
+            Input::Shutdown => {
+                self.shutting_down = true;
+                let everyone: Vec<PeerId> = self.participants.keys().copied().collect();
+                for peer in everyone {
+                    self.remove(peer, ByeReason::Shutdown);
+                }
+                Ok(Reply::Done)
+            }
+        };
+        if std::mem::take(&mut self.changed) && !self.actions.contains(&Action::Changed) {
+            self.actions.push_back(Action::Changed);
+        }
+        result
+    }
+
+    /// The next thing to do; call until `None` after every [`Room::handle`].
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Input::Tick`] is next due, if anything is waiting for time.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.participants
+            .values()
+            .filter_map(|p| p.grace_until)
+            .min()
+    }
+
+    /// A snapshot for the phones, the host and the panel.
+    pub fn view(&self) -> RoomView {
+        RoomView {
+            participants: self
+                .participants
+                .iter()
+                .map(|(&peer, p)| ParticipantView {
+                    peer,
+                    name: p.name.clone(),
+                    role: p.role,
+                    slot: p.slot,
+                    presence: p.presence,
+                    level_db: if p.role == Role::Singer {
+                        p.figures.level_db
+                    } else {
+                        -120.0
+                    },
+                    delay_ms: p.figures.delay_ms,
+                    loss_pct: p.loss_pct,
+                })
+                .collect(),
+            slots: self
+                .slots
+                .iter()
+                .enumerate()
+                .map(|(k, s)| SlotView {
+                    slot: SlotId(k),
+                    peer: s.holder,
+                    settings: s.settings,
+                })
+                .collect(),
+            master_gain_db: self.master_gain_db,
+            backing_gain_db: self.backing_gain_db,
+            backing_muted: self.backing_muted,
+        }
+    }
+
+    /// Stage slots.
+    pub fn max_singers(&self) -> usize {
+        self.slots.len()
+    }
+
+    fn emit(&mut self, action: Action) {
+        self.actions.push_back(action);
+    }
+
+    fn by_conn(&self, conn: ConnId) -> Option<PeerId> {
+        self.participants
+            .iter()
+            .find(|(_, p)| p.conn == Some(conn))
+            .map(|(&peer, _)| peer)
+    }
+
+    /// Every participant's token is compared (in constant time each), so the time
+    /// taken says nothing about which, if any, matched.
+    fn by_token(&self, token: &Token) -> Option<PeerId> {
+        let mut found = None;
+        for (&peer, p) in &self.participants {
+            if p.token.matches(token) {
+                found = Some(peer);
+            }
+        }
+        found
+    }
+
+    fn pin_ok(&self, pin: Option<&str>) -> bool {
+        self.config.pin.is_empty()
+            || constant_time_eq(pin.unwrap_or("").as_bytes(), self.config.pin.as_bytes())
+    }
+
+    fn route_of(&self, p: &Participant, peer: PeerId) -> MixId {
+        match p.slot {
+            Some(slot) if !self.slots[slot.0].settings.hears_venue_mix() => {
+                MixId::Personal(peer.singer())
+            }
+            _ => MixId::Venue,
+        }
+    }
+
+    fn welcome(&self, peer: PeerId, rejoined: bool) -> Welcome {
+        let p = &self.participants[&peer];
+        Welcome {
+            peer,
+            token: p.token,
+            role: p.role,
+            name: p.name.clone(),
+            slot: p.slot,
+            settings: p.slot.map(|s| self.slots[s.0].settings),
+            rejoined,
+        }
+    }
+
+    fn join(&mut self, conn: ConnId, request: JoinRequest) -> Result<Welcome, Refusal> {
+        if self.shutting_down {
+            return Err(Refusal::ShuttingDown);
+        }
+        if self.by_conn(conn).is_some() {
+            return Err(Refusal::AlreadyJoined);
+        }
+        if let Some(peer) = request.token.as_ref().and_then(|t| self.by_token(t)) {
+            // A rejoin: the token is the capability, so no PIN is asked again (the host
+            // may have changed it meanwhile; people on stage keep their place).
+            let p = self.participants.get_mut(&peer).expect("found above");
+            let old = p.conn.replace(conn);
+            p.presence = Presence::Connecting;
+            p.grace_until = None;
+            if let Some(old) = old {
+                self.emit(Action::Bye {
+                    conn: old,
+                    reason: ByeReason::Replaced,
+                });
+            }
+            let p = &self.participants[&peer];
+            let mix = self.route_of(p, peer);
+            self.emit(Action::Route { conn, mix });
+            self.changed = true;
+            return Ok(self.welcome(peer, true));
+        }
+        if !self.pin_ok(request.pin.as_deref()) {
+            return Err(Refusal::WrongPin);
+        }
+        let slot = match request.role {
+            Role::Singer => {
+                let free = self.slots.iter().position(|s| s.holder.is_none());
+                Some(SlotId(free.ok_or(Refusal::Full(Role::Singer))?))
+            }
+            Role::Listener => {
+                if self.listeners() >= self.config.max_listeners {
+                    return Err(Refusal::Full(Role::Listener));
+                }
+                None
+            }
+        };
+        let peer = PeerId(self.next_peer);
+        self.next_peer += 1;
+        if let Some(slot) = slot {
+            let s = &mut self.slots[slot.0];
+            s.holder = Some(peer);
+            // The host's settings stay with the slot; the singer's own start afresh.
+            s.settings.monitor = 0.0;
+            s.settings.reverb_wet = 0.0;
+            let settings = s.settings;
+            self.emit(Action::Engine(Command::AddSinger {
+                singer: peer.singer(),
+                settings,
+            }));
+        }
+        self.participants.insert(
+            peer,
+            Participant {
+                name: request.name,
+                role: request.role,
+                token: request.new_token,
+                conn: Some(conn),
+                slot,
+                presence: Presence::Connecting,
+                grace_until: None,
+                rejoinable: request.rejoinable,
+                figures: SingerFigures {
+                    level_db: -120.0,
+                    ..SingerFigures::default()
+                },
+                loss_pct: 0.0,
+            },
+        );
+        if request.role == Role::Listener {
+            self.emit(Action::Engine(Command::SetListeners(
+                self.listeners() as u32
+            )));
+        }
+        let mix = self.route_of(&self.participants[&peer], peer);
+        self.emit(Action::Route { conn, mix });
+        self.changed = true;
+        Ok(self.welcome(peer, false))
+    }
+
+    fn listeners(&self) -> usize {
+        self.participants
+            .values()
+            .filter(|p| p.role == Role::Listener)
+            .count()
+    }
+
+    fn media(&mut self, now: Duration, conn: ConnId, state: MediaState) {
+        let Some(peer) = self.by_conn(conn) else {
+            return; // A connection that is no longer anyone's: its media is being closed.
+        };
+        let p = self.participants.get_mut(&peer).expect("found above");
+        match state {
+            MediaState::Connected => p.presence = Presence::Live,
+            MediaState::Disconnected => p.presence = Presence::Reconnecting,
+            MediaState::Failed => return self.lose(now, peer, conn),
+        }
+        self.changed = true;
+    }
+
+    /// The participant's connection (or its media) is gone: a phone keeps its place
+    /// for the grace, anything else leaves at once.
+    fn lose(&mut self, now: Duration, peer: PeerId, conn: ConnId) {
+        let p = self.participants.get_mut(&peer).expect("caller found it");
+        if !p.rejoinable {
+            self.remove(peer, ByeReason::Timeout);
+            return;
+        }
+        p.conn = None;
+        p.presence = Presence::Reconnecting;
+        p.grace_until = Some(now + self.config.rejoin_grace);
+        self.emit(Action::Bye {
+            conn,
+            reason: ByeReason::Timeout,
+        });
+        self.changed = true;
+    }
+
+    fn remove(&mut self, peer: PeerId, reason: ByeReason) {
+        let Some(p) = self.participants.remove(&peer) else {
+            return;
+        };
+        if let Some(conn) = p.conn {
+            self.emit(Action::Bye { conn, reason });
+        }
+        self.emit(Action::Left { peer, reason });
+        match p.slot {
+            Some(slot) => {
+                self.slots[slot.0].holder = None;
+                self.emit(Action::Engine(Command::RemoveSinger(peer.singer())));
+            }
+            None => self.emit(Action::Engine(Command::SetListeners(
+                self.listeners() as u32
+            ))),
+        }
+        self.changed = true;
+    }
+
+    fn expire(&mut self, now: Duration) {
+        let due: Vec<PeerId> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.grace_until.is_some_and(|t| t <= now))
+            .map(|(&peer, _)| peer)
+            .collect();
+        for peer in due {
+            self.remove(peer, ByeReason::Timeout);
+        }
+    }
+
+    fn change_slot(&mut self, slot: SlotId, change: SlotChange) -> Result<(), Refusal> {
+        let s = self.slots.get(slot.0).ok_or(Refusal::UnknownSlot)?;
+        // Check everything before changing anything: a refused change changes nothing.
+        if let Some(gain_db) = change.gain_db {
+            check_gain("gain_db", gain_db)?;
+        }
+        check_range("pan", change.pan, -1.0, 1.0)?;
+        check_range("monitor", change.monitor, 0.0, 1.0)?;
+        check_range("reverb", change.reverb, 0.0, 1.0)?;
+        let mut settings = s.settings;
+        let before = settings;
+        if let Some(v) = change.gain_db {
+            settings.gain_db = v;
+        }
+        if let Some(v) = change.muted {
+            settings.muted = v;
+        }
+        if let Some(v) = change.pan {
+            settings.pan = v;
+        }
+        if let Some(v) = change.monitor {
+            settings.monitor = v;
+        }
+        if let Some(v) = change.reverb {
+            settings.reverb_wet = v;
+        }
+        if settings == before {
+            return Ok(());
+        }
+        self.slots[slot.0].settings = settings;
+        self.changed = true;
+        let Some(peer) = self.slots[slot.0].holder else {
+            return Ok(()); // A preset for the next singer in this slot.
+        };
+        self.emit(Action::Engine(Command::SetSinger {
+            singer: peer.singer(),
+            settings,
+        }));
+        if before.hears_venue_mix() != settings.hears_venue_mix() {
+            let p = &self.participants[&peer];
+            if let Some(conn) = p.conn {
+                let mix = self.route_of(p, peer);
+                self.emit(Action::Route { conn, mix });
+            }
+        }
+        Ok(())
+    }
+
+    fn figures(&mut self, singer: SingerId, figures: SingerFigures) {
+        let Some(p) = self.participants.get_mut(&PeerId(singer.0)) else {
+            return; // A report that crossed the singer's departure.
+        };
+        let lost = figures.lost.saturating_sub(p.figures.lost);
+        let packets = figures.packets.saturating_sub(p.figures.packets);
+        p.loss_pct = if lost + packets > 0 {
+            lost as f32 * 100.0 / (lost + packets) as f32
+        } else {
+            0.0
+        };
+        p.figures = figures;
+        self.changed = true;
+    }
+}
+
+fn check_gain(field: &'static str, gain_db: f32) -> Result<(), Refusal> {
+    check_range(field, Some(gain_db), GAIN_MIN_DB, GAIN_MAX_DB)
+}
+
+fn check_range(field: &'static str, value: Option<f32>, lo: f32, hi: f32) -> Result<(), Refusal> {
+    match value {
+        Some(v) if !(lo..=hi).contains(&v) => Err(Refusal::OutOfRange(field)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1016 @@
+//! The room on virtual time: no sockets, no clock, no threads.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use proptest::prelude::*;
+
+use super::*;
+
+const GRACE: Duration = Duration::from_secs(30);
+
+fn config() -> RoomConfig {
+    RoomConfig {
+        max_singers: 2,
+        max_listeners: 3,
+        pin: String::new(),
+        rejoin_grace: GRACE,
+        master_gain_db: 0.0,
+        backing_gain_db: -6.0,
+    }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+fn token(n: u8) -> Token {
+    Token([n; TOKEN_BYTES])
+}
+
+/// A room and the actions it emitted, drained after every input.
+struct Harness {
+    room: Room,
+    actions: Vec<Action>,
+    next_token: u8,
+}
+
+impl Harness {
+    fn new(config: RoomConfig) -> Harness {
+        Harness {
+            room: Room::new(config),
+            actions: Vec::new(),
+            next_token: 1,
+        }
+    }
+
+    fn handle(&mut self, now: Duration, input: Input) -> Result<Reply, Refusal> {
+        let result = self.room.handle(now, input);
+        while let Some(a) = self.room.poll_action() {
+            self.actions.push(a);
+        }
+        result
+    }
+
+    fn take(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    fn request(&mut self, name: &str, role: Role) -> JoinRequest {
+        let new_token = token(self.next_token);
+        self.next_token += 1;
+        JoinRequest {
+            name: name.into(),
+            role,
+            pin: None,
+            token: None,
+            new_token,
+            rejoinable: true,
+        }
+    }
+
+    fn join(&mut self, now: Duration, conn: u64, name: &str, role: Role) -> Welcome {
+        let request = self.request(name, role);
+        self.join_with(now, conn, request)
+            .unwrap_or_else(|r| panic!("{name} refused: {r}"))
+    }
+
+    fn join_with(
+        &mut self,
+        now: Duration,
+        conn: u64,
+        request: JoinRequest,
+    ) -> Result<Welcome, Refusal> {
+        match self.handle(
+            now,
+            Input::Join {
+                conn: ConnId(conn),
+                request,
+            },
+        )? {
+            Reply::Joined(w) => Ok(w),
+            Reply::Done => panic!("a join answers with a welcome"),
+        }
+    }
+
+    fn rejoin(&mut self, now: Duration, conn: u64, token: Token) -> Welcome {
+        let mut request = self.request("ignored", Role::Singer);
+        request.token = Some(token);
+        self.join_with(now, conn, request).expect("rejoin admitted")
+    }
+
+    fn slot(&self, slot: usize) -> SlotView {
+        self.room.view().slots[slot].clone()
+    }
+
+    fn participant(&self, peer: PeerId) -> Option<ParticipantView> {
+        self.room
+            .view()
+            .participants
+            .into_iter()
+            .find(|p| p.peer == peer)
+    }
+}
+
+fn engine_commands(actions: &[Action]) -> Vec<Command> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Engine(c) => Some(*c),
+            _ => None,
+        })
+        .collect()
+}
+
+fn byes(actions: &[Action]) -> Vec<(ConnId, ByeReason)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Bye { conn, reason } => Some((*conn, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn routes(actions: &[Action]) -> Vec<(ConnId, MixId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Route { conn, mix } => Some((*conn, *mix)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_singer_joins_goes_live_and_leaves() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    assert_eq!(ana.slot, Some(SlotId(0)));
+    assert_eq!(ana.role, Role::Singer);
+    assert!(!ana.rejoined);
+    let actions = h.take();
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::AddSinger {
+            singer: ana.peer.singer(),
+            settings: SingerSettings::default()
+        }]
+    );
+    assert_eq!(
+        routes(&actions),
+        vec![(ConnId(1), MixId::Personal(ana.peer.singer()))]
+    );
+    assert!(actions.contains(&Action::Changed));
+    assert_eq!(
+        h.participant(ana.peer).map(|p| p.presence),
+        Some(Presence::Connecting)
+    );
+
+    h.handle(
+        secs(0.5),
+        Input::Media {
+            conn: ConnId(1),
+            state: MediaState::Connected,
+        },
+    )
+    .expect("media");
+    assert_eq!(
+        h.participant(ana.peer).map(|p| p.presence),
+        Some(Presence::Live)
+    );
+    h.take();
+
+    h.handle(secs(9.0), Input::Leave { conn: ConnId(1) })
+        .expect("leave");
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Left)]);
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::RemoveSinger(ana.peer.singer())]
+    );
+    assert_eq!(h.slot(0).peer, None);
+    assert_eq!(h.room.view().counts(), (0, 0));
+    assert_eq!(h.room.next_deadline(), None);
+}
+
+#[test]
+fn singers_fill_slots_in_order_and_listeners_hear_the_venue() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    assert_eq!((ana.slot, ben.slot), (Some(SlotId(0)), Some(SlotId(1))));
+    assert_ne!(ana.token, ben.token);
+    h.take();
+    let lia = h.join(secs(0.0), 3, "Lia", Role::Listener);
+    assert_eq!(lia.slot, None);
+    let actions = h.take();
+    assert_eq!(engine_commands(&actions), vec![Command::SetListeners(1)]);
+    assert_eq!(routes(&actions), vec![(ConnId(3), MixId::Venue)]);
+    assert_eq!(h.room.view().counts(), (2, 1));
+}
+
+#[test]
+fn capacity_limits_refuse_the_extra_singer_and_listener() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.join(secs(0.0), 2, "Ben", Role::Singer);
+    let extra = h.request("Cleo", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(0.0), 3, extra),
+        Err(Refusal::Full(Role::Singer))
+    );
+    for conn in 10..13 {
+        h.join(secs(0.0), conn, "L", Role::Listener);
+    }
+    let extra = h.request("L4", Role::Listener);
+    assert_eq!(
+        h.join_with(secs(0.0), 13, extra),
+        Err(Refusal::Full(Role::Listener))
+    );
+    assert_eq!(h.room.view().counts(), (2, 3));
+    // A refusal changes nothing and emits nothing.
+    h.take();
+    let extra = h.request("Cleo", Role::Singer);
+    let _ = h.join_with(secs(0.0), 3, extra);
+    assert!(h.take().is_empty());
+}
+
+#[test]
+fn the_pin_is_required_and_checked() {
+    let mut h = Harness::new(RoomConfig {
+        pin: "4711".into(),
+        ..config()
+    });
+    let mut wrong = h.request("Mallory", Role::Singer);
+    wrong.pin = Some("4712".into());
+    assert_eq!(h.join_with(secs(0.0), 1, wrong), Err(Refusal::WrongPin));
+    let missing = h.request("Mallory", Role::Singer);
+    assert_eq!(h.join_with(secs(0.0), 2, missing), Err(Refusal::WrongPin));
+    let mut longer = h.request("Mallory", Role::Singer);
+    longer.pin = Some("47110".into());
+    assert_eq!(h.join_with(secs(0.0), 3, longer), Err(Refusal::WrongPin));
+    let mut right = h.request("Ana", Role::Singer);
+    right.pin = Some("4711".into());
+    assert!(h.join_with(secs(0.0), 4, right).is_ok());
+    assert_eq!(h.room.view().counts(), (1, 0));
+}
+
+#[test]
+fn a_second_join_on_one_connection_is_refused() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let again = h.request("Ana", Role::Listener);
+    assert_eq!(
+        h.join_with(secs(0.0), 1, again),
+        Err(Refusal::AlreadyJoined)
+    );
+    assert_eq!(h.room.view().counts(), (1, 0));
+}
+
+#[test]
+fn a_mix_message_with_one_field_changes_only_that_field() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.take();
+    h.handle(
+        secs(1.0),
+        Input::Mix {
+            conn: ConnId(1),
+            monitor: None,
+            reverb: Some(0.3),
+        },
+    )
+    .expect("reverb");
+    h.handle(
+        secs(2.0),
+        Input::Mix {
+            conn: ConnId(1),
+            monitor: Some(0.5),
+            reverb: None,
+        },
+    )
+    .expect("monitor");
+    let settings = h.slot(0).settings;
+    assert_eq!((settings.monitor, settings.reverb_wet), (0.5, 0.3));
+    assert_eq!(
+        engine_commands(&h.take()),
+        vec![
+            Command::SetSinger {
+                singer: ana.peer.singer(),
+                settings: SingerSettings {
+                    reverb_wet: 0.3,
+                    ..SingerSettings::default()
+                }
+            },
+            Command::SetSinger {
+                singer: ana.peer.singer(),
+                settings: SingerSettings {
+                    reverb_wet: 0.3,
+                    monitor: 0.5,
+                    ..SingerSettings::default()
+                }
+            }
+        ]
+    );
+    // The host changes the gain: the singer's own settings stay.
+    h.handle(
+        secs(3.0),
+        Input::SetSlot {
+            slot: SlotId(0),
+            change: SlotChange {
+                gain_db: Some(-4.0),
+                ..SlotChange::default()
+            },
+        },
+    )
+    .expect("gain");
+    let settings = h.slot(0).settings;
+    assert_eq!(
+        (settings.gain_db, settings.monitor, settings.reverb_wet),
+        (-4.0, 0.5, 0.3)
+    );
+}
+
+#[test]
+fn a_refused_change_changes_nothing() {
+    let mut h = Harness::new(config());
+    let lia = h.join(secs(0.0), 3, "Lia", Role::Listener);
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.take();
+    let before = h.room.view();
+    for (change, field) in [
+        (
+            SlotChange {
+                gain_db: Some(20.0),
+                monitor: Some(0.5),
+                ..SlotChange::default()
+            },
+            "gain_db",
+        ),
+        (
+            SlotChange {
+                pan: Some(-1.5),
+                ..SlotChange::default()
+            },
+            "pan",
+        ),
+        (
+            SlotChange {
+                reverb: Some(1.01),
+                muted: Some(true),
+                ..SlotChange::default()
+            },
+            "reverb",
+        ),
+        (
+            SlotChange {
+                gain_db: Some(f32::NAN),
+                ..SlotChange::default()
+            },
+            "gain_db",
+        ),
+    ] {
+        assert_eq!(
+            h.handle(
+                secs(1.0),
+                Input::SetSlot {
+                    slot: SlotId(0),
+                    change
+                }
+            ),
+            Err(Refusal::OutOfRange(field))
+        );
+    }
+    assert_eq!(
+        h.handle(
+            secs(1.0),
+            Input::SetSlot {
+                slot: SlotId(2),
+                change: SlotChange::default()
+            }
+        ),
+        Err(Refusal::UnknownSlot)
+    );
+    assert_eq!(
+        h.handle(
+            secs(1.0),
+            Input::Mix {
+                conn: ConnId(3),
+                monitor: Some(0.5),
+                reverb: None
+            }
+        ),
+        Err(Refusal::NotASinger)
+    );
+    assert_eq!(
+        h.handle(
+            secs(1.0),
+            Input::Mix {
+                conn: ConnId(99),
+                monitor: Some(0.5),
+                reverb: None
+            }
+        ),
+        Err(Refusal::NotJoined)
+    );
+    assert_eq!(
+        h.handle(secs(1.0), Input::SetMaster { gain_db: 13.0 }),
+        Err(Refusal::OutOfRange("master_gain_db"))
+    );
+    assert_eq!(
+        h.handle(
+            secs(1.0),
+            Input::SetBacking {
+                gain_db: Some(-61.0),
+                muted: Some(true)
+            }
+        ),
+        Err(Refusal::OutOfRange("backing_gain_db"))
+    );
+    assert_eq!(h.room.view(), before);
+    assert!(h.take().is_empty());
+    let _ = lia;
+}
+
+#[test]
+fn routes_follow_the_monitor_and_mute() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.take();
+    let mix = |h: &mut Harness, monitor: f32| {
+        h.handle(
+            secs(1.0),
+            Input::Mix {
+                conn: ConnId(1),
+                monitor: Some(monitor),
+                reverb: None,
+            },
+        )
+        .expect("mix");
+        routes(&h.take())
+    };
+    // Monitor at 1: the personal mix is the venue mix, so the singer shares its encode.
+    assert_eq!(mix(&mut h, 1.0), vec![(ConnId(1), MixId::Venue)]);
+    // No route change when the route stays.
+    assert_eq!(mix(&mut h, 1.0), vec![]);
+    assert_eq!(
+        mix(&mut h, 0.8),
+        vec![(ConnId(1), MixId::Personal(ana.peer.singer()))]
+    );
+    // A muted singer hears the venue mix too (nothing of theirs is in it).
+    h.handle(
+        secs(2.0),
+        Input::SetSlot {
+            slot: SlotId(0),
+            change: SlotChange {
+                muted: Some(true),
+                ..SlotChange::default()
+            },
+        },
+    )
+    .expect("mute");
+    assert_eq!(routes(&h.take()), vec![(ConnId(1), MixId::Venue)]);
+}
+
+#[test]
+fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.handle(
+        secs(1.0),
+        Input::Mix {
+            conn: ConnId(1),
+            monitor: Some(0.4),
+            reverb: Some(0.2),
+        },
+    )
+    .expect("mix");
+    h.handle(
+        secs(1.0),
+        Input::SetSlot {
+            slot: SlotId(0),
+            change: SlotChange {
+                gain_db: Some(-3.0),
+                pan: Some(-0.5),
+                ..SlotChange::default()
+            },
+        },
+    )
+    .expect("host");
+    let settings = h.slot(0).settings;
+    h.take();
+
+    // The phone's Wi-Fi drops: its socket closes.
+    h.handle(secs(10.0), Input::Closed { conn: ConnId(1) })
+        .expect("closed");
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Timeout)]);
+    assert!(
+        engine_commands(&actions).is_empty(),
+        "the seat stays in the engine"
+    );
+    assert_eq!(
+        h.participant(ana.peer).map(|p| p.presence),
+        Some(Presence::Reconnecting)
+    );
+    assert_eq!(h.slot(0).peer, Some(ana.peer), "nobody else can take it");
+    assert_eq!(h.room.next_deadline(), Some(secs(10.0) + GRACE));
+
+    // Meanwhile another singer arrives and gets the other slot.
+    let ben = h.join(secs(12.0), 2, "Ben", Role::Singer);
+    assert_eq!(ben.slot, Some(SlotId(1)));
+    let extra = h.request("Cleo", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(13.0), 3, extra),
+        Err(Refusal::Full(Role::Singer))
+    );
+    h.take();
+
+    // Back 25 s later on a new connection with the token.
+    let back = h.rejoin(secs(35.0), 4, ana.token);
+    assert!(back.rejoined);
+    assert_eq!(
+        (back.peer, back.slot, back.name.as_str()),
+        (ana.peer, Some(SlotId(0)), "Ana")
+    );
+    assert_eq!(back.settings, Some(settings));
+    assert_eq!(h.slot(0).settings, settings);
+    let actions = h.take();
+    assert!(engine_commands(&actions).is_empty(), "same engine seat");
+    assert_eq!(
+        routes(&actions),
+        vec![(ConnId(4), MixId::Personal(ana.peer.singer()))]
+    );
+    assert_eq!(h.room.next_deadline(), None);
+    // The old connection has no power any more, the new one has.
+    assert_eq!(
+        h.handle(secs(36.0), Input::Leave { conn: ConnId(1) }),
+        Err(Refusal::NotJoined)
+    );
+    h.handle(
+        secs(36.0),
+        Input::Media {
+            conn: ConnId(4),
+            state: MediaState::Connected,
+        },
+    )
+    .expect("media");
+    assert_eq!(
+        h.participant(ana.peer).map(|p| p.presence),
+        Some(Presence::Live)
+    );
+}
+
+#[test]
+fn the_grace_expiring_frees_the_slot_and_the_token() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.handle(
+        secs(1.0),
+        Input::Mix {
+            conn: ConnId(1),
+            monitor: Some(0.4),
+            reverb: None,
+        },
+    )
+    .expect("mix");
+    h.handle(
+        secs(5.0),
+        Input::Media {
+            conn: ConnId(1),
+            state: MediaState::Failed,
+        },
+    )
+    .expect("failed");
+    h.take();
+    let due = secs(5.0) + GRACE;
+    assert_eq!(h.room.next_deadline(), Some(due));
+    h.handle(due - Duration::from_millis(1), Input::Tick)
+        .expect("tick");
+    assert_eq!(h.slot(0).peer, Some(ana.peer), "not yet");
+    assert!(h.take().is_empty());
+    h.handle(due, Input::Tick).expect("tick");
+    let actions = h.take();
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::RemoveSinger(ana.peer.singer())]
+    );
+    assert!(byes(&actions).is_empty(), "no connection to tell");
+    assert_eq!(h.slot(0).peer, None);
+    assert_eq!(h.room.next_deadline(), None);
+    // The token is spent: coming back now is a fresh join, with fresh own settings.
+    let again = h.rejoin(due + secs(1.0), 2, ana.token);
+    assert!(!again.rejoined);
+    assert_ne!(again.peer, ana.peer);
+    assert_eq!(again.settings.map(|s| s.monitor), Some(0.0));
+}
+
+#[test]
+fn a_rejoin_while_the_old_connection_is_still_open_replaces_it() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.take();
+    // The phone noticed the drop before the box did.
+    let back = h.rejoin(secs(3.0), 2, ana.token);
+    assert_eq!(back.peer, ana.peer);
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Replaced)]);
+    // The old connection's last words change nothing.
+    h.handle(secs(4.0), Input::Closed { conn: ConnId(1) })
+        .expect("closed");
+    h.handle(
+        secs(4.0),
+        Input::Media {
+            conn: ConnId(1),
+            state: MediaState::Failed,
+        },
+    )
+    .expect("failed");
+    assert!(h.take().is_empty());
+    assert_eq!(h.room.next_deadline(), None);
+    assert_eq!(h.slot(0).peer, Some(ana.peer));
+}
+
+#[test]
+fn a_whip_client_that_fails_leaves_at_once() {
+    let mut h = Harness::new(config());
+    let mut request = h.request("whip", Role::Singer);
+    request.rejoinable = false;
+    let w = h.join_with(secs(0.0), 1, request).expect("whip");
+    h.take();
+    h.handle(
+        secs(6.0),
+        Input::Media {
+            conn: ConnId(1),
+            state: MediaState::Failed,
+        },
+    )
+    .expect("failed");
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Timeout)]);
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::RemoveSinger(w.peer.singer())]
+    );
+    assert_eq!(h.room.view().counts(), (0, 0));
+    assert_eq!(h.room.next_deadline(), None);
+}
+
+#[test]
+fn delete_by_token_ends_only_that_participant() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    h.take();
+    assert_eq!(
+        h.handle(secs(1.0), Input::LeaveByToken { token: token(99) }),
+        Err(Refusal::UnknownPeer)
+    );
+    h.handle(secs(1.0), Input::LeaveByToken { token: ben.token })
+        .expect("delete");
+    assert_eq!(byes(&h.take()), vec![(ConnId(2), ByeReason::Left)]);
+    assert!(h.participant(ana.peer).is_some());
+    assert!(h.participant(ben.peer).is_none());
+}
+
+#[test]
+fn the_host_kicks_a_singer_who_cannot_come_back_with_the_token() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    h.take();
+    h.handle(secs(5.0), Input::Kick { peer: ana.peer })
+        .expect("kick");
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Kicked)]);
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::RemoveSinger(ana.peer.singer())]
+    );
+    assert_eq!(h.slot(0).peer, None);
+    assert!(h.participant(ben.peer).is_some(), "the partner stays");
+    assert_eq!(
+        h.handle(secs(5.0), Input::Kick { peer: ana.peer }),
+        Err(Refusal::UnknownPeer)
+    );
+    let again = h.rejoin(secs(6.0), 3, ana.token);
+    assert!(!again.rejoined, "the kicked token is gone");
+    assert_ne!(again.peer, ana.peer);
+}
+
+#[test]
+fn a_kicked_reconnecting_singer_frees_the_slot_without_a_bye() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.handle(secs(1.0), Input::Closed { conn: ConnId(1) })
+        .expect("closed");
+    h.take();
+    h.handle(secs(2.0), Input::Kick { peer: ana.peer })
+        .expect("kick");
+    let actions = h.take();
+    assert!(byes(&actions).is_empty());
+    assert_eq!(h.slot(0).peer, None);
+    assert_eq!(h.room.next_deadline(), None);
+}
+
+#[test]
+fn slot_settings_set_by_the_host_wait_for_the_next_singer() {
+    let mut h = Harness::new(config());
+    h.handle(
+        secs(0.0),
+        Input::SetSlot {
+            slot: SlotId(1),
+            change: SlotChange {
+                gain_db: Some(-6.0),
+                pan: Some(0.7),
+                monitor: Some(0.9),
+                ..SlotChange::default()
+            },
+        },
+    )
+    .expect("preset");
+    assert!(engine_commands(&h.take()).is_empty(), "nobody to command");
+    h.join(secs(1.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(1.0), 2, "Ben", Role::Singer);
+    let expected = SingerSettings {
+        gain_db: -6.0,
+        pan: 0.7,
+        ..SingerSettings::default()
+    };
+    assert_eq!(
+        ben.settings,
+        Some(expected),
+        "host's kept, singer's own reset"
+    );
+    assert!(engine_commands(&h.take()).contains(&Command::AddSinger {
+        singer: ben.peer.singer(),
+        settings: expected
+    }));
+}
+
+#[test]
+fn master_and_backing_levels_are_room_state() {
+    let mut h = Harness::new(config());
+    h.handle(secs(0.0), Input::SetMaster { gain_db: -3.0 })
+        .expect("master");
+    h.handle(
+        secs(0.0),
+        Input::SetBacking {
+            gain_db: None,
+            muted: Some(true),
+        },
+    )
+    .expect("mute backing");
+    h.handle(
+        secs(0.0),
+        Input::SetBacking {
+            gain_db: Some(-12.0),
+            muted: None,
+        },
+    )
+    .expect("backing level");
+    assert_eq!(
+        engine_commands(&h.take()),
+        vec![
+            Command::SetMaster { gain_db: -3.0 },
+            Command::SetBacking {
+                gain_db: -6.0,
+                muted: true
+            },
+            Command::SetBacking {
+                gain_db: -12.0,
+                muted: true
+            },
+        ]
+    );
+    let view = h.room.view();
+    assert_eq!(
+        (
+            view.master_gain_db,
+            view.backing_gain_db,
+            view.backing_muted
+        ),
+        (-3.0, -12.0, true)
+    );
+}
+
+#[test]
+fn shutdown_says_goodbye_to_everyone_and_admits_nobody() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.join(secs(0.0), 2, "Lia", Role::Listener);
+    h.join(secs(0.0), 3, "Ben", Role::Singer);
+    h.handle(secs(1.0), Input::Closed { conn: ConnId(3) })
+        .expect("closed");
+    h.take();
+    h.handle(secs(2.0), Input::Shutdown).expect("shutdown");
+    let mut got = byes(&h.take());
+    got.sort_by_key(|(conn, _)| *conn);
+    assert_eq!(
+        got,
+        vec![
+            (ConnId(1), ByeReason::Shutdown),
+            (ConnId(2), ByeReason::Shutdown)
+        ]
+    );
+    assert_eq!(h.room.view().counts(), (0, 0));
+    let late = h.request("Late", Role::Singer);
+    assert_eq!(h.join_with(secs(3.0), 4, late), Err(Refusal::ShuttingDown));
+}
+
+#[test]
+fn figures_become_levels_delay_and_loss_of_the_last_interval() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let figures = |lost, packets| SingerFigures {
+        level_db: -12.0,
+        delay_ms: 7.5,
+        lost,
+        packets,
+    };
+    h.handle(
+        secs(0.1),
+        Input::Figures {
+            singer: ana.peer.singer(),
+            figures: figures(0, 5),
+        },
+    )
+    .expect("figures");
+    h.handle(
+        secs(0.2),
+        Input::Figures {
+            singer: ana.peer.singer(),
+            figures: figures(1, 14),
+        },
+    )
+    .expect("figures");
+    let p = h.participant(ana.peer).expect("ana");
+    assert_eq!((p.level_db, p.delay_ms), (-12.0, 7.5));
+    assert!((p.loss_pct - 10.0).abs() < 1e-4, "1 of 10: {}", p.loss_pct);
+    // Figures of a singer who has gone are dropped.
+    h.handle(secs(0.3), Input::Leave { conn: ConnId(1) })
+        .expect("leave");
+    h.take();
+    h.handle(
+        secs(0.3),
+        Input::Figures {
+            singer: ana.peer.singer(),
+            figures: figures(1, 20),
+        },
+    )
+    .expect("late figures");
+    assert!(h.take().is_empty());
+}
+
+#[test]
+fn changed_is_emitted_once_per_input() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let changed = h.take().iter().filter(|a| **a == Action::Changed).count();
+    assert_eq!(changed, 1);
+}
+
+#[test]
+fn slot_names_and_tokens_read_back() {
+    let names: Vec<String> = [0, 1, 25, 26, 27, 31]
+        .iter()
+        .map(|&k| SlotId(k).to_string())
+        .collect();
+    assert_eq!(names, ["A", "B", "Z", "AA", "AB", "AF"]);
+    for k in 0..40 {
+        assert_eq!(SlotId::parse(&SlotId(k).to_string()), Some(SlotId(k)));
+    }
+    assert_eq!(SlotId::parse("b"), Some(SlotId(1)));
+    assert_eq!(SlotId::parse(""), None);
+    assert_eq!(SlotId::parse("A1"), None);
+    let t = Token([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0xa, 0xb, 0xc, 0xd, 0xe, 0xff]);
+    let text = t.to_string();
+    assert_eq!(text, "000102030405060708090a0b0c0d0eff");
+    assert_eq!(Token::parse(&text), Some(t));
+    assert_eq!(Token::parse(&text.to_uppercase()), Some(t));
+    assert_eq!(Token::parse(&text[1..]), None);
+    assert_eq!(Token::parse("zz0102030405060708090a0b0c0d0eff"), None);
+    assert_eq!(format!("{t:?}"), "Token(..)", "secrets never reach a log");
+    assert_eq!(PeerId(7).to_string(), "p7");
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Join(u8, bool, bool),
+    Rejoin(u8, u8),
+    Media(u8, u8),
+    Closed(u8),
+    Leave(u8),
+    Kick(u8),
+    Mix(u8, f32),
+    Mute(u8, bool),
+    Tick(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..8, any::<bool>(), any::<bool>()).prop_map(|(c, s, r)| Op::Join(c, s, r)),
+        (0u8..8, 0u8..12).prop_map(|(c, t)| Op::Rejoin(c, t)),
+        (0u8..8, 0u8..3).prop_map(|(c, s)| Op::Media(c, s)),
+        (0u8..8).prop_map(Op::Closed),
+        (0u8..8).prop_map(Op::Leave),
+        (0u8..12).prop_map(Op::Kick),
+        (0u8..8, -0.5f32..1.5).prop_map(|(c, m)| Op::Mix(c, m)),
+        (0u8..3, any::<bool>()).prop_map(|(s, m)| Op::Mute(s, m)),
+        (0u16..40_000).prop_map(Op::Tick),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, in any order: slots and the engine's seats agree, limits hold,
+    /// every `AddSinger` is matched by at most one `RemoveSinger`, and every route goes
+    /// to a connection that is some participant's current one.
+    #[test]
+    fn any_sequence_keeps_slots_seats_and_limits_consistent(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut h = Harness::new(RoomConfig { max_singers: 3, max_listeners: 2, ..config() });
+        let mut now = Duration::ZERO;
+        let mut conn_of = [0u64; 8];
+        let mut next_conn = 1u64;
+        let mut tokens: Vec<Token> = Vec::new();
+        let mut seated: BTreeSet<SingerId> = BTreeSet::new();
+        let mut ever_removed: BTreeSet<SingerId> = BTreeSet::new();
+        for op in ops {
+            now += Duration::from_millis(100);
+            let ticked = matches!(op, Op::Tick(_));
+            let _ = match op {
+                Op::Join(c, singer, rejoinable) => {
+                    conn_of[c as usize] = next_conn;
+                    next_conn += 1;
+                    let mut r = h.request("x", if singer { Role::Singer } else { Role::Listener });
+                    r.rejoinable = rejoinable;
+                    let result = h.join_with(now, conn_of[c as usize], r);
+                    if let Ok(w) = &result {
+                        tokens.push(w.token);
+                    }
+                    result.map(Reply::Joined)
+                }
+                Op::Rejoin(c, t) => {
+                    conn_of[c as usize] = next_conn;
+                    next_conn += 1;
+                    let mut r = h.request("x", Role::Singer);
+                    r.token = tokens.get(t as usize).copied();
+                    h.join_with(now, conn_of[c as usize], r).map(Reply::Joined)
+                }
+                Op::Media(c, s) => h.handle(now, Input::Media {
+                    conn: ConnId(conn_of[c as usize]),
+                    state: [MediaState::Connected, MediaState::Disconnected, MediaState::Failed][s as usize],
+                }),
+                Op::Closed(c) => h.handle(now, Input::Closed { conn: ConnId(conn_of[c as usize]) }),
+                Op::Leave(c) => h.handle(now, Input::Leave { conn: ConnId(conn_of[c as usize]) }),
+                Op::Kick(p) => h.handle(now, Input::Kick { peer: PeerId(u32::from(p)) }),
+                Op::Mix(c, m) => h.handle(now, Input::Mix { conn: ConnId(conn_of[c as usize]), monitor: Some(m), reverb: None }),
+                Op::Mute(s, m) => h.handle(now, Input::SetSlot { slot: SlotId(s as usize), change: SlotChange { muted: Some(m), ..SlotChange::default() } }),
+                Op::Tick(ms) => {
+                    now += Duration::from_millis(u64::from(ms));
+                    h.handle(now, Input::Tick)
+                }
+            };
+            let mut routed = Vec::new();
+            for action in h.take() {
+                match action {
+                    Action::Engine(Command::AddSinger { singer, .. }) => {
+                        prop_assert!(seated.insert(singer), "{singer} added twice");
+                        prop_assert!(!ever_removed.contains(&singer), "{singer} re-added after removal");
+                    }
+                    Action::Engine(Command::RemoveSinger(singer)) => {
+                        prop_assert!(seated.remove(&singer), "{singer} removed but not seated");
+                        ever_removed.insert(singer);
+                    }
+                    Action::Engine(Command::SetSinger { singer, .. }) => {
+                        prop_assert!(seated.contains(&singer), "{singer} set but not seated");
+                    }
+                    Action::Route { conn, .. } => routed.push(conn),
+                    _ => {}
+                }
+            }
+            // A route always names a connection that is someone's current one.
+            let current: BTreeSet<ConnId> = h.room.participants.values().filter_map(|p| p.conn).collect();
+            for conn in routed {
+                prop_assert!(current.contains(&conn), "route to {conn}, nobody's connection");
+            }
+            let view = h.room.view();
+            let (singers, listeners) = view.counts();
+            prop_assert!(singers <= 3 && listeners <= 2);
+            let holders: BTreeSet<PeerId> = view.slots.iter().filter_map(|s| s.peer).collect();
+            let singer_peers: BTreeSet<PeerId> = view.participants.iter().filter(|p| p.role == Role::Singer).map(|p| p.peer).collect();
+            prop_assert_eq!(&holders, &singer_peers);
+            let seated_peers: BTreeSet<PeerId> = seated.iter().map(|s| PeerId(s.0)).collect();
+            prop_assert_eq!(&seated_peers, &singer_peers);
+            for p in &view.participants {
+                prop_assert_eq!(p.slot.is_some(), p.role == Role::Singer);
+                if let Some(slot) = p.slot {
+                    prop_assert_eq!(view.slots[slot.0].peer, Some(p.peer));
+                }
+            }
+            if let (true, Some(deadline)) = (ticked, h.room.next_deadline()) {
+                prop_assert!(deadline > now, "an overdue deadline: {:?} at {:?}", deadline, now);
+            }
+        }
+    }
+}
