@@ -25,9 +25,11 @@ pi_pkgs=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu
          libc6-dev-arm64-cross libasound2-dev:arm64 libopus-dev:arm64 qemu-user-static)
 deb_pkgs=(dpkg-dev file systemd)
 # systemd-container: .ci/boot-test boots this system under a real systemd (nspawn).
-test_pkgs=(chromium chromium-driver pulseaudio libasound2-plugins alsa-utils sox
-           mosquitto mosquitto-clients iproute2 systemd systemd-container procps
-           nodejs npm)
+# firefox-esr: the second browser engine of the phone tests. jackd2: a JACK server on
+# its dummy driver, whose ALSA plugin (libasound2-plugins) grants only its own period.
+test_pkgs=(chromium chromium-driver firefox-esr pulseaudio libasound2-plugins alsa-utils
+           sox jackd2 mosquitto mosquitto-clients iproute2 systemd systemd-container
+           procps nodejs npm)
 
 want=("${run_pkgs[@]}")
 case "$profile" in

@@ -22,7 +22,7 @@ use crate::engine::codec::MAX_ENCODED_BYTES;
 use crate::engine::jitter::MAX_PAYLOAD_BYTES;
 use crate::engine::{
     Command, Engine, EngineConfig, Event, Level, MixId, Output, ReceiverStats, RtpAudio, SingerId,
-    Tap,
+    Tap, SAMPLE_RATE_HZ,
 };
 
 pub mod bridge;
@@ -329,8 +329,19 @@ where
                 return Ok(());
             }
         }
+        // A device period longer than the engine's takes several renders back to back,
+        // all from the packets that have arrived by now. Stamping them all with this
+        // instant would make every voice's delay swing by a device period within each
+        // burst (and the jitter buffers splice at every swing); stamping them with when
+        // they will play would count packets as missing that cannot have arrived yet.
+        // So the stamps step one engine period per render on a timeline that ends at
+        // this instant: smooth, and never ahead of what has arrived by more than one
+        // engine period, as with a device that takes the engine's own period (where
+        // this is the plain `now`).
+        let burst_end = handle.clock.now();
+        let lead_frames = device_period.saturating_sub(engine_period);
         while bridge.needs_render() {
-            let now = handle.clock.now();
+            let now = frames_after(burst_end, bridge.held_frames(), lead_frames);
             render(&mut engine, &handle, now, bridge.render_slot());
             bridge.rendered();
             if now >= next_report {
@@ -395,6 +406,12 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
             Output::Event(event) => report(handle, Report::Event(event)),
         }
     }
+}
+
+/// `at` moved by `plus` minus `minus` frames of audio (never before zero).
+fn frames_after(at: Duration, plus: usize, minus: usize) -> Duration {
+    let ns = |frames: usize| frames as u64 * 1_000_000_000 / u64::from(SAMPLE_RATE_HZ);
+    (at + Duration::from_nanos(ns(plus))).saturating_sub(Duration::from_nanos(ns(minus)))
 }
 
 /// Every seated singer's stats and voice level, and the venue level.

@@ -251,3 +251,99 @@ fn mono_pcm_fails_naming_the_pcm_and_the_step() {
         ),
     }
 }
+
+/// A device that grants only its own period (JACK's ALSA plugin here, 1024 frames; dmix
+/// and the PulseAudio/PipeWire plugins of desktop installs do the same): the box asks
+/// for 5 ms (240 frames), gets 1024, and plays a WHIP duet through it. Each singer hears
+/// the other, /health reports the granted period, the recording holds both voices, and
+/// the audio thread ends cleanly (it used to assert the asked period and panic).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_grants_another_period_plays_the_duet() {
+    use crate::support::whip_client::https_request;
+    use crate::whip::{assert_hears, singer, tone, wait_more};
+
+    /// The only period the JACK server (and so its ALSA plugin) allows.
+    const DEVICE_PERIOD: usize = 1024;
+
+    let _serial = support::SERIAL.lock().await;
+    let alsa = support::alsa_config();
+    let _jack = support::JackServer::start(&alsa.dir.join("jack"), DEVICE_PERIOD);
+    let mut config = support::loopback_box_config(&support::box_dir("alsa_jack"));
+    config.audio.output = format!("alsa:{}", pcm::VENUE_JACK);
+    config.audio.period_ms = 5.0;
+    let (running, base) = support::start_box(config).await;
+    let health = https_request(&base, "GET", "/health", &[], b"")
+        .await
+        .expect("/health answers");
+    let health: serde_json::Value = serde_json::from_str(&health.body).expect("JSON");
+    assert_eq!(
+        (
+            health["period_frames"].as_u64(),
+            health["engine_period_frames"].as_u64()
+        ),
+        (Some(DEVICE_PERIOD as u64), Some(240)),
+        "{health}"
+    );
+
+    let ana = singer(&base, "ana", None, tone(440.0)).await;
+    let ben = singer(&base, "ben", None, tone(660.0)).await;
+    wait_more(&ana, 3.0, "3 s of ana's personal mix").await;
+    wait_more(&ben, 0.5, "ben's personal mix").await;
+    assert_hears(&ana, "ana", 660.0, Some(440.0), 1.0);
+    assert_hears(&ben, "ben", 440.0, Some(660.0), 1.0);
+    ana.close().await;
+    ben.close().await;
+    let periods = running
+        .audio
+        .counters
+        .periods
+        .load(std::sync::atomic::Ordering::Relaxed);
+    running
+        .stop()
+        .await
+        .expect("the audio thread ends without an error or a panic");
+
+    let venue = support::read_wav_left(&alsa.file(raw::VENUE_JACK));
+    assert!(
+        venue.len() >= periods as usize * DEVICE_PERIOD,
+        "the recording ({} frames) holds the {periods} device periods written",
+        venue.len()
+    );
+    // Two seconds before the singers hung up, in 100 ms windows. A voice's level is the
+    // mean of its window levels (a splice shifts a tone's phase, so one Goertzel over
+    // the whole stretch would not be a level), and both voices must be in nearly every
+    // window: a bridge that dropped or repeated audio would show as weak windows.
+    let end = (periods as usize * DEVICE_PERIOD).min(venue.len());
+    let duet = &venue[end.saturating_sub(2 * SAMPLE_RATE_HZ as usize + 24_000)..end - 24_000];
+    let windows: Vec<(f32, f32)> = duet
+        .chunks_exact(4_800)
+        .map(|w| (tone_level(w, 440.0), tone_level(w, 660.0)))
+        .collect();
+    let profile: Vec<String> = windows
+        .iter()
+        .map(|(a, b)| format!("{a:.2}/{b:.2}"))
+        .collect();
+    let mean =
+        |f: fn(&(f32, f32)) -> f32| windows.iter().map(f).sum::<f32>() / windows.len() as f32;
+    let (v440, v660) = (mean(|w| w.0), mean(|w| w.1));
+    eprintln!(
+        "venue through the 1024-frame device: 440 Hz {v440:.3}, 660 Hz {v660:.3}; per 100 ms: {}",
+        profile.join(" ")
+    );
+    for (hz, level) in [(440, v440), (660, v660)] {
+        assert!(
+            (0.6 * VENUE_TONE_LEVEL..=1.4 * VENUE_TONE_LEVEL).contains(&level),
+            "venue {hz} Hz level {level} (expected ~{VENUE_TONE_LEVEL:.3})"
+        );
+    }
+    let both = windows
+        .iter()
+        .filter(|&&(a, b)| a >= 0.15 && b >= 0.15)
+        .count();
+    assert!(
+        both * 10 >= windows.len() * 9,
+        "both voices in only {both} of {} windows: {}",
+        windows.len(),
+        profile.join(" ")
+    );
+}

@@ -19,7 +19,7 @@ use duetbox::config::Config;
 use duetbox::engine::testkit::tone_level;
 use serde_json::Value;
 
-use crate::support::{self, alsa_config, pcm, raw, within, PulseAudio};
+use crate::support::{self, alsa_config, pcm, raw, read_wav_left, within, PulseAudio};
 
 /// Seconds the phones stay live before they measure. The venue check needs one second
 /// of it written by the output, and PulseAudio on a busy machine can stall that for a
@@ -56,51 +56,6 @@ fn write_tone_wav(path: &Path, hz: f32, amplitude: f32, seconds: u32) {
         bytes.extend_from_slice(&((v * 32767.0) as i16).to_le_bytes());
     }
     std::fs::write(path, bytes).expect("write the fake microphone WAV");
-}
-
-/// Reads the left channel of a WAV written by ALSA's file plugin (16-bit, 32-bit int or
-/// 32-bit float), as f32.
-fn read_wav_left(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    assert!(
-        bytes.len() > 44 && &bytes[0..4] == b"RIFF",
-        "{} is not a WAV",
-        path.display()
-    );
-    let format = u16::from_le_bytes([bytes[20], bytes[21]]);
-    let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
-    let bits = u16::from_le_bytes([bytes[34], bytes[35]]) as usize;
-    // Find the data chunk (the plugin writes the canonical 44-byte header, but be exact).
-    let mut pos = 12;
-    let mut data = &bytes[44..];
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes([
-            bytes[pos + 4],
-            bytes[pos + 5],
-            bytes[pos + 6],
-            bytes[pos + 7],
-        ]) as usize;
-        if id == b"data" {
-            data = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
-            break;
-        }
-        pos += 8 + len;
-    }
-    let width = bits / 8;
-    data.chunks_exact(width * channels)
-        .map(|frame| {
-            let s = &frame[..width];
-            match (format, bits) {
-                (3, 32) => f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
-                (1, 32) | (0xFFFE, 32) => {
-                    i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0
-                }
-                (1, 16) | (0xFFFE, 16) => i16::from_le_bytes([s[0], s[1]]) as f32 / 32_768.0,
-                other => panic!("unexpected WAV format {other:?}"),
-            }
-        })
-        .collect()
 }
 
 fn box_config(state_dir: &Path) -> Config {

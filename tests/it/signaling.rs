@@ -12,8 +12,8 @@ use duetbox::config::Config;
 use duetbox::engine::testkit::{tone_level, Signal};
 use serde_json::json;
 
-use crate::support::latency::read_wav_left;
 use crate::support::loopback_box_config;
+use crate::support::read_wav_left;
 use crate::support::whip_client::{signal_source, Role, WhipClient};
 use crate::support::wss::{Phone, Received};
 

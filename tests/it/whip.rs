@@ -13,13 +13,12 @@ use duetbox::engine::testkit::{tone_level, Signal};
 use duetbox::engine::SAMPLE_RATE_HZ;
 
 use crate::support::latency::{
-    click_frame, click_source, find_template, median, onset, read_wav_left, signed_ms,
-    HeartbeatSampler,
+    click_frame, click_source, find_template, median, onset, signed_ms, HeartbeatSampler,
 };
 use crate::support::whip_client::{
     https_request, signal_source, silence, Recording, Role, Source, WhipClient, FRAME_SAMPLES,
 };
-use crate::support::{box_dir, loopback_box_config, start_box};
+use crate::support::{box_dir, loopback_box_config, read_wav_left, start_box};
 
 /// One whip test at a time (see the module doc).
 use crate::support::SERIAL;
@@ -51,11 +50,16 @@ const VIDEO_ONLY_OFFER: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\
 m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\n\
 a=rtpmap:96 VP8/90000\r\na=sendrecv\r\n";
 
-fn tone(hz: f32) -> Source {
+pub(crate) fn tone(hz: f32) -> Source {
     signal_source(Signal::Tone { hz, amplitude: 0.5 })
 }
 
-async fn singer(base: &str, name: &str, pin: Option<&str>, source: Source) -> WhipClient {
+pub(crate) async fn singer(
+    base: &str,
+    name: &str,
+    pin: Option<&str>,
+    source: Source,
+) -> WhipClient {
     WhipClient::connect(base, Role::Singer, name, pin, Some(source))
         .await
         .unwrap_or_else(|e| panic!("singer {name} could not connect: {e}"))
@@ -68,7 +72,7 @@ fn last_left(recording: &Recording, frames: usize) -> Vec<f32> {
 }
 
 /// Waits for `seconds` more of `client`'s received audio.
-async fn wait_more(client: &WhipClient, seconds: f64, what: &str) {
+pub(crate) async fn wait_more(client: &WhipClient, seconds: f64, what: &str) {
     let mark = client.received().frames();
     let more = (seconds * RATE as f64) as usize;
     client
@@ -82,7 +86,7 @@ fn db(ratio: f32) -> f32 {
 
 /// Asserts that the last `seconds` of what `client` received carry `partner_hz` and
 /// (if given) not `own_hz`.
-fn assert_hears(
+pub(crate) fn assert_hears(
     client: &WhipClient,
     who: &str,
     partner_hz: f32,
@@ -129,6 +133,25 @@ async fn whip_singer_hears_the_partner_but_not_itself() {
 
     cleo.close().await;
     ben.close().await;
+    running.stop().await.expect("the box stops cleanly");
+}
+
+/// aiortc and GStreamer offer Opus on payload type 96 (Firefox on 109); the box must
+/// send their mix on the type they negotiated, or their stack drops every packet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offering_opus_on_payload_type_96_hears_its_partner() {
+    let _serial = SERIAL.lock().await;
+    let (running, base) = start_box(loopback_box_config(&box_dir("whip_pt96"))).await;
+    let gst = WhipClient::connect_with(&base, Role::Singer, "gst", None, Some(tone(440.0)), 96)
+        .await
+        .unwrap_or_else(|e| panic!("the PT 96 singer could not connect: {e}"));
+    let ana = singer(&base, "ana", None, tone(660.0)).await;
+    wait_more(&gst, 3.0, "3 s of the PT 96 singer's personal mix").await;
+    wait_more(&ana, 0.5, "ana's personal mix").await;
+    assert_hears(&gst, "gst (PT 96)", 660.0, Some(440.0), 1.0);
+    assert_hears(&ana, "ana", 440.0, Some(660.0), 1.0);
+    gst.close().await;
+    ana.close().await;
     running.stop().await.expect("the box stops cleanly");
 }
 

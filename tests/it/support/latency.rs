@@ -12,7 +12,6 @@
 //!
 //! Knows no box internals beyond the public heartbeat counter.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -98,21 +97,6 @@ pub fn find_template(
     let window = x.get(lo..(lo + 2 * REFINE_FRAMES + template.len()).min(x.len()))?;
     let (lag, corr) = best_lag(template, window, 2 * REFINE_FRAMES);
     Some((lo + lag, corr))
-}
-
-/// The left channel of a 16-bit stereo WAV as written by the box's `WavSink`.
-pub fn read_wav_left(path: &Path) -> Vec<f32> {
-    let bytes = std::fs::read(path)
-        .unwrap_or_else(|e| panic!("reading the venue recording {}: {e}", path.display()));
-    assert!(
-        bytes.len() >= 44 && &bytes[0..4] == b"RIFF" && &bytes[36..40] == b"data",
-        "{} is not the box's 16-bit stereo WAV",
-        path.display()
-    );
-    bytes[44..]
-        .chunks_exact(4)
-        .map(|frame| f32::from(i16::from_le_bytes([frame[0], frame[1]])) / f32::from(i16::MAX))
-        .collect()
 }
 
 /// The audio thread's heartbeat (`counters.periods`) observed from a helper thread:

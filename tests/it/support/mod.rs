@@ -49,6 +49,10 @@ pub mod pcm {
     /// `file` (WAV) over `pulse` (the e2e daemon's null sink): paced by a real clock and
     /// sample-exact, the venue "speakers" of the phone tests.
     pub const VENUE_E2E: &str = "duetbox_venue_e2e";
+    /// `file` (WAV) over `plug` over `jack` (the test's JACK server, dummy driver, 1024
+    /// frames): a device that grants only its own period, as JACK's and PipeWire's ALSA
+    /// plugins (and dmix) do, paced by the server's clock.
+    pub const VENUE_JACK: &str = "duetbox_venue_jack";
 }
 
 /// The null-sink name inside the private PulseAudio daemon.
@@ -62,6 +66,8 @@ pub mod raw {
     pub const VENUE_S32: &str = "venue_s32.raw";
     /// WAV recording of [`super::pcm::VENUE_E2E`].
     pub const VENUE_E2E: &str = "venue_e2e.wav";
+    /// WAV recording of [`super::pcm::VENUE_JACK`].
+    pub const VENUE_JACK: &str = "venue_jack.wav";
 }
 
 /// Where the hermetic ALSA config lives and what it refers to.
@@ -132,6 +138,20 @@ pcm.{venue_e2e} {{
     file "{venue_e2e_file}"
     format "wav"
 }}
+pcm.{venue_jack} {{
+    type file
+    slave.pcm "duetbox_jack_plug"
+    file "{venue_jack_file}"
+    format "wav"
+}}
+pcm.duetbox_jack_plug {{
+    type plug
+    slave.pcm "duetbox_jack"
+}}
+pcm.duetbox_jack {{
+    type jack
+    playback_ports {{ 0 system:playback_1 1 system:playback_2 }}
+}}
 pcm.duetbox_pulse_e2e {{
     type pulse
     server "unix:{socket_e2e}"
@@ -156,12 +176,17 @@ pcm.!{broken_default} {{
             mono = pcm::MONO,
             venue_e2e = pcm::VENUE_E2E,
             venue_e2e_file = file(raw::VENUE_E2E),
+            venue_jack = pcm::VENUE_JACK,
+            venue_jack_file = file(raw::VENUE_JACK),
             broken_default = pcm::BROKEN_DEFAULT,
         );
         fs::write(&conf, text).expect("write the hermetic ALSA config");
         // Process-wide and read by alsa-lib at every open: set once, here, before any
         // test can open a PCM (they all come through this function first).
         std::env::set_var("ALSA_CONFIG_PATH", &conf);
+        // The ALSA jack plugin finds its server by this name only (it has no option for
+        // it); one per test process, so nothing of the machine's is touched.
+        std::env::set_var(JACK_SERVER_ENV, jack_server_name());
         AlsaConfig { dir }
     })
 }
@@ -290,6 +315,85 @@ impl PulseAudio {
 impl Drop for PulseAudio {
     fn drop(&mut self) {
         // Child::kill signals this PID only (SIGKILL); wait reaps it.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The variable JACK clients read their server's name from.
+const JACK_SERVER_ENV: &str = "JACK_DEFAULT_SERVER";
+
+/// This test process's JACK server name.
+fn jack_server_name() -> String {
+    format!("duetbox-it-{}", std::process::id())
+}
+
+/// A private JACK server on the dummy driver (no sound card): 48 kHz, `period_frames`
+/// per cycle, which is the only period its ALSA plugin grants. Killed by PID on drop.
+pub struct JackServer {
+    child: Child,
+    log: PathBuf,
+}
+
+impl JackServer {
+    /// How long the server may take to accept clients.
+    pub const START_DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Starts `jackd` under this process's server name and waits until it runs.
+    pub fn start(dir: &Path, period_frames: usize) -> JackServer {
+        fs::create_dir_all(dir).expect("create the jack dir");
+        let log = dir.join("jackd.log");
+        let child = Command::new("jackd")
+            .env("JACK_NO_AUDIO_RESERVATION", "1")
+            .args(["--no-realtime", "-n"])
+            .arg(jack_server_name())
+            .args(["-d", "dummy", "-r", "48000", "-p"])
+            .arg(period_frames.to_string())
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&log).expect("create the jackd log"))
+            .stderr(
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("open the jackd log"),
+            )
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start jackd ({e}): {INSTALL_HINT}"));
+        let mut server = JackServer { child, log };
+        let start = Instant::now();
+        // The server is up once its driver client ("system", which owns the playback
+        // ports) has its semaphore in /dev/shm: `jack_sem.<uid>_<name>_system`.
+        let marker = format!("_{}_system", jack_server_name());
+        let ready = || {
+            fs::read_dir("/dev/shm").is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(&marker))
+            })
+        };
+        while !ready() {
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("jackd exited ({status}):\n{}", server.log_text());
+            }
+            assert!(
+                start.elapsed() < Self::START_DEADLINE,
+                "timed out after {:?} waiting for jackd to start:\n{}",
+                Self::START_DEADLINE,
+                server.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// What the server has logged so far.
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for JackServer {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -541,4 +645,49 @@ pub fn seat_and_sing_in_real_time(
         handle.push_packet(slot);
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Reads the left channel of a stereo WAV, as f32: the box's `WavSink` (16-bit) and
+/// ALSA's file plugin (16-bit, 32-bit int or 32-bit float).
+pub fn read_wav_left(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        bytes.len() > 44 && &bytes[0..4] == b"RIFF",
+        "{} is not a WAV",
+        path.display()
+    );
+    let format = u16::from_le_bytes([bytes[20], bytes[21]]);
+    let channels = u16::from_le_bytes([bytes[22], bytes[23]]) as usize;
+    let bits = u16::from_le_bytes([bytes[34], bytes[35]]) as usize;
+    // Find the data chunk (the plugin writes the canonical 44-byte header, but be exact).
+    let mut pos = 12;
+    let mut data = &bytes[44..];
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes([
+            bytes[pos + 4],
+            bytes[pos + 5],
+            bytes[pos + 6],
+            bytes[pos + 7],
+        ]) as usize;
+        if id == b"data" {
+            data = &bytes[pos + 8..(pos + 8 + len).min(bytes.len())];
+            break;
+        }
+        pos += 8 + len;
+    }
+    let width = bits / 8;
+    data.chunks_exact(width * channels)
+        .map(|frame| {
+            let s = &frame[..width];
+            match (format, bits) {
+                (3, 32) => f32::from_le_bytes([s[0], s[1], s[2], s[3]]),
+                (1, 32) | (0xFFFE, 32) => {
+                    i32::from_le_bytes([s[0], s[1], s[2], s[3]]) as f32 / 2_147_483_648.0
+                }
+                (1, 16) | (0xFFFE, 16) => i16::from_le_bytes([s[0], s[1]]) as f32 / 32_768.0,
+                other => panic!("unexpected WAV format {other:?}"),
+            }
+        })
+        .collect()
 }

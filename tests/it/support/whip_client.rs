@@ -53,8 +53,10 @@ pub const FRAME_SAMPLES: usize = 960;
 /// The client's frame duration.
 pub const FRAME: Duration = Duration::from_millis(20);
 
-/// The payload type the client offers for Opus (the box answers with the offer's).
-const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// The payload type the client offers for Opus by default, Chromium's (the box answers
+/// with the offer's). [`WhipClient::connect_with`] offers another, as aiortc and
+/// GStreamer (96) or Firefox (109) do.
+pub const OPUS_PAYLOAD_TYPE: u8 = 111;
 
 /// How long ICE gathering on 127.0.0.1 may take (it is one host candidate).
 const GATHER_DEADLINE: Duration = Duration::from_secs(5);
@@ -308,6 +310,18 @@ impl WhipClient {
         pin: Option<&str>,
         source: Option<Source>,
     ) -> Result<WhipClient, ConnectError> {
+        Self::connect_with(base_url, role, name, pin, source, OPUS_PAYLOAD_TYPE).await
+    }
+
+    /// [`WhipClient::connect`] offering Opus on `opus_payload_type`.
+    pub async fn connect_with(
+        base_url: &str,
+        role: Role,
+        name: &str,
+        pin: Option<&str>,
+        source: Option<Source>,
+        opus_payload_type: u8,
+    ) -> Result<WhipClient, ConnectError> {
         let (gathered, mut gathered_rx) = watch::channel(false);
         let (state, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let shared = Arc::new(Shared {
@@ -323,7 +337,7 @@ impl WhipClient {
             }),
             receivers: Mutex::new(Vec::new()),
         });
-        let (pc, voice) = build_peer(role, shared.clone()).await?;
+        let (pc, voice) = build_peer(role, shared.clone(), opus_payload_type).await?;
         let result = async {
             let offer = pc
                 .create_offer(None)
@@ -484,6 +498,7 @@ impl Drop for WhipClient {
 struct LocalVoice {
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
+    payload_type: u8,
 }
 
 /// Builds the PeerConnection with one audio transceiver: `sendrecv` with a local Opus
@@ -491,13 +506,14 @@ struct LocalVoice {
 async fn build_peer(
     role: Role,
     shared: Arc<Shared>,
+    opus_payload_type: u8,
 ) -> Result<(Arc<dyn PeerConnection>, Option<LocalVoice>), String> {
     let mut media_engine = MediaEngine::default();
     media_engine
         .register_codec(
             RTCRtpCodecParameters {
                 rtp_codec: opus_codec(),
-                payload_type: OPUS_PAYLOAD_TYPE,
+                payload_type: opus_payload_type,
             },
             RtpCodecKind::Audio,
         )
@@ -542,7 +558,14 @@ async fn build_peer(
             pc.add_track(track.clone() as Arc<dyn TrackLocal>)
                 .await
                 .map_err(|e| format!("add_track: {e}"))?;
-            Ok((pc, Some(LocalVoice { track, ssrc })))
+            Ok((
+                pc,
+                Some(LocalVoice {
+                    track,
+                    ssrc,
+                    payload_type: opus_payload_type,
+                }),
+            ))
         }
         Role::Listener => {
             pc.add_transceiver_from_kind(
@@ -564,7 +587,11 @@ async fn build_peer(
 /// of a 20 ms interval; records each packet's decoded audio and the instant it was
 /// handed to `write_rtp`.
 async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>) {
-    let LocalVoice { track, ssrc } = voice;
+    let LocalVoice {
+        track,
+        ssrc,
+        payload_type,
+    } = voice;
     let mut encoder = duetbox::engine::testkit::phone_encoder();
     let mut local = opus::Decoder::new(SAMPLE_RATE_HZ, opus::Channels::Mono)
         .expect("an Opus decoder for 48 kHz mono");
@@ -587,7 +614,7 @@ async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>) {
             header: rtc::rtp::header::Header {
                 version: 2,
                 marker: k == 0,
-                payload_type: OPUS_PAYLOAD_TYPE,
+                payload_type,
                 sequence_number: sequence,
                 timestamp,
                 ssrc,
