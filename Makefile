@@ -40,6 +40,7 @@ lint:
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
 unit:
+	node --test web/test
 	$(CARGO) test --locked --all-targets
 	$(CARGO) test --locked --doc
 

@@ -26,8 +26,24 @@ use signaling::ErrorCode;
 
 /// The phone page, embedded so the box is one file to deploy.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
-const APP_JS: &str = include_str!("../../web/app.js");
-const STYLE_CSS: &str = include_str!("../../web/style.css");
+
+/// JavaScript's MIME type: browsers load ES modules only with it.
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The page's other files: path, body, content type. `/` and `/index.html` serve
+/// [`INDEX_HTML`]; nothing else is served.
+const ASSETS: [(&str, &str, &str); 6] = [
+    (
+        "/style.css",
+        include_str!("../../web/style.css"),
+        "text/css; charset=utf-8",
+    ),
+    ("/main.js", include_str!("../../web/main.js"), JS),
+    ("/session.js", include_str!("../../web/session.js"), JS),
+    ("/audio.js", include_str!("../../web/audio.js"), JS),
+    ("/view.js", include_str!("../../web/view.js"), JS),
+    ("/protocol.js", include_str!("../../web/protocol.js"), JS),
+];
 
 /// An HTTP server problem at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -174,17 +190,13 @@ pub async fn start(
 }
 
 fn router(state: AppState, max_bytes: usize) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(index_html))
-        .route("/index.html", get(index_html))
-        .route(
-            "/app.js",
-            get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/style.css",
-            get(|| async { asset(STYLE_CSS, "text/css; charset=utf-8") }),
-        )
+        .route("/index.html", get(index_html));
+    for (path, body, content_type) in ASSETS {
+        router = router.route(path, get(move || async move { asset(body, content_type) }));
+    }
+    router
         .route("/health", get(health))
         .route("/ws", get(ws::upgrade))
         .route("/whip", post(whip::whip_post))

@@ -1,0 +1,323 @@
+// The phone's audio: the AudioContext (unlocked inside the Join tap), the microphone
+// (raw: no echo cancellation, noise suppression or automatic gain), the return mix's
+// playback with its volume, and the measurements the page and the tests read (mic
+// level, the level of given tones in the return mix).
+//
+// Knows Web Audio and getUserMedia; knows nothing of the box or the DOM beyond the one
+// <audio> element it plays through. Targets Android Chrome, iOS Safari 15+ and
+// Firefox: no AudioWorklet, webkitAudioContext as a fallback.
+
+/** The raw voice: the box mixes for a stage, so phone-call processing (echo
+ * cancellation, noise gate, automatic gain) would only pump and colour the singing. */
+const MIC_CONSTRAINTS = {
+  audio: {
+    echoCancellation: false,
+    noiseSuppression: false,
+    autoGainControl: false,
+    channelCount: 1,
+  },
+  video: false,
+};
+
+/** FFT size of the return-mix analyser. At 48 kHz the bins are 2.9 Hz wide, so test
+ * tones a few hundred Hz apart land in separate, narrow peaks. */
+const TONE_FFT_SIZE = 16384;
+/** Period (ms) between spectrum and mic-level readings. */
+const SAMPLE_MS = 100;
+/** Readings kept: 10 × 100 ms is the "last second" levels are averaged over. */
+const WINDOW = 10;
+/** Bins either side of a frequency searched for its peak: the Blackman window spreads
+ * a pure tone over about ±2 bins, and the phone's clock may be a few ppm off. */
+const TONE_BIN_SPAN = 2;
+/** dB reported for digital silence; -Infinity does not survive JSON. */
+export const DB_FLOOR = -160;
+/** Seconds of silence in Web Audio while getStats() says sound is arriving before
+ * playback falls back to the media element (a guard against browsers that do not
+ * route remote WebRTC audio into Web Audio; the volume slider then sets the element's
+ * volume instead). */
+const SILENT_FALLBACK_S = 3;
+
+function round1(x) {
+  return Math.round(x * 10) / 10;
+}
+
+/** Disconnects Web Audio nodes, each on its own (one already disconnected is fine). */
+function disconnectNodes(...nodes) {
+  for (const node of nodes) {
+    try {
+      node.disconnect();
+    } catch (_) {
+      // Already disconnected.
+    }
+  }
+}
+
+/** The page's code for a getUserMedia failure. */
+export function micErrorCode(err) {
+  switch (err && err.name) {
+    case 'NotAllowedError':
+    case 'SecurityError':
+    case 'PermissionDeniedError':
+      return 'mic_denied';
+    case 'NotFoundError':
+    case 'DevicesNotFoundError':
+    case 'OverconstrainedError':
+      return 'no_mic';
+    case 'NotReadableError':
+    case 'TrackStartError':
+    case 'AbortError':
+      return 'mic_busy';
+    default:
+      return 'mic_failed';
+  }
+}
+
+export class PhoneAudio {
+  /** `element`: the <audio> that keeps the remote stream flowing (Chrome feeds remote
+   * WebRTC audio into Web Audio only while a media element plays it). */
+  constructor(element) {
+    this.element = element;
+    this.ctx = null;
+    this.mic = null;
+    this.micGraph = null;
+    this.micReadings = [];
+    this.muted = false;
+    this.remote = null;
+    this.toneReadings = [];
+    this.sampler = 0;
+    this.volume = 1;
+    this.playback = 'webaudio';
+    this.silentSeconds = 0;
+    this.onMicEnded = null;
+  }
+
+  /** Creates or resumes the AudioContext. Must run synchronously inside a user tap:
+   * iOS Safari and Chrome keep a context created outside one suspended. */
+  unlock() {
+    const Ctor = window.AudioContext || window.webkitAudioContext;
+    if (!Ctor) return;
+    if (!this.ctx) {
+      try {
+        this.ctx = new Ctor({ latencyHint: 'interactive' });
+      } catch (_) {
+        this.ctx = new Ctor(); // Old webkitAudioContext takes no options.
+      }
+    }
+    if (this.ctx.state !== 'running') this.ctx.resume().catch(() => {});
+    // iOS unlocks output only once a sound starts inside the gesture: one silent sample.
+    try {
+      const buf = this.ctx.createBuffer(1, 1, this.ctx.sampleRate);
+      const src = this.ctx.createBufferSource();
+      src.buffer = buf;
+      src.connect(this.ctx.destination);
+      src.start(0);
+    } catch (_) {
+      // Harmless: only an older-iOS nicety.
+    }
+    this.playback = 'webaudio';
+  }
+
+  /** iOS suspends (or "interrupts") the context after a call or when backgrounded. */
+  resume() {
+    if (this.ctx && this.ctx.state !== 'running') this.ctx.resume().catch(() => {});
+  }
+
+  /** The open microphone { stream, track }, or null. */
+  liveMic() {
+    return this.mic && this.mic.track.readyState !== 'ended' ? this.mic : null;
+  }
+
+  /** Opens the microphone; throws { code, detail } with the page's error code. */
+  async openMic() {
+    if (this.liveMic()) return this.mic;
+    this.closeMic();
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) throw { code: 'no_webrtc' };
+    let stream;
+    try {
+      stream = await navigator.mediaDevices.getUserMedia(MIC_CONSTRAINTS);
+    } catch (err) {
+      console.warn('getUserMedia failed:', err && err.name, err && err.message);
+      throw { code: micErrorCode(err), detail: err && err.message };
+    }
+    const track = stream.getAudioTracks()[0];
+    if (!track) {
+      stream.getTracks().forEach((t) => t.stop());
+      throw { code: 'no_mic' };
+    }
+    track.enabled = !this.muted;
+    track.addEventListener('ended', () => {
+      if (this.mic && this.mic.track === track && this.onMicEnded) this.onMicEnded();
+    });
+    this.mic = { stream, track };
+    this.buildMicGraph();
+    return this.mic;
+  }
+
+  buildMicGraph() {
+    const ctx = this.ctx;
+    if (!ctx || !this.mic) return;
+    const source = ctx.createMediaStreamSource(this.mic.stream);
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = 2048;
+    analyser.smoothingTimeConstant = 0;
+    // Some engines pull an analyser only when it leads to the destination; a zero gain
+    // keeps the mic out of the speakers.
+    const sink = ctx.createGain();
+    sink.gain.value = 0;
+    source.connect(analyser);
+    analyser.connect(sink);
+    sink.connect(ctx.destination);
+    this.micGraph = { source, analyser, sink, buf: new Float32Array(analyser.fftSize) };
+    this.micReadings = [];
+  }
+
+  closeMic() {
+    if (this.micGraph) disconnectNodes(this.micGraph.source, this.micGraph.sink);
+    this.micGraph = null;
+    this.micReadings = [];
+    if (this.mic) this.mic.stream.getTracks().forEach((t) => t.stop());
+    this.mic = null;
+  }
+
+  setMuted(muted) {
+    this.muted = muted;
+    if (this.mic) this.mic.track.enabled = !muted;
+  }
+
+  /** Mean square and peak of the mic over the analyser's window (about 43 ms). */
+  micPowerPeak() {
+    const g = this.micGraph;
+    if (!g) return null;
+    g.analyser.getFloatTimeDomainData(g.buf);
+    let sum = 0;
+    let peak = 0;
+    for (let i = 0; i < g.buf.length; i++) {
+      const v = g.buf[i];
+      sum += v * v;
+      const a = v < 0 ? -v : v;
+      if (a > peak) peak = a;
+    }
+    return { power: sum / g.buf.length, peak };
+  }
+
+  /** Plays the return mix (null stops it). */
+  setRemote(stream) {
+    this.detachRemoteGraph();
+    if (!stream) {
+      this.element.srcObject = null;
+      return;
+    }
+    this.element.srcObject = stream;
+    this.element.muted = this.playback === 'webaudio';
+    this.element.volume = this.volume;
+    const played = this.element.play();
+    if (played && played.catch) played.catch(() => {});
+    const ctx = this.ctx;
+    if (!ctx) return;
+    const source = ctx.createMediaStreamSource(stream);
+    const analyser = ctx.createAnalyser();
+    analyser.fftSize = TONE_FFT_SIZE;
+    analyser.smoothingTimeConstant = 0; // Readings are averaged here, over WINDOW.
+    const gain = ctx.createGain();
+    gain.gain.value = this.playback === 'webaudio' ? this.volume : 0;
+    source.connect(analyser);
+    source.connect(gain);
+    gain.connect(ctx.destination);
+    this.remote = { source, analyser, gain, buf: new Float32Array(analyser.frequencyBinCount) };
+    this.toneReadings = [];
+  }
+
+  detachRemoteGraph() {
+    if (this.remote) disconnectNodes(this.remote.source, this.remote.gain);
+    this.remote = null;
+    this.toneReadings = [];
+  }
+
+  /** Return-mix volume, 0–1 (a short ramp avoids zipper noise while dragging). */
+  setVolume(volume) {
+    this.volume = volume;
+    if (this.remote && this.playback === 'webaudio') {
+      this.remote.gain.gain.setTargetAtTime(volume, this.ctx.currentTime, 0.02);
+    } else {
+      this.element.volume = volume;
+    }
+  }
+
+  /** Starts the readings of the mic level and the return mix's spectrum. */
+  startSampling() {
+    if (!this.sampler) this.sampler = setInterval(() => this.sample(), SAMPLE_MS);
+  }
+
+  stopSampling() {
+    clearInterval(this.sampler);
+    this.sampler = 0;
+  }
+
+  sample() {
+    const r = this.remote;
+    if (r) {
+      r.analyser.getFloatFrequencyData(r.buf);
+      this.toneReadings.push(Float32Array.from(r.buf));
+      if (this.toneReadings.length > WINDOW) this.toneReadings.shift();
+    }
+    const m = this.micPowerPeak();
+    if (m) {
+      this.micReadings.push(m.power);
+      if (this.micReadings.length > WINDOW) this.micReadings.shift();
+    }
+  }
+
+  /** dB level of each frequency in the received audio, averaged over the last `n`
+   * readings (the last second by default; 1 = the last 100 ms); nulls before any
+   * audio arrived. */
+  toneLevels(freqs, n = WINDOW) {
+    const list = Array.isArray(freqs) ? freqs : [freqs];
+    const readings = this.toneReadings.slice(-Math.max(1, n));
+    if (!this.remote || !this.ctx || !readings.length) return list.map(() => null);
+    const binHz = this.ctx.sampleRate / TONE_FFT_SIZE;
+    return list.map((f) => {
+      const centre = Math.round(Number(f) / binHz);
+      let sum = 0;
+      for (const r of readings) {
+        let best = -Infinity;
+        for (let k = centre - TONE_BIN_SPAN; k <= centre + TONE_BIN_SPAN; k++) {
+          if (k >= 0 && k < r.length && r[k] > best) best = r[k];
+        }
+        sum += Math.max(best, DB_FLOOR);
+      }
+      return round1(sum / readings.length);
+    });
+  }
+
+  /** RMS level of the microphone in dBFS over the last second, or null without one. */
+  micLevel() {
+    if (!this.micGraph || !this.micReadings.length) return null;
+    const mean = this.micReadings.reduce((a, b) => a + b, 0) / this.micReadings.length;
+    return mean > 0 ? round1(Math.max(DB_FLOOR, 10 * Math.log10(mean))) : DB_FLOOR;
+  }
+
+  /** Falls back to media-element playback when Web Audio stays silent while sound is
+   * arriving (see SILENT_FALLBACK_S); `inboundLevel` is getStats()' audioLevel. Call
+   * once a second. */
+  checkSilentPlayback(inboundLevel) {
+    if (this.playback !== 'webaudio' || !this.remote || !(inboundLevel > 0.01)) {
+      this.silentSeconds = 0;
+      return;
+    }
+    const last = this.toneReadings[this.toneReadings.length - 1];
+    let loudest = -Infinity;
+    if (last) for (let i = 0; i < last.length; i++) if (last[i] > loudest) loudest = last[i];
+    if (loudest > DB_FLOOR + 10) {
+      this.silentSeconds = 0;
+      return;
+    }
+    this.silentSeconds += 1;
+    if (this.silentSeconds >= SILENT_FALLBACK_S) {
+      console.warn('Web Audio hears nothing of the return mix; playing it through the audio element');
+      this.playback = 'element';
+      this.remote.gain.gain.value = 0;
+      this.element.muted = false;
+      this.element.volume = this.volume;
+    }
+  }
+}

@@ -1,0 +1,478 @@
+// duetbox phone page: wires the session (session.js), the audio (audio.js) and the
+// view (view.js) to the page's controls, and exposes the read-only test hook.
+//
+// Served as static ES modules by the box: no build step, no request anywhere but the
+// box (the venue may have no internet). Audio starts only inside the Join tap (iOS
+// Safari and Chrome autoplay rules). Targets Android Chrome, iOS Safari 15+ and
+// Firefox: ES2020, no AudioWorklet, no Array.prototype.at, no structuredClone.
+
+import { PhoneAudio } from './audio.js';
+import { checkName, mixMessage } from './protocol.js';
+import { Session } from './session.js';
+import { View, explain } from './view.js';
+
+/** Minimum gap (ms) between `mix` messages while a slider is dragged. */
+const MIX_SEND_MS = 100;
+/** Period (ms) of the getStats() poll that feeds the delay figures. */
+const STATS_INTERVAL_MS = 1000;
+/** HTTPS port of the box (protocol.md: `wss://<box>:8443/ws`), for the "open the https
+ * address" hint when the page was opened over plain http. */
+const BOX_HTTPS_PORT = 8443;
+/** localStorage keys. */
+const KEY_NAME = 'duetbox.name';
+const KEY_ROLE = 'duetbox.role';
+const KEY_VOLUME = 'duetbox.volume';
+const KEY_MONITOR = 'duetbox.monitor';
+const KEY_REVERB = 'duetbox.reverb';
+
+function load(key, fallback) {
+  try {
+    const v = window.localStorage.getItem(key);
+    return v === null ? fallback : v;
+  } catch (_) {
+    return fallback; // Storage can be disabled (private mode, strict settings).
+  }
+}
+
+function save(key, value) {
+  try {
+    window.localStorage.setItem(key, String(value));
+  } catch (_) {
+    // Not remembering is acceptable.
+  }
+}
+
+function clampNumber(v, lo, hi, fallback) {
+  const n = Number(v);
+  return Number.isFinite(n) ? Math.min(hi, Math.max(lo, n)) : fallback;
+}
+
+function sessionStore() {
+  try {
+    return window.sessionStorage;
+  } catch (_) {
+    return null;
+  }
+}
+
+const view = new View(document);
+const ui = view.ui;
+const audio = new PhoneAudio(ui.audio);
+
+const app = {
+  state: 'idle',
+  error: null,
+  role: 'singer',
+  pin: '',
+  peer: null,
+  slot: null,
+  everLive: false,
+  rttMs: null,
+  boxDelayMs: null,
+  lossPct: null,
+  jitterBufferMs: null,
+  prevInbound: null,
+  statsTimer: 0,
+  meterFrame: 0,
+  wakeLock: null,
+  mixTimer: 0,
+  mixSentAt: 0,
+};
+
+function httpsAddress() {
+  return `https://${location.hostname}:${BOX_HTTPS_PORT}/`;
+}
+
+function wsUrl() {
+  const scheme = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  return `${scheme}//${location.host}/ws`;
+}
+
+function defaultMessage(state) {
+  switch (state) {
+    case 'idle':
+      return 'Type your name and tap Join.';
+    case 'connecting':
+      return 'Contacting the box\u2026';
+    case 'live':
+      if (app.role !== 'singer') return 'You\u2019re listening.';
+      return audio.muted ? 'You\u2019re on stage, but your mic is muted.' : 'You\u2019re on stage. Sing!';
+    case 'reconnecting':
+      return 'Trying again\u2026';
+    default:
+      return '';
+  }
+}
+
+/** Sets the page state and redraws the banner. `note` follows the explanation. */
+function setState(state, code, note, detail) {
+  app.state = state;
+  if (code !== undefined) app.error = code;
+  const parts = [];
+  if (code) parts.push(explain(code, { role: app.role, pin: app.pin, detail }));
+  if (note) parts.push(note);
+  if (!parts.length) parts.push(defaultMessage(state));
+  view.banner(state, parts.join(' '), code === 'insecure' ? httpsAddress() : null);
+  view.leaveLabel(app.everLive);
+}
+
+/** Redraws the "retrying in N s" countdown while a reconnect is pending. */
+function tickCountdown() {
+  if (app.state !== 'reconnecting' || !session.retryAt) return;
+  const s = Math.max(1, Math.ceil((session.retryAt - Date.now()) / 1000));
+  view.message(`${explain(app.error, { role: app.role, pin: app.pin })} Retrying in ${s} s\u2026`);
+}
+
+function updateLatency() {
+  view.latency(app);
+}
+
+const session = new Session({
+  url: wsUrl(),
+  storage: sessionStore(),
+  hooks: {
+    state: (state, code, note) => setState(state, code, note),
+    welcome: onWelcome,
+    room: (peers) => {
+      const me = view.room(peers, app.peer);
+      app.boxDelayMs = me && typeof me.delay_ms === 'number' && app.role === 'singer' ? me.delay_ms : null;
+      app.lossPct = me && typeof me.loss_pct === 'number' && app.role === 'singer' ? me.loss_pct : null;
+      updateLatency();
+    },
+    remote: (stream) => {
+      audio.setRemote(stream);
+      if (!stream) {
+        stopStats();
+        app.boxDelayMs = null;
+        app.lossPct = null;
+        app.jitterBufferMs = null;
+        app.prevInbound = null;
+        view.room([], null);
+        updateLatency();
+      }
+    },
+    rtt: (ms) => {
+      app.rttMs = ms;
+      updateLatency();
+    },
+    live: () => {
+      app.everLive = true;
+      view.leaveLabel(true);
+      audio.resume();
+      requestWakeLock();
+      startStats();
+    },
+    stopped: onStopped,
+    mic: async () => {
+      if (app.role !== 'singer') return null;
+      try {
+        return await audio.openMic();
+      } catch (err) {
+        session.stop(err.code || 'mic_failed', err.detail);
+        return null;
+      }
+    },
+  },
+});
+
+audio.onMicEnded = () => {
+  const l = session.link;
+  if (l && !l.done) session.lost(l, 'mic_lost');
+};
+
+/** After a welcome: a rejoin got its place and settings back from the box; a fresh
+ * join brings this phone's own slider settings. */
+function onWelcome(w) {
+  app.peer = w.peer;
+  app.slot = w.slot;
+  view.slot(w.slot);
+  if (app.role !== 'singer') return;
+  if (w.rejoined && w.mix) {
+    if (w.mix.monitor !== null) view.setSlider(ui.monitor, ui.monitorOut, Math.round(w.mix.monitor * 100));
+    if (w.mix.reverb !== null) view.setSlider(ui.reverb, ui.reverbOut, Math.round(w.mix.reverb * 100));
+  } else {
+    sendMixNow();
+  }
+}
+
+function onStopped(code, detail) {
+  audio.closeMic();
+  audio.stopSampling();
+  stopMeter();
+  releaseWakeLock();
+  app.peer = null;
+  view.slot(null);
+  if (code === null) {
+    app.error = null;
+    setState('idle', null, 'You left the stage. Tap Join to come back.');
+    return;
+  }
+  console.warn(`stopped: ${code}${detail ? ` (${detail})` : ''}`);
+  setState('error', code, undefined, detail);
+  if (code === 'wrong_pin') ui.pin.focus();
+}
+
+// ---------------------------------------------------------------------------------
+// Stats, meter, wake lock
+// ---------------------------------------------------------------------------------
+
+async function collectStats() {
+  const out = { inbound: null, outbound: null, pair: null, codec: null };
+  const pc = session.peerConnection();
+  if (!pc) return out;
+  const report = await pc.getStats();
+  const codecs = new Map();
+  let transport = null;
+  const pairs = new Map();
+  report.forEach((r) => {
+    if (r.type === 'inbound-rtp' && (r.kind || r.mediaType) === 'audio') {
+      out.inbound = {
+        packetsReceived: r.packetsReceived,
+        packetsLost: r.packetsLost,
+        jitter: r.jitter,
+        jitterBufferDelay: r.jitterBufferDelay,
+        jitterBufferEmittedCount: r.jitterBufferEmittedCount,
+        jitterBufferTargetDelay: r.jitterBufferTargetDelay,
+        totalSamplesReceived: r.totalSamplesReceived,
+        concealedSamples: r.concealedSamples,
+        audioLevel: r.audioLevel,
+        totalAudioEnergy: r.totalAudioEnergy,
+        codecId: r.codecId,
+      };
+    } else if (r.type === 'outbound-rtp' && (r.kind || r.mediaType) === 'audio') {
+      out.outbound = { packetsSent: r.packetsSent, bytesSent: r.bytesSent, codecId: r.codecId };
+    } else if (r.type === 'codec') {
+      codecs.set(r.id, { mimeType: r.mimeType, sdpFmtpLine: r.sdpFmtpLine, channels: r.channels, payloadType: r.payloadType });
+    } else if (r.type === 'transport') {
+      transport = r;
+    } else if (r.type === 'candidate-pair') {
+      pairs.set(r.id, r);
+    }
+  });
+  let pair = transport && transport.selectedCandidatePairId ? pairs.get(transport.selectedCandidatePairId) : null;
+  if (!pair) pair = Array.from(pairs.values()).find((p) => p.nominated && p.state === 'succeeded') || null;
+  if (pair) {
+    out.pair = {
+      currentRoundTripTime: pair.currentRoundTripTime,
+      bytesReceived: pair.bytesReceived,
+      bytesSent: pair.bytesSent,
+    };
+  }
+  const codecId = (out.inbound && out.inbound.codecId) || (out.outbound && out.outbound.codecId);
+  if (codecId && codecs.has(codecId)) out.codec = codecs.get(codecId);
+  return out;
+}
+
+function startStats() {
+  stopStats();
+  app.statsTimer = setInterval(async () => {
+    let st;
+    try {
+      st = await collectStats();
+    } catch (_) {
+      return;
+    }
+    const inb = st.inbound;
+    if (inb && typeof inb.jitterBufferDelay === 'number' && inb.jitterBufferEmittedCount > 0) {
+      const prev = app.prevInbound;
+      const dCount = prev ? inb.jitterBufferEmittedCount - prev.jitterBufferEmittedCount : 0;
+      app.jitterBufferMs = dCount > 0
+        ? ((inb.jitterBufferDelay - prev.jitterBufferDelay) / dCount) * 1000
+        : (inb.jitterBufferDelay / inb.jitterBufferEmittedCount) * 1000;
+      app.prevInbound = inb;
+    }
+    audio.checkSilentPlayback(inb && inb.audioLevel);
+    updateLatency();
+  }, STATS_INTERVAL_MS);
+}
+
+function stopStats() {
+  clearInterval(app.statsTimer);
+  app.statsTimer = 0;
+}
+
+function drawMeter(now) {
+  app.meterFrame = requestAnimationFrame(drawMeter);
+  view.meter(audio.micPowerPeak(), audio.muted, now);
+}
+
+function startMeter() {
+  if (!app.meterFrame) app.meterFrame = requestAnimationFrame(drawMeter);
+}
+
+function stopMeter() {
+  if (app.meterFrame) cancelAnimationFrame(app.meterFrame);
+  app.meterFrame = 0;
+  view.meter(null, false, 0);
+}
+
+function requestWakeLock() {
+  if (!navigator.wakeLock || app.wakeLock || document.visibilityState !== 'visible') return;
+  navigator.wakeLock.request('screen').then((lock) => {
+    app.wakeLock = lock;
+    lock.addEventListener('release', () => {
+      if (app.wakeLock === lock) app.wakeLock = null;
+    });
+  }).catch(() => {});
+}
+
+function releaseWakeLock() {
+  if (app.wakeLock) app.wakeLock.release().catch(() => {});
+  app.wakeLock = null;
+}
+
+// ---------------------------------------------------------------------------------
+// Controls
+// ---------------------------------------------------------------------------------
+
+function sendMixNow() {
+  clearTimeout(app.mixTimer);
+  app.mixTimer = 0;
+  app.mixSentAt = Date.now();
+  if (app.role !== 'singer') return;
+  const msg = mixMessage({
+    monitor: Number(ui.monitor.value) / 100,
+    reverb: Number(ui.reverb.value) / 100,
+  });
+  if (msg) session.send(msg);
+}
+
+/** Sends slider changes at most every MIX_SEND_MS, always ending on the last value. */
+function sendMixSoon() {
+  const wait = app.mixSentAt + MIX_SEND_MS - Date.now();
+  if (wait <= 0) sendMixNow();
+  else if (!app.mixTimer) app.mixTimer = setTimeout(sendMixNow, wait);
+}
+
+function onVolume() {
+  view.slider(ui.volume, ui.volumeOut);
+  save(KEY_VOLUME, ui.volume.value);
+  audio.setVolume(Number(ui.volume.value) / 100);
+}
+
+function onMixSlider(input, out, key) {
+  view.slider(input, out);
+  save(key, input.value);
+  sendMixSoon();
+}
+
+function onMute() {
+  audio.setMuted(!audio.muted);
+  view.mute(audio.muted);
+  if (app.state === 'live') setState('live', null);
+}
+
+async function onJoin(ev) {
+  ev.preventDefault();
+  if (session.wanted) return; // A second tap while joining.
+  const checked = checkName(ui.name.value);
+  if (checked.error) {
+    view.nameError(checked.error);
+    ui.name.focus();
+    return;
+  }
+  view.nameError('');
+  // Before any await: the AudioContext must be created inside the tap.
+  audio.unlock();
+  app.role = view.selectedRole();
+  app.pin = ui.pin.value.trim();
+  app.everLive = false;
+  app.error = null;
+  save(KEY_NAME, checked.name);
+  save(KEY_ROLE, app.role);
+  document.body.classList.toggle('is-listener', app.role === 'listener');
+  if (document.activeElement && document.activeElement.blur) document.activeElement.blur();
+  if (!window.RTCPeerConnection || !window.WebSocket) {
+    setState('error', 'no_webrtc');
+    return;
+  }
+  if (app.role === 'singer' && !window.isSecureContext) {
+    setState('error', 'insecure');
+    return;
+  }
+  ui.micCard.hidden = app.role !== 'singer';
+  audio.setVolume(Number(ui.volume.value) / 100);
+  setState('connecting', null, app.role === 'singer' ? 'Asking for the microphone\u2026' : undefined);
+  audio.startSampling();
+  if (app.role === 'singer') startMeter();
+  session.start({ name: checked.name, role: app.role, pin: app.pin });
+}
+
+function onLeave() {
+  session.leave();
+  if (app.state !== 'idle') onStopped(null);
+}
+
+// ---------------------------------------------------------------------------------
+// Test hook (used by tests/e2e; read-only, harmless in production)
+// ---------------------------------------------------------------------------------
+
+window.duetboxTest = {
+  /** 'idle' | 'connecting' | 'live' | 'reconnecting' | 'error' */
+  state: () => app.state,
+  /** Last error code (box code or the page's own, see explain()), or null. */
+  error: () => app.error,
+  /** dB of each frequency (Hz) in the received mix, averaged over the last ~1 s (or
+   * the last `n` 100 ms readings); nulls before any audio arrived. */
+  toneLevels: (freqs, n) => audio.toneLevels(freqs, n),
+  /** RMS dBFS of the local mic over the last ~1 s; null for listeners. */
+  micLevel: () => audio.micLevel(),
+  /** Selected getStats() numbers. */
+  stats: () => collectStats(),
+  /** The offer as sent, to check the Opus parameters. */
+  localSdp: () => session.localSdp(),
+  /** Who this phone is to the box: { peer, slot }. */
+  identity: () => ({ peer: app.peer, slot: app.slot }),
+  /** The singer's own mix sliders, 0–100. */
+  mix: () => ({ monitor: Number(ui.monitor.value), reverb: Number(ui.reverb.value) }),
+};
+
+// ---------------------------------------------------------------------------------
+// Start-up
+// ---------------------------------------------------------------------------------
+
+function init() {
+  ui.name.value = load(KEY_NAME, '');
+  const role = load(KEY_ROLE, 'singer') === 'listener' ? 'listener' : 'singer';
+  view.selectRole(role);
+  ui.volume.value = String(clampNumber(load(KEY_VOLUME, 100), 0, 100, 100));
+  ui.monitor.value = String(clampNumber(load(KEY_MONITOR, 0), 0, 100, 0));
+  ui.reverb.value = String(clampNumber(load(KEY_REVERB, 0), 0, 100, 0));
+  view.slider(ui.volume, ui.volumeOut);
+  view.slider(ui.monitor, ui.monitorOut);
+  view.slider(ui.reverb, ui.reverbOut);
+  view.roleHint(role);
+  view.slot(null);
+
+  ui.form.addEventListener('submit', onJoin);
+  ui.form.addEventListener('change', (ev) => {
+    if (ev.target && ev.target.name === 'role') view.roleHint(view.selectedRole());
+  });
+  ui.name.addEventListener('input', () => view.nameError(''));
+  ui.volume.addEventListener('input', onVolume);
+  ui.monitor.addEventListener('input', () => onMixSlider(ui.monitor, ui.monitorOut, KEY_MONITOR));
+  ui.reverb.addEventListener('input', () => onMixSlider(ui.reverb, ui.reverbOut, KEY_REVERB));
+  ui.mute.addEventListener('click', onMute);
+  ui.leave.addEventListener('click', onLeave);
+  setInterval(tickCountdown, 500);
+
+  // iOS suspends (or "interrupts") the context after a call or when backgrounded;
+  // any later tap may resume it.
+  document.addEventListener('pointerdown', () => {
+    if (session.wanted) audio.resume();
+  }, { passive: true });
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && app.state === 'live') {
+      audio.resume();
+      requestWakeLock();
+    }
+  });
+  // A page that goes away (reload, tab closed, killed in the background) does not
+  // leave: the box keeps its place for the rejoin grace, and Join in this tab within
+  // it comes back to the same slot. Leave is the button.
+
+  if (!window.isSecureContext) setState('error', 'insecure');
+  else setState('idle', null);
+}
+
+init();
