@@ -157,32 +157,60 @@ impl AlsaSink {
             ))
         })?;
         let handle = PCM::new(pcm, Direction::Playback, false).map_err(|e| fail("open", e))?;
-        let format = {
+        // Formats in order of preference. Some plugin chains accept a format in the
+        // test but not when the whole configuration is applied (a `plug` that cannot
+        // convert FLOAT_LE to its slave's format): then the next format is tried.
+        let mut failure = None;
+        let mut chosen = None;
+        for format in SampleFormat::PREFERENCE {
             let hw = HwParams::any(&handle).map_err(|e| fail("read hardware parameters", e))?;
             hw.set_access(Access::RWInterleaved)
                 .map_err(|e| fail("set access interleaved", e))?;
-            let format = SampleFormat::PREFERENCE
-                .into_iter()
-                .find(|f| hw.test_format(f.alsa()).is_ok())
-                .ok_or_else(|| {
-                    SinkError(format!(
-                        "alsa:{pcm}: set format: none of FLOAT_LE, S32_LE, S16_LE is supported"
-                    ))
-                })?;
-            hw.set_format(format.alsa())
-                .map_err(|e| fail(&format!("set format {format}"), e))?;
-            hw.set_channels(CHANNELS as u32)
-                .map_err(|e| fail(&format!("set channels {CHANNELS}"), e))?;
-            hw.set_rate(SAMPLE_RATE_HZ, ValueOr::Nearest)
-                .map_err(|e| fail(&format!("set rate {SAMPLE_RATE_HZ}"), e))?;
-            hw.set_period_size_near(asked_period, ValueOr::Nearest)
-                .map_err(|e| fail(&format!("set period near {period_frames} frames"), e))?;
-            hw.set_buffer_size_near(asked_buffer)
-                .map_err(|e| fail(&format!("set buffer near {buffer_frames} frames"), e))?;
-            handle
-                .hw_params(&hw)
-                .map_err(|e| fail("apply hardware parameters", e))?;
-            format
+            if hw.test_format(format.alsa()).is_err() {
+                continue;
+            }
+            let applied = hw
+                .set_format(format.alsa())
+                .map_err(|e| fail(&format!("set format {format}"), e))
+                .and_then(|()| {
+                    hw.set_channels(CHANNELS as u32)
+                        .map_err(|e| fail(&format!("set channels {CHANNELS}"), e))
+                })
+                .and_then(|()| {
+                    hw.set_rate(SAMPLE_RATE_HZ, ValueOr::Nearest)
+                        .map_err(|e| fail(&format!("set rate {SAMPLE_RATE_HZ}"), e))
+                })
+                .and_then(|()| {
+                    hw.set_period_size_near(asked_period, ValueOr::Nearest)
+                        .map(|_| ())
+                        .map_err(|e| fail(&format!("set period near {period_frames} frames"), e))
+                })
+                .and_then(|()| {
+                    hw.set_buffer_size_near(asked_buffer)
+                        .map(|_| ())
+                        .map_err(|e| fail(&format!("set buffer near {buffer_frames} frames"), e))
+                })
+                .and_then(|()| {
+                    handle
+                        .hw_params(&hw)
+                        .map_err(|e| fail(&format!("apply hardware parameters ({format})"), e))
+                });
+            match applied {
+                Ok(()) => {
+                    chosen = Some(format);
+                    break;
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        let format = match (chosen, failure) {
+            (Some(format), _) => format,
+            (None, Some(e)) => return Err(e),
+            (None, None) => {
+                return Err(SinkError(format!(
+                    "alsa:{pcm}: set format: none of FLOAT_LE, S32_LE, S16_LE is supported"
+                )))
+            }
         };
         let (granted_period, granted_buffer) = {
             let hw = handle

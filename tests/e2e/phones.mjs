@@ -1,55 +1,72 @@
 #!/usr/bin/env node
-// Headless-Chromium phones for duetbox's end-to-end tests.
+// Headless browser phones for duetbox's end-to-end tests: Debian's Chromium (driven by
+// playwright-core) and Debian's Firefox ESR (driven by puppeteer-core over WebDriver
+// BiDi).
 //
-// Owns the browser side of a test run: one Chromium process per phone (Chromium's fake
-// microphone file is per process), the join through the page's real controls, and the
-// measurements read from the page's `window.duetboxTest` hook. Knows nothing of the box
-// but its URL; the Rust test starts the box, runs this and judges the JSON lines.
+// Owns the browser side of a test run: one browser process per phone (Chromium's fake
+// microphone file is per process), the join through the page's real controls, what the
+// phones measure (read from the page's `window.duetboxTest` hook), and the faults a
+// test asks for on a phone (freezing its browser). Knows nothing of the box but its
+// URL; the Rust test starts the box (and any network namespace this runs in), runs
+// this and judges the JSON lines.
 //
-// Invariants: never downloads a browser (Debian's /usr/bin/chromium only); every
-// browser it starts is closed before it exits; stdout carries only the result lines,
-// everything else goes to stderr.
+// Invariants: never downloads a browser (/usr/bin/chromium and /usr/bin/firefox-esr
+// only); every browser it starts is closed (and thawed) before it exits; stdout carries
+// only JSON lines, everything else goes to stderr.
 //
-//   node phones.mjs --url https://127.0.0.1:PORT/ --out DIR --seconds N [--pin PIN]
-//        [--freqs 440,660,880] [--chrome-arg ARG]...
-//        --phone NAME:ROLE:WAVPATH [--expect-error CODE] [--phone ...]...
+//   node phones.mjs --url https://HOST:PORT/ --out DIR --seconds N [--pin PIN]
+//        [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
+//        [--watch] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
+//        --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
 //
-// WAVPATH is `-` for listeners (and for a singer on Chromium's built-in fake beep).
-// `--expect-error CODE` applies to the --phone right before it: that phone joins after
-// all the others are live and must be refused with CODE (e.g. room_full, wrong_pin).
+// ENGINE is chromium (default) or firefox. WAVPATH is `-` for listeners, for a singer
+// on Chromium's built-in fake beep, and always for Firefox (its fake microphone is a
+// 1000 Hz tone). `--expect-error CODE` applies to the --phone right before it: that
+// phone joins after all the others are live and must be refused with CODE.
+// `--pulse-server` is the PulseAudio socket Firefox plays through (its AudioContext
+// never starts without an audio device).
+// `--mix NAME:MONITOR:REVERB` moves that singer's sliders (percent) once all are live.
+// `--freeze NAME:AFTER_S:FOR_S` stops that phone's whole browser (SIGSTOP to its
+// process group) AFTER_S seconds after all are live, for FOR_S seconds.
+// `--watch` samples every phone every 100 ms while they sing (see below).
 //
-// Output, one line per phone in command-line order:
-//   {"phone":"A","role":"singer","state":"live","error":null,
-//    "levels":{"440":-31.2,"660":-88.0,"880":-35.5},"mic_db":-9.1,"stats":{...}}
-// levels are dB of each frequency in the received mix averaged over the last second
-// (null before any audio arrived); mic_db is the mic's RMS dBFS (null for listeners).
-// stderr carries two marker lines a caller may line its records up with: `mark: all
-// live` (every seated phone is live, the refused ones were refused) and `mark:
-// measuring` (--seconds later, right before the phones measure).
+// Output lines (stdout), JSON:
+//   {"kind":"sample","t":EPOCH_MS,"phone":"A","state":"live","levels":{"440":-31.2,...}}
+//     with --watch, every 100 ms per phone (not while its browser is frozen); levels
+//     are dB over the last 100 ms;
+//   {"kind":"result","phone":"A","role":"singer","state":"live","error":null,
+//    "levels":{"440":-31.2,"660":-88.0},"mic_db":-9.1,"identity":{...},"mix":{...},
+//    "stats":{...}} one per phone at the end, in command-line order; levels are dB of
+//     each frequency in the received mix averaged over the last second.
+// stderr carries marker lines a caller may line its records up with: `mark: all live`
+// (every seated phone is live, the refused ones were refused), `mark: frozen NAME`,
+// `mark: thawed NAME`, and `mark: measuring` (--seconds after all live).
 // Exit status: 0 when every phone reached what it should, 1 on any timeout or wrong
 // outcome (the reason on stderr), 2 on a usage error.
 
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
-/** Debian's Chromium; nothing else is allowed to run here (PLATFORM.md §6). */
+/** Debian's browsers; nothing else is allowed to run here (PLATFORM.md §6). */
 const CHROMIUM = '/usr/bin/chromium';
+const FIREFOX = '/usr/bin/firefox-esr';
 /** Deadline in ms from the Join tap to `live` (or to the expected refusal). */
 const JOIN_DEADLINE_MS = 20000;
-/** Deadline in ms for starting Chromium and loading the page. */
-const LAUNCH_DEADLINE_MS = 20000;
+/** Deadline in ms for starting a browser and loading the page. */
+const LAUNCH_DEADLINE_MS = 30000;
 /** How long (ms) the Leave tap may take while cleaning up; the box frees seats anyway. */
 const LEAVE_DEADLINE_MS = 2000;
+/** Starts of a Firefox phone before giving up: about 1 start in 10 its page's main
+ * thread hangs right after the AudioContext is created (PLATFORM.md §6). */
+const FIREFOX_STARTS = 3;
+/** Sampling period of --watch, ms. */
+const WATCH_MS = 100;
 /** A phone's screen: an ordinary large phone in portrait. */
-const PHONE_CONTEXT = {
-  viewport: { width: 390, height: 844 },
-  deviceScaleFactor: 2,
-  isMobile: true,
-  hasTouch: true,
-  ignoreHTTPSErrors: true,
-};
-const BASE_ARGS = [
+const VIEWPORT = { width: 390, height: 844 };
+const CHROME_ARGS = [
   '--no-sandbox',
   '--disable-gpu',
   '--disable-quic',
@@ -62,13 +79,24 @@ const BASE_ARGS = [
   '--autoplay-policy=no-user-gesture-required',
   '--ignore-certificate-errors',
 ];
+const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  'media.autoplay.default': 0,
+  'media.autoplay.block-webaudio': false,
+  // Raw host candidates (the box needs no mDNS), as a phone that granted the mic.
+  'media.peerconnection.ice.obfuscate_host_addresses': false,
+  'network.dns.disableIPv6': true,
+};
 
 const USAGE = `usage: node phones.mjs --url URL --out DIR --seconds N [--pin PIN]
-       [--freqs 440,660,880] [--chrome-arg ARG]...
-       --phone NAME:ROLE:WAVPATH [--expect-error CODE] [--phone ...]...
+       [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
+       [--watch] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
+       --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
   NAME      letters, digits, '.', '_' or '-' (also the screenshot's file name)
   ROLE      singer | listener
   WAVPATH   48 kHz WAV for the fake microphone, or - for none
+  ENGINE    chromium (default) | firefox
   --expect-error CODE   the preceding phone must be refused with CODE`;
 
 class UsageError extends Error {}
@@ -77,15 +105,23 @@ function log(line) {
   process.stderr.write(`${line}\n`);
 }
 
+function out(obj) {
+  process.stdout.write(`${JSON.stringify(obj)}\n`);
+}
+
 function parseArgs(argv) {
-  const opts = { url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [], phones: [] };
-  const take = (i, flag) => {
-    if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
-    return argv[i + 1];
+  const opts = {
+    url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
+    phones: [], pulseServer: null, watch: false, mixes: [], freeze: null,
   };
-  for (let i = 0; i < argv.length; i += 2) {
+  for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
-    const value = take(i, flag);
+    if (flag === '--watch') {
+      opts.watch = true;
+      continue;
+    }
+    if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+    const value = argv[++i];
     switch (flag) {
       case '--url':
         opts.url = new URL(value).href;
@@ -107,6 +143,22 @@ function parseArgs(argv) {
       case '--chrome-arg':
         opts.chromeArgs.push(value);
         break;
+      case '--pulse-server':
+        opts.pulseServer = value;
+        break;
+      case '--mix': {
+        const [name, monitor, reverb] = value.split(':');
+        const pct = (v) => Number.isInteger(Number(v)) && Number(v) >= 0 && Number(v) <= 100;
+        if (!name || !pct(monitor) || !pct(reverb)) throw new UsageError(`--mix ${value}: expected NAME:MONITOR:REVERB (percent)`);
+        opts.mixes.push({ name, monitor: Number(monitor), reverb: Number(reverb) });
+        break;
+      }
+      case '--freeze': {
+        const [name, after, dur] = value.split(':');
+        if (!name || !(Number(after) >= 0) || !(Number(dur) > 0)) throw new UsageError(`--freeze ${value}: expected NAME:AFTER_S:FOR_S`);
+        opts.freeze = { name, afterMs: Number(after) * 1000, forMs: Number(dur) * 1000 };
+        break;
+      }
       case '--phone':
         opts.phones.push(parsePhone(value));
         break;
@@ -129,27 +181,168 @@ function parseArgs(argv) {
     if (names.has(p.name)) throw new UsageError(`phone name ${p.name} used twice`);
     names.add(p.name);
   }
+  for (const m of opts.mixes) if (!names.has(m.name)) throw new UsageError(`--mix names no phone ${m.name}`);
+  if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
+  if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
   return opts;
 }
 
 function parsePhone(spec) {
-  // The WAV path may itself hold ':' characters, so split on the first two only.
-  const a = spec.indexOf(':');
-  const b = a < 0 ? -1 : spec.indexOf(':', a + 1);
-  if (a < 0 || b < 0) throw new UsageError(`--phone ${spec}: expected NAME:ROLE:WAVPATH`);
-  const name = spec.slice(0, a);
-  const role = spec.slice(a + 1, b);
-  const wavArg = spec.slice(b + 1);
+  // The WAV path may itself hold ':' characters: the engine is a known last field.
+  let rest = spec;
+  let engine = 'chromium';
+  const m = /:(chromium|firefox)$/.exec(rest);
+  if (m) {
+    engine = m[1];
+    rest = rest.slice(0, m.index);
+  }
+  const a = rest.indexOf(':');
+  const b = a < 0 ? -1 : rest.indexOf(':', a + 1);
+  if (a < 0 || b < 0) throw new UsageError(`--phone ${spec}: expected NAME:ROLE:WAVPATH[:ENGINE]`);
+  const name = rest.slice(0, a);
+  const role = rest.slice(a + 1, b);
+  const wavArg = rest.slice(b + 1);
   if (!/^[A-Za-z0-9._-]{1,32}$/.test(name)) throw new UsageError(`--phone ${spec}: bad NAME`);
   if (role !== 'singer' && role !== 'listener') throw new UsageError(`--phone ${spec}: ROLE must be singer or listener`);
   if (!wavArg) throw new UsageError(`--phone ${spec}: WAVPATH missing (use - for none)`);
   const wav = wavArg === '-' ? null : path.resolve(wavArg);
   if (wav && !fs.existsSync(wav)) throw new UsageError(`--phone ${spec}: no such file ${wav}`);
-  return { name, role, wav, expectError: null };
+  if (wav && engine === 'firefox') throw new UsageError(`--phone ${spec}: Firefox's fake microphone is its own tone (use -)`);
+  return { name, role, wav, engine, expectError: null };
 }
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** One browser and page, Chromium through playwright-core. */
+class ChromiumBrowser {
+  constructor(phone) {
+    this.phone = phone;
+  }
+
+  async launch(opts) {
+    const args = [
+      ...CHROME_ARGS,
+      // Nothing leaves the machine: Debian's wrapper still looks up Google hosts at
+      // start. The box's own address is left alone.
+      `--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE ${new URL(opts.url).hostname}`,
+      ...opts.chromeArgs,
+      `--duetbox-phone=${this.phone.spec.name}`,
+    ];
+    if (this.phone.spec.wav) args.push(`--use-file-for-fake-audio-capture=${this.phone.spec.wav}`);
+    this.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: LAUNCH_DEADLINE_MS });
+    const context = await this.browser.newContext({
+      viewport: VIEWPORT, deviceScaleFactor: 2, isMobile: true, hasTouch: true, ignoreHTTPSErrors: true,
+    });
+    this.page = await context.newPage();
+    this.page.on('console', (msg) => {
+      if (msg.type() === 'error' || msg.type() === 'warning') this.phone.log(`console.${msg.type()}: ${msg.text()}`);
+    });
+    this.page.on('pageerror', (err) => this.phone.log(`page error: ${err.message}`));
+    this.page.on('crash', () => this.phone.log('page crashed'));
+    await this.page.goto(opts.url, { timeout: LAUNCH_DEADLINE_MS, waitUntil: 'load' });
+  }
+
+  /** The browser's main process: its process group holds every process of it
+   * (playwright starts it detached). Found by the marker flag it was started with. */
+  pid() {
+    const text = execFileSync('pgrep', ['-o', '-f', `--duetbox-phone=${this.phone.spec.name}`], { encoding: 'utf8' });
+    return Number(text.trim());
+  }
+
+  evaluate(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+
+  waitFor(fn, arg, timeout) {
+    return this.page.waitForFunction(fn, arg, { timeout, polling: 100 });
+  }
+
+  fill(selector, value) {
+    return this.page.fill(selector, value);
+  }
+
+  tap(selector) {
+    return this.page.tap(selector, { timeout: JOIN_DEADLINE_MS });
+  }
+
+  async visible(selector) {
+    return this.page.isVisible(selector);
+  }
+
+  screenshot(file) {
+    return this.page.screenshot({ path: file });
+  }
+
+  async close() {
+    await this.browser.close();
+  }
+}
+
+/** One browser and page, Firefox ESR through puppeteer-core (WebDriver BiDi). */
+class FirefoxBrowser {
+  constructor(phone) {
+    this.phone = phone;
+  }
+
+  async launch(opts) {
+    this.browser = await puppeteer.launch({
+      browser: 'firefox',
+      executablePath: FIREFOX,
+      headless: true,
+      acceptInsecureCerts: true,
+      timeout: LAUNCH_DEADLINE_MS,
+      protocolTimeout: LAUNCH_DEADLINE_MS,
+      extraPrefsFirefox: FIREFOX_PREFS,
+      env: { ...process.env, PULSE_SERVER: `unix:${opts.pulseServer}` },
+    });
+    this.page = await this.browser.newPage();
+    await this.page.setViewport(VIEWPORT);
+    this.page.on('console', (msg) => {
+      if (msg.type() === 'error' || msg.type() === 'warn') this.phone.log(`console.${msg.type()}: ${msg.text()}`);
+    });
+    this.page.on('pageerror', (err) => this.phone.log(`page error: ${err.message}`));
+    await this.page.goto(opts.url, { timeout: LAUNCH_DEADLINE_MS, waitUntil: 'load' });
+  }
+
+  pid() {
+    return this.browser.process().pid;
+  }
+
+  evaluate(fn, arg) {
+    return this.page.evaluate(fn, arg);
+  }
+
+  waitFor(fn, arg, timeout) {
+    return this.page.waitForFunction(fn, { timeout, polling: 100 }, arg);
+  }
+
+  async fill(selector, value) {
+    await this.page.$eval(selector, (el) => {
+      el.value = '';
+    });
+    await this.page.type(selector, value);
+  }
+
+  tap(selector) {
+    return this.page.click(selector);
+  }
+
+  async visible(selector) {
+    return this.page.$eval(selector, (el) => !el.hidden && el.offsetParent !== null).catch(() => false);
+  }
+
+  screenshot(file) {
+    return this.page.screenshot({ path: file });
+  }
+
+  async close() {
+    // A hung page can make a polite close hang too.
+    const proc = this.browser.process();
+    await Promise.race([this.browser.close(), sleep(5000)]);
+    if (proc && proc.exitCode === null) proc.kill('SIGKILL');
+  }
 }
 
 /** One phone: its browser, page and what it reached. */
@@ -157,51 +350,56 @@ class Phone {
   constructor(spec, opts) {
     this.spec = spec;
     this.opts = opts;
-    this.browser = null;
-    this.page = null;
+    this.driver = null;
     this.result = null;
+    this.frozen = false;
   }
 
   get tag() {
     return `[${this.spec.name}]`;
   }
 
+  log(line) {
+    log(`${this.tag} ${line}`);
+  }
+
   async launch() {
-    const args = [...BASE_ARGS, ...this.opts.chromeArgs];
-    if (this.spec.wav) args.push(`--use-file-for-fake-audio-capture=${this.spec.wav}`);
-    this.browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      headless: true,
-      args,
-      timeout: LAUNCH_DEADLINE_MS,
-    });
-    const context = await this.browser.newContext(PHONE_CONTEXT);
-    this.page = await context.newPage();
-    this.page.on('console', (msg) => {
-      if (msg.type() === 'error' || msg.type() === 'warning') log(`${this.tag} console.${msg.type()}: ${msg.text()}`);
-    });
-    this.page.on('pageerror', (err) => log(`${this.tag} page error: ${err.message}`));
-    this.page.on('crash', () => log(`${this.tag} page crashed`));
-    await this.page.goto(this.opts.url, { timeout: LAUNCH_DEADLINE_MS, waitUntil: 'load' });
-    await this.page.waitForFunction(() => typeof window.duetboxTest === 'object', null, { timeout: LAUNCH_DEADLINE_MS });
+    this.driver = this.spec.engine === 'firefox' ? new FirefoxBrowser(this) : new ChromiumBrowser(this);
+    await this.driver.launch(this.opts);
+    await this.driver.waitFor(() => typeof window.duetboxTest === 'object', null, LAUNCH_DEADLINE_MS);
+  }
+
+  async close() {
+    if (!this.driver || !this.driver.browser) return;
+    if (this.frozen) this.signal('SIGCONT');
+    try {
+      if (await this.driver.visible('#leave')) await Promise.race([this.driver.tap('#leave'), sleep(LEAVE_DEADLINE_MS)]);
+    } catch (_) {
+      // Closing the browser drops the seat anyway.
+    }
+    try {
+      await this.driver.close();
+    } catch (err) {
+      this.log(`browser close failed: ${err.message}`);
+    }
+    this.driver = null;
   }
 
   /** Fills the form and taps Join, like a person would. */
   async join() {
-    const page = this.page;
-    await page.getByLabel('Your name').fill(this.spec.name);
-    const roleName = this.spec.role === 'singer' ? 'Singer' : 'Listener';
-    const radio = page.getByRole('radio', { name: roleName, exact: true });
-    await radio.tap();
-    if (!(await radio.isChecked())) throw new Error(`${this.tag} could not select ${roleName}`);
-    if (this.opts.pin !== null) await page.getByLabel(/^PIN/).fill(this.opts.pin);
-    await page.getByRole('button', { name: 'Join', exact: true }).tap();
+    const d = this.driver;
+    await d.fill('#name', this.spec.name);
+    await d.tap(`input[name="role"][value="${this.spec.role}"]`);
+    const checked = await d.evaluate((role) => document.querySelector(`input[name="role"][value="${role}"]`).checked, this.spec.role);
+    if (!checked) throw new Error(`${this.tag} could not select ${this.spec.role}`);
+    if (this.opts.pin !== null) await d.fill('#pin', this.opts.pin);
+    await d.tap('#join');
     this.joinedAt = Date.now();
   }
 
   async status() {
     try {
-      return await this.page.evaluate(() => ({ state: window.duetboxTest.state(), error: window.duetboxTest.error() }));
+      return await this.driver.evaluate(() => ({ state: window.duetboxTest.state(), error: window.duetboxTest.error() }));
     } catch (err) {
       return { state: null, error: `page unreadable: ${err.message}` };
     }
@@ -210,44 +408,84 @@ class Phone {
   async waitLive() {
     // 'error' is final (a refusal or a local problem): no point waiting for the deadline.
     try {
-      await this.page.waitForFunction(() => ['live', 'error'].includes(window.duetboxTest.state()), null, {
-        timeout: JOIN_DEADLINE_MS,
-        polling: 100,
-      });
+      await this.driver.waitFor(() => ['live', 'error'].includes(window.duetboxTest.state()), null, JOIN_DEADLINE_MS);
     } catch (_) {
       const st = await this.status();
       throw new Error(`${this.tag} not live ${JOIN_DEADLINE_MS / 1000} s after Join (state=${st.state}, error=${st.error})`);
     }
     const st = await this.status();
     if (st.state !== 'live') throw new Error(`${this.tag} refused instead of live (state=${st.state}, error=${st.error})`);
-    log(`${this.tag} live after ${((Date.now() - this.joinedAt) / 1000).toFixed(1)} s`);
+    this.log(`live after ${((Date.now() - this.joinedAt) / 1000).toFixed(1)} s`);
+  }
+
+  /** Starts the browser, joins and waits for live; a Firefox phone whose start hangs
+   * is started again (see FIREFOX_STARTS). */
+  async start() {
+    const starts = this.spec.engine === 'firefox' ? FIREFOX_STARTS : 1;
+    for (let k = 1; ; k++) {
+      try {
+        await this.launch();
+        await this.join();
+        await this.waitLive();
+        return;
+      } catch (err) {
+        if (k >= starts) throw err;
+        this.log(`start ${k} failed (${err.message}); starting the browser again`);
+        await this.close();
+      }
+    }
   }
 
   /** Waits for the refusal; returns an error message when the outcome is wrong. */
   async waitRefused(code) {
     try {
-      await this.page.waitForFunction(
+      await this.driver.waitFor(
         (c) => {
           const t = window.duetboxTest;
           return t.state() === 'error' || t.state() === 'live' || t.error() === c;
         },
         code,
-        { timeout: JOIN_DEADLINE_MS, polling: 100 },
+        JOIN_DEADLINE_MS,
       );
     } catch (_) {
       // Reported below with the state reached.
     }
     const st = await this.status();
-    this.result = { phone: this.spec.name, role: this.spec.role, ...st, levels: null, mic_db: null };
+    this.result = { kind: 'result', phone: this.spec.name, role: this.spec.role, engine: this.spec.engine, ...st, levels: null, mic_db: null };
     await this.screenshot();
     if (st.error !== code) return `${this.tag} expected error ${code}, reached state=${st.state} error=${st.error}`;
-    log(`${this.tag} refused as expected: ${code}`);
+    this.log(`refused as expected: ${code}`);
     return null;
+  }
+
+  async setMix(monitor, reverb) {
+    await this.driver.evaluate(({ monitor, reverb }) => {
+      for (const [id, v] of [['monitor', monitor], ['reverb', reverb]]) {
+        const el = document.getElementById(id);
+        el.value = String(v);
+        el.dispatchEvent(new Event('input', { bubbles: true }));
+      }
+    }, { monitor, reverb });
+    this.log(`mix set: monitor ${monitor} %, reverb ${reverb} %`);
+  }
+
+  /** One --watch sample: state and the tone levels of the last 100 ms. */
+  async sample() {
+    if (this.frozen) return;
+    const freqs = this.opts.freqs;
+    const m = await this.driver.evaluate((fs) => ({ state: window.duetboxTest.state(), levels: window.duetboxTest.toneLevels(fs, 1) }), freqs)
+      .catch(() => null);
+    if (!m || this.frozen) return;
+    const levels = {};
+    freqs.forEach((f, i) => {
+      levels[String(f)] = m.levels[i];
+    });
+    out({ kind: 'sample', t: Date.now(), phone: this.spec.name, state: m.state, levels });
   }
 
   async measure() {
     const freqs = this.opts.freqs;
-    const m = await this.page.evaluate(async (fs) => {
+    const m = await this.driver.evaluate(async (fs) => {
       const t = window.duetboxTest;
       let stats = null;
       try {
@@ -255,19 +493,26 @@ class Phone {
       } catch (_) {
         // Stats are a bonus; the levels are what the test judges.
       }
-      return { state: t.state(), error: t.error(), levels: t.toneLevels(fs), mic_db: t.micLevel(), stats };
+      return {
+        state: t.state(), error: t.error(), levels: t.toneLevels(fs), mic_db: t.micLevel(), stats,
+        identity: t.identity(), mix: t.mix(),
+      };
     }, freqs);
     const levels = {};
     freqs.forEach((f, i) => {
       levels[String(f)] = m.levels[i];
     });
     this.result = {
+      kind: 'result',
       phone: this.spec.name,
       role: this.spec.role,
+      engine: this.spec.engine,
       state: m.state,
       error: m.error,
       levels,
       mic_db: m.mic_db,
+      identity: m.identity,
+      mix: m.mix,
       stats: m.stats,
     };
     await this.screenshot();
@@ -275,29 +520,37 @@ class Phone {
 
   async screenshot() {
     try {
-      await this.page.screenshot({ path: path.join(this.opts.out, `${this.spec.name}.png`) });
+      await this.driver.screenshot(path.join(this.opts.out, `${this.spec.name}.png`));
     } catch (err) {
-      log(`${this.tag} screenshot failed: ${err.message}`);
+      this.log(`screenshot failed: ${err.message}`);
     }
   }
 
-  async close() {
-    if (!this.browser) return;
-    try {
-      if (this.page) {
-        const leave = this.page.getByRole('button', { name: 'Leave', exact: true });
-        if (await leave.isVisible()) await leave.tap({ timeout: LEAVE_DEADLINE_MS });
-      }
-    } catch (_) {
-      // Closing the browser drops the seat anyway.
-    }
-    try {
-      await this.browser.close();
-    } catch (err) {
-      log(`${this.tag} browser close failed: ${err.message}`);
-    }
-    this.browser = null;
+  /** Sends `signal` to every process of this phone's browser. */
+  signal(signal) {
+    process.kill(-this.driver.pid(), signal);
   }
+}
+
+/** Samples every phone every WATCH_MS until `untilMs` (epoch). */
+async function watch(phones, untilMs) {
+  while (Date.now() < untilMs) {
+    const next = Date.now() + WATCH_MS;
+    await Promise.all(phones.map((p) => p.sample()));
+    await sleep(Math.max(0, next - Date.now()));
+  }
+}
+
+/** Freezes one phone's browser for a while, as a phone whose OS stops the tab. */
+async function freeze(phone, { afterMs, forMs }) {
+  await sleep(afterMs);
+  phone.frozen = true;
+  phone.signal('SIGSTOP');
+  log(`mark: frozen ${phone.spec.name}`);
+  await sleep(forMs);
+  phone.signal('SIGCONT');
+  phone.frozen = false;
+  log(`mark: thawed ${phone.spec.name}`);
 }
 
 async function run(opts) {
@@ -307,38 +560,43 @@ async function run(opts) {
   const refused = phones.filter((p) => p.spec.expectError);
   const problems = [];
   try {
-    const launched = await Promise.allSettled(phones.map((p) => p.launch()));
-    launched.forEach((r, i) => {
-      if (r.status === 'rejected') problems.push(`${phones[i].tag} could not start: ${r.reason.message}`);
-    });
-    if (problems.length) return problems;
-
-    const joined = await Promise.allSettled(seated.map(async (p) => {
-      await p.join();
-      await p.waitLive();
-    }));
-    joined.forEach((r) => {
+    const started = await Promise.allSettled(seated.map((p) => p.start()));
+    started.forEach((r) => {
       if (r.status === 'rejected') problems.push(r.reason.message);
     });
     if (problems.length) return problems;
 
     for (const p of refused) {
-      await p.join();
+      try {
+        await p.launch();
+        await p.join();
+      } catch (err) {
+        problems.push(`${p.tag} could not start: ${err.message}`);
+        continue;
+      }
       const problem = await p.waitRefused(p.spec.expectError);
       if (problem) problems.push(problem);
     }
+    if (problems.length) return problems;
+
+    for (const m of opts.mixes) await phones.find((p) => p.spec.name === m.name).setMix(m.monitor, m.reverb);
 
     // Markers on stderr let a caller line its own records up with this run.
     log('mark: all live');
-    await sleep(opts.seconds * 1000);
+    const until = Date.now() + opts.seconds * 1000;
+    const tasks = [];
+    if (opts.freeze) tasks.push(freeze(phones.find((p) => p.spec.name === opts.freeze.name), opts.freeze));
+    tasks.push(opts.watch ? watch(seated, until) : sleep(opts.seconds * 1000));
+    await Promise.all(tasks);
+    await sleep(Math.max(0, until - Date.now()));
     log('mark: measuring');
     await Promise.all(seated.map((p) => p.measure()));
-    for (const p of phones) process.stdout.write(`${JSON.stringify(p.result)}\n`);
+    for (const p of phones) out(p.result);
     return problems;
   } finally {
     if (problems.length) {
       for (const p of phones) {
-        if (p.page) log(`${p.tag} reached ${JSON.stringify(await p.status())}`);
+        if (p.driver) log(`${p.tag} reached ${JSON.stringify(await p.status())}`);
       }
     }
     await Promise.all(phones.map((p) => p.close()));
@@ -353,9 +611,11 @@ async function main() {
     log(err instanceof UsageError ? `phones.mjs: ${err.message}\n${USAGE}` : String(err));
     process.exit(2);
   }
-  if (!fs.existsSync(CHROMIUM)) {
-    log(`phones.mjs: ${CHROMIUM} not found (apt-get install chromium)`);
-    process.exit(1);
+  for (const [engine, exe] of [['chromium', CHROMIUM], ['firefox', FIREFOX]]) {
+    if (opts.phones.some((p) => p.engine === engine) && !fs.existsSync(exe)) {
+      log(`phones.mjs: ${exe} not found (run scripts/setup.sh test)`);
+      process.exit(1);
+    }
   }
   let problems;
   try {
@@ -367,6 +627,8 @@ async function main() {
     for (const p of problems) log(`FAIL ${p}`);
     process.exit(1);
   }
+  // Puppeteer may leave handles open; the run is over.
+  process.exit(0);
 }
 
 main();

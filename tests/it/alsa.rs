@@ -315,35 +315,11 @@ async fn a_device_that_grants_another_period_plays_the_duet() {
     // window: a bridge that dropped or repeated audio would show as weak windows.
     let end = (periods as usize * DEVICE_PERIOD).min(venue.len());
     let duet = &venue[end.saturating_sub(2 * SAMPLE_RATE_HZ as usize + 24_000)..end - 24_000];
-    let windows: Vec<(f32, f32)> = duet
-        .chunks_exact(4_800)
-        .map(|w| (tone_level(w, 440.0), tone_level(w, 660.0)))
-        .collect();
-    let profile: Vec<String> = windows
-        .iter()
-        .map(|(a, b)| format!("{a:.2}/{b:.2}"))
-        .collect();
-    let mean =
-        |f: fn(&(f32, f32)) -> f32| windows.iter().map(f).sum::<f32>() / windows.len() as f32;
-    let (v440, v660) = (mean(|w| w.0), mean(|w| w.1));
-    eprintln!(
-        "venue through the 1024-frame device: 440 Hz {v440:.3}, 660 Hz {v660:.3}; per 100 ms: {}",
-        profile.join(" ")
-    );
-    for (hz, level) in [(440, v440), (660, v660)] {
-        assert!(
-            (0.6 * VENUE_TONE_LEVEL..=1.4 * VENUE_TONE_LEVEL).contains(&level),
-            "venue {hz} Hz level {level} (expected ~{VENUE_TONE_LEVEL:.3})"
-        );
-    }
-    let both = windows
-        .iter()
-        .filter(|&&(a, b)| a >= 0.15 && b >= 0.15)
-        .count();
-    assert!(
-        both * 10 >= windows.len() * 9,
-        "both voices in only {both} of {} windows: {}",
-        windows.len(),
-        profile.join(" ")
+    support::assert_two_voices(
+        "venue through the 1024-frame device",
+        duet,
+        [440.0, 660.0],
+        0.9 * VENUE_TONE_LEVEL..=1.1 * VENUE_TONE_LEVEL,
+        0.8 * VENUE_TONE_LEVEL,
     );
 }

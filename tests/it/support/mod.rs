@@ -8,7 +8,9 @@
 //! waited for. The box under test runs in-process on 127.0.0.1 ([`start_box`]); the
 //! WHIP/WHEP client that talks to it lives in `whip_client.rs`.
 
+pub mod e2e;
 pub mod latency;
+pub mod netns;
 pub mod whip_client;
 pub mod wss;
 
@@ -46,12 +48,17 @@ pub mod pcm {
     pub const MONO: &str = "duetbox_mono";
     /// The config's `default`: its slave does not exist, so it never opens.
     pub const BROKEN_DEFAULT: &str = "default";
-    /// `file` (WAV) over `pulse` (the e2e daemon's null sink): paced by a real clock and
-    /// sample-exact, the venue "speakers" of the phone tests.
+    /// `plug` (to S32_LE) over `file` (WAV) over `pulse` (the e2e daemon's null sink):
+    /// paced by a real clock and sample-exact, the venue "speakers" of the phone tests.
+    /// The plug fixes the recorded format to integers: alsa-lib's file plugin labels
+    /// FLOAT_LE data as integer PCM in its WAV header (seen when the sink got FLOAT_LE).
+    /// This plug accepts FLOAT_LE in the test but not when applied, so the sink's
+    /// fallback to the next format is exercised too.
     pub const VENUE_E2E: &str = "duetbox_venue_e2e";
-    /// `file` (WAV) over `plug` over `jack` (the test's JACK server, dummy driver, 1024
-    /// frames): a device that grants only its own period, as JACK's and PipeWire's ALSA
-    /// plugins (and dmix) do, paced by the server's clock.
+    /// `plug` (to S32_LE, see [`VENUE_E2E`]) over `file` (WAV) over `plug` over `jack`
+    /// (the test's JACK server, dummy driver, 1024 frames): a device that grants only
+    /// its own period, as JACK's and PipeWire's ALSA plugins (and dmix) do, paced by the
+    /// server's clock.
     pub const VENUE_JACK: &str = "duetbox_venue_jack";
 }
 
@@ -133,12 +140,20 @@ pcm.{pulse_clock} {{
     device "{pulse_sink}"
 }}
 pcm.{venue_e2e} {{
+    type plug
+    slave {{ pcm "duetbox_venue_e2e_file"; format S32_LE }}
+}}
+pcm.duetbox_venue_e2e_file {{
     type file
     slave.pcm "duetbox_pulse_e2e"
     file "{venue_e2e_file}"
     format "wav"
 }}
 pcm.{venue_jack} {{
+    type plug
+    slave {{ pcm "duetbox_venue_jack_file"; format S32_LE }}
+}}
+pcm.duetbox_venue_jack_file {{
     type file
     slave.pcm "duetbox_jack_plug"
     file "{venue_jack_file}"
@@ -342,6 +357,7 @@ impl JackServer {
     /// Starts `jackd` under this process's server name and waits until it runs.
     pub fn start(dir: &Path, period_frames: usize) -> JackServer {
         fs::create_dir_all(dir).expect("create the jack dir");
+        clean_stale_jack_files();
         let log = dir.join("jackd.log");
         let child = Command::new("jackd")
             .env("JACK_NO_AUDIO_RESERVATION", "1")
@@ -394,8 +410,41 @@ impl JackServer {
 
 impl Drop for JackServer {
     fn drop(&mut self) {
+        // SIGTERM lets jackd unregister from JACK's shared registry, which holds only a
+        // few servers: killed ones stay in it and later starts fail with "Too many
+        // servers already active".
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(3) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Removes what earlier test servers left in /dev/shm when they were killed, but only
+/// while no JACK server runs at all: the registry is shared by every server.
+fn clean_stale_jack_files() {
+    let running = Command::new("pgrep")
+        .args(["-x", "jackd"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if running {
+        return;
+    }
+    if let Ok(entries) = fs::read_dir("/dev/shm") {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("jack") {
+                let path = entry.path();
+                let _ = fs::remove_dir_all(&path).or_else(|_| fs::remove_file(&path));
+            }
+        }
     }
 }
 
@@ -690,4 +739,56 @@ pub fn read_wav_left(path: &Path) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// Asserts that a stretch of the venue recording holds two voices, `hz`, all along:
+/// each voice's level (the mean of its 100 ms window levels: one Goertzel over a whole
+/// stretch would not be a level, since a splice or a catch-up shifts a tone's phase and
+/// the parts before and after cancel) within `mean_range`, and both voices at least
+/// `window_min` in at least 90 % of the windows (a dropout shows as weak windows).
+/// Prints the per-window profile either way.
+pub fn assert_two_voices(
+    what: &str,
+    duet: &[f32],
+    hz: [f32; 2],
+    mean_range: std::ops::RangeInclusive<f32>,
+    window_min: f32,
+) {
+    use duetbox::engine::testkit::tone_level;
+    let windows: Vec<[f32; 2]> = duet
+        .chunks_exact(4_800)
+        .map(|w| [tone_level(w, hz[0]), tone_level(w, hz[1])])
+        .collect();
+    assert!(!windows.is_empty(), "{what}: no 100 ms window to measure");
+    let profile: Vec<String> = windows
+        .iter()
+        .map(|[a, b]| format!("{a:.2}/{b:.2}"))
+        .collect();
+    let mean = |k: usize| windows.iter().map(|w| w[k]).sum::<f32>() / windows.len() as f32;
+    let means = [mean(0), mean(1)];
+    eprintln!(
+        "{what}, {:.2} s: {} Hz {:.3}, {} Hz {:.3}; per 100 ms: {}",
+        duet.len() as f64 / 48_000.0,
+        hz[0],
+        means[0],
+        hz[1],
+        means[1],
+        profile.join(" ")
+    );
+    for (h, level) in hz.iter().zip(means) {
+        assert!(
+            mean_range.contains(&level),
+            "{what}: {h} Hz level {level} (expected {mean_range:?})"
+        );
+    }
+    let both = windows
+        .iter()
+        .filter(|w| w[0] >= window_min && w[1] >= window_min)
+        .count();
+    assert!(
+        both * 10 >= windows.len() * 9,
+        "{what}: both voices in only {both} of {} 100 ms windows: {}",
+        windows.len(),
+        profile.join(" ")
+    );
 }

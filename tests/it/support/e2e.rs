@@ -1,0 +1,246 @@
+//! The browser phones of the end-to-end tests: fake microphone files, and a runner for
+//! the driver (tests/e2e/phones.mjs) that reads its marker lines as they come (so a
+//! test can act at them: cut a network, note a counter) and parses its JSON lines.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use super::{within, INSTALL_HINT};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where screenshots go.
+pub fn artifacts() -> PathBuf {
+    let dir = repo().join("target").join("e2e-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifacts dir");
+    dir
+}
+
+/// Milliseconds since the Unix epoch: the driver's sample times are on this clock.
+pub fn epoch_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as u64
+}
+
+/// Firefox's fake microphone: a 1000 Hz tone (media.navigator.streams.fake).
+pub const FIREFOX_TONE_HZ: u32 = 1000;
+
+/// Writes a 48 kHz mono 16-bit WAV of a tone, long enough to loop without a seam
+/// mattering (Chromium loops the fake capture file).
+pub fn write_tone_wav(path: &Path, hz: f32, amplitude: f32, seconds: u32) {
+    let n = 48_000 * seconds as usize;
+    let mut bytes = Vec::with_capacity(44 + 2 * n);
+    let data_len = (2 * n) as u32;
+    bytes.extend_from_slice(b"RIFF");
+    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
+    bytes.extend_from_slice(b"WAVEfmt ");
+    bytes.extend_from_slice(&16u32.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes());
+    bytes.extend_from_slice(&48_000u32.to_le_bytes());
+    bytes.extend_from_slice(&96_000u32.to_le_bytes());
+    bytes.extend_from_slice(&2u16.to_le_bytes());
+    bytes.extend_from_slice(&16u16.to_le_bytes());
+    bytes.extend_from_slice(b"data");
+    bytes.extend_from_slice(&data_len.to_le_bytes());
+    for k in 0..n {
+        let v = amplitude * (2.0 * std::f32::consts::PI * hz * k as f32 / 48_000.0).sin();
+        bytes.extend_from_slice(&((v * 32767.0) as i16).to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write the fake microphone WAV");
+}
+
+/// One marker line of the driver and when it was read.
+#[derive(Clone, Debug)]
+pub struct Mark {
+    /// The text after `mark: `.
+    pub name: String,
+    /// When the test read it.
+    pub at: Instant,
+    /// The same moment in epoch milliseconds.
+    pub epoch_ms: u64,
+}
+
+/// What a driver run left.
+pub struct DriverRun {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// Its stdout (JSON lines).
+    pub stdout: String,
+    /// Its stderr (logs and marks).
+    pub stderr: String,
+    /// Its marks, in order.
+    pub marks: Vec<Mark>,
+}
+
+impl DriverRun {
+    /// Panics with the driver's output unless it succeeded.
+    pub fn assert_success(&self) {
+        assert!(
+            self.status.success(),
+            "phones failed ({}):\n{}\n{}",
+            self.status,
+            self.stderr,
+            self.stdout
+        );
+    }
+
+    fn lines(&self) -> impl Iterator<Item = Value> + '_ {
+        self.stdout
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    }
+
+    /// The result line of `phone`.
+    pub fn result(&self, phone: &str) -> Value {
+        self.lines()
+            .find(|v| v["kind"] == "result" && v["phone"] == phone)
+            .unwrap_or_else(|| panic!("no result for phone {phone}:\n{}", self.stdout))
+    }
+
+    /// The --watch samples of `phone`, in order.
+    pub fn samples(&self, phone: &str) -> Vec<Value> {
+        self.lines()
+            .filter(|v| v["kind"] == "sample" && v["phone"] == phone)
+            .collect()
+    }
+
+    /// The first mark named `name`.
+    pub fn mark(&self, name: &str) -> &Mark {
+        self.marks
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no '{name}' mark from the driver:\n{}", self.stderr))
+    }
+}
+
+/// A phone's measured level of `hz` (dB) in a result or sample line.
+pub fn level_db(line: &Value, hz: u32) -> f64 {
+    line["levels"][hz.to_string()]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no {hz} Hz level in {line}"))
+}
+
+/// The driver and its arguments. `prefix` runs it through something (`ip netns exec`).
+pub struct Driver {
+    prefix: Vec<String>,
+    args: Vec<String>,
+}
+
+impl Driver {
+    /// A driver for the box at `url`, measuring after `seconds` of singing.
+    pub fn new(url: &str, seconds: u32) -> Driver {
+        assert!(
+            repo()
+                .join("tests/e2e/node_modules/playwright-core")
+                .exists()
+                && repo()
+                    .join("tests/e2e/node_modules/puppeteer-core")
+                    .exists(),
+            "the e2e driver's packages are missing: {INSTALL_HINT}"
+        );
+        let args = vec![
+            repo().join("tests/e2e/phones.mjs").display().to_string(),
+            "--url".into(),
+            url.into(),
+            "--out".into(),
+            artifacts().display().to_string(),
+            "--seconds".into(),
+            seconds.to_string(),
+        ];
+        Driver {
+            prefix: Vec::new(),
+            args,
+        }
+    }
+
+    /// Runs the driver through `prefix` (e.g. inside a network namespace).
+    pub fn prefix(mut self, prefix: Vec<String>) -> Driver {
+        self.prefix = prefix;
+        self
+    }
+
+    /// Adds `flag value`.
+    pub fn arg(mut self, flag: &str, value: impl Into<String>) -> Driver {
+        self.args.push(flag.into());
+        self.args.push(value.into());
+        self
+    }
+
+    /// Adds a flag without a value.
+    pub fn flag(mut self, flag: &str) -> Driver {
+        self.args.push(flag.into());
+        self
+    }
+
+    /// Adds a phone: `NAME:ROLE:WAV[:ENGINE]` (`wav` None = no file).
+    pub fn phone(self, name: &str, role: &str, wav: Option<&Path>, engine: &str) -> Driver {
+        let wav = wav.map_or("-".to_string(), |p| p.display().to_string());
+        self.arg("--phone", format!("{name}:{role}:{wav}:{engine}"))
+    }
+
+    /// Runs it (within `deadline`), calling `on_mark` with each marker as it is read.
+    pub fn run(
+        self,
+        deadline: Duration,
+        mut on_mark: impl FnMut(&Mark) + Send + 'static,
+    ) -> DriverRun {
+        let (program, args) = match self.prefix.split_first() {
+            Some((program, rest)) => (
+                program.clone(),
+                rest.iter()
+                    .cloned()
+                    .chain(std::iter::once("node".to_string()))
+                    .chain(self.args)
+                    .collect::<Vec<_>>(),
+            ),
+            None => ("node".to_string(), self.args),
+        };
+        within("the browser phones", deadline, move || {
+            let mut child = Command::new(&program)
+                .args(&args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot run {program} ({e}): {INSTALL_HINT}"));
+            let lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+            // Read as the lines come, so each marker is seen at its moment.
+            let reader = std::thread::spawn(move || {
+                let mut stderr = String::new();
+                let mut marks = Vec::new();
+                for line in lines.map_while(Result::ok) {
+                    if let Some(name) = line.strip_prefix("mark: ") {
+                        let mark = Mark {
+                            name: name.to_string(),
+                            at: Instant::now(),
+                            epoch_ms: epoch_ms(),
+                        };
+                        on_mark(&mark);
+                        marks.push(mark);
+                    }
+                    stderr.push_str(&line);
+                    stderr.push('\n');
+                }
+                (stderr, marks)
+            });
+            let output = child.wait_with_output().expect("the driver's output");
+            let (stderr, marks) = reader.join().expect("the stderr reader");
+            DriverRun {
+                status: output.status,
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr,
+                marks,
+            }
+        })
+    }
+}
