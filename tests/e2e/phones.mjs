@@ -247,7 +247,7 @@ class ChromiumBrowser {
   /** The browser's main process: its process group holds every process of it
    * (playwright starts it detached). Found by the marker flag it was started with. */
   pid() {
-    const text = execFileSync('pgrep', ['-o', '-f', `--duetbox-phone=${this.phone.spec.name}`], { encoding: 'utf8' });
+    const text = execFileSync('pgrep', ['-o', '-f', '--', `--duetbox-phone=${this.phone.spec.name}`], { encoding: 'utf8' });
     return Number(text.trim());
   }
 

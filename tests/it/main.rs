@@ -8,6 +8,7 @@ mod alsa;
 mod audio_thread;
 mod phones;
 mod realtime;
+mod rejoin;
 mod signaling;
 mod support;
 mod systemd;

@@ -78,8 +78,6 @@ pub struct DriverRun {
     pub stdout: String,
     /// Its stderr (logs and marks).
     pub stderr: String,
-    /// Its marks, in order.
-    pub marks: Vec<Mark>,
 }
 
 impl DriverRun {
@@ -112,14 +110,6 @@ impl DriverRun {
         self.lines()
             .filter(|v| v["kind"] == "sample" && v["phone"] == phone)
             .collect()
-    }
-
-    /// The first mark named `name`.
-    pub fn mark(&self, name: &str) -> &Mark {
-        self.marks
-            .iter()
-            .find(|m| m.name == name)
-            .unwrap_or_else(|| panic!("no '{name}' mark from the driver:\n{}", self.stderr))
     }
 }
 
@@ -217,7 +207,6 @@ impl Driver {
             // Read as the lines come, so each marker is seen at its moment.
             let reader = std::thread::spawn(move || {
                 let mut stderr = String::new();
-                let mut marks = Vec::new();
                 for line in lines.map_while(Result::ok) {
                     if let Some(name) = line.strip_prefix("mark: ") {
                         let mark = Mark {
@@ -226,20 +215,18 @@ impl Driver {
                             epoch_ms: epoch_ms(),
                         };
                         on_mark(&mark);
-                        marks.push(mark);
                     }
                     stderr.push_str(&line);
                     stderr.push('\n');
                 }
-                (stderr, marks)
+                stderr
             });
             let output = child.wait_with_output().expect("the driver's output");
-            let (stderr, marks) = reader.join().expect("the stderr reader");
+            let stderr = reader.join().expect("the stderr reader");
             DriverRun {
                 status: output.status,
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
                 stderr,
-                marks,
             }
         })
     }

@@ -28,8 +28,6 @@ pub struct Netns {
     pub ns_if: String,
     /// The machine's address on the link (the box listens here).
     pub host_ip: Ipv4Addr,
-    /// The phones' address.
-    pub ns_ip: Ipv4Addr,
 }
 
 fn ip(args: &[&str]) {
@@ -67,7 +65,6 @@ impl Netns {
             host_if,
             ns_if,
             host_ip,
-            ns_ip,
         };
         ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
         ip(&[
