@@ -91,3 +91,107 @@ fn no_println_in_the_library() {
         hits.join("\n")
     );
 }
+
+/// Where each IO crate may be used (ARCHITECTURE.md, STYLE.md §1): one module each, so
+/// that its types never leak into another module's signatures. `rumqttc` and `mdns_sd`
+/// are not used yet; their homes are reserved.
+const IO_CRATES: [(&str, &str); 12] = [
+    ("webrtc", "src/rtc/"),
+    ("rtc", "src/rtc/"),
+    ("alsa", "src/output/"),
+    ("axum", "src/http/"),
+    ("axum_server", "src/http/"),
+    ("hyper", "src/http/"),
+    ("rustls", "src/http/"),
+    ("tokio_rustls", "src/http/"),
+    ("tokio_tungstenite", "src/http/"),
+    ("rcgen", "src/trust/"),
+    ("rumqttc", "src/control/mqtt"),
+    ("mdns_sd", "src/discovery/"),
+];
+
+/// Whether `line` names the crate `name` as the first segment of a path (`name::…`,
+/// not `other::name::…`, not `crate::name::…`).
+fn uses_crate(line: &str, name: &str) -> bool {
+    let pattern = format!("{name}::");
+    let mut from = 0;
+    while let Some(pos) = line[from..].find(&pattern) {
+        let at = from + pos;
+        let before = line[..at].chars().next_back();
+        let starts_path = match before {
+            None => true,
+            Some(c) => !(c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+        };
+        // Inside a string ("alsa:hw:1" has one colon; "x::y" in text is rare) we still
+        // count it: better a false alarm than a miss.
+        if starts_path {
+            return true;
+        }
+        from = at + pattern.len();
+    }
+    false
+}
+
+#[test]
+fn each_io_crate_is_used_by_one_module_only() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    let mut hits = Vec::new();
+    for file in &files {
+        let rel = file
+            .strip_prefix(root)
+            .expect("under the repo")
+            .display()
+            .to_string();
+        let lines = code_lines(file);
+        // Our own `rtc` module is `crate::rtc` (imported as `rtc`); only a file that does
+        // not import it can mean the crate by a bare `rtc::`.
+        let imports_our_rtc = lines.iter().any(|(_, l)| l.contains("crate::rtc"));
+        for (n, line) in &lines {
+            for (name, home) in IO_CRATES {
+                if rel.starts_with(home) || !uses_crate(line, name) {
+                    continue;
+                }
+                if name == "rtc" && imports_our_rtc {
+                    continue;
+                }
+                hits.push(format!("{rel}:{n}: {name} belongs in {home}"));
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "IO crates used outside their module:\n{}",
+        hits.join("\n")
+    );
+    // The check itself: it sees a use where one is.
+    assert!(uses_crate("use alsa::pcm::PCM;", "alsa"));
+    assert!(uses_crate("    let x = webrtc::peer_connection::X;", "webrtc"));
+    assert!(!uses_crate("use crate::rtc::Peer;", "rtc"));
+    assert!(!uses_crate("let s = \"alsa:hw:1\";", "alsa"));
+}
+
+#[test]
+fn control_knows_no_http_and_holds_no_lock() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/control");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    assert!(files.len() >= 3, "control/ has its room, link and driver");
+    let mut hits = Vec::new();
+    for file in &files {
+        for (n, line) in code_lines(file) {
+            for word in ["crate::http", "super::http", "signaling::", "Mutex", "RwLock"] {
+                if line.contains(word) {
+                    hits.push(format!("{}:{n}: {word}", file.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "control/ must not import http (the adapters map the room's refusals) nor lock \
+         room state (one task owns it):\n{}",
+        hits.join("\n")
+    );
+}
