@@ -4,17 +4,20 @@
 //! by tapping its controls: singer A with a 440 Hz fake microphone, singer B with 660 Hz,
 //! and a listener. Asserted: the venue recording holds both voices at the expected
 //! level; A hears B and not itself, B hears A and not itself (measured inside each page
-//! from the received track); the listener hears both. Screenshots are saved under
-//! target/e2e-artifacts/.
+//! from the received track); the listener hears both. Then a Firefox ESR singer and a
+//! Chromium singer, the same way. Screenshots are saved under target/e2e-artifacts/.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duetbox::config::Config;
 
-use crate::support::e2e::{artifacts, level_db, write_tone_wav, Driver};
+use crate::support::e2e::{
+    artifacts, level_db, write_tone_wav, Driver, DriverRun, FIREFOX_TONE_HZ,
+};
+use crate::support::netns::Netns;
 use crate::support::{self, alsa_config, pcm, raw, read_wav_left, PulseAudio};
 
 /// Seconds the phones stay live before they measure. The venue check needs one second
@@ -37,66 +40,136 @@ fn box_config(state_dir: &Path) -> Config {
     config
 }
 
-#[test]
-fn two_phones_sing_a_duet_through_the_box() {
-    let _serial = crate::support::SERIAL.blocking_lock();
-    duetbox::telemetry::init("duetbox=info,warn");
-    let alsa = alsa_config();
-    let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());
-    let work = alsa.dir.join("phones");
-    std::fs::create_dir_all(&work).expect("work dir");
-    let mic_a = work.join("a440.wav");
-    let mic_b = work.join("b660.wav");
-    write_tone_wav(&mic_a, 440.0, 0.5, 10);
-    write_tone_wav(&mic_b, 660.0, 0.5, 10);
+/// A box whose venue output is recorded (the e2e PulseAudio "speakers"), a run of the
+/// phones against it, and the recording with the output's period count at each of the
+/// driver's marks.
+struct Recorded {
+    run: DriverRun,
+    venue: Vec<f32>,
+    /// (mark, periods written by then).
+    marks: Vec<(String, u64)>,
+    period_frames: usize,
+    periods_written: usize,
+    xruns: u64,
+    /// (singers, listeners) while the phones were still there.
+    room_at_end: (usize, usize),
+}
 
+/// Starts the box with `config`, runs the driver `phones(url)` builds, stops the box and
+/// reads the venue recording.
+fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Recorded {
+    let alsa = alsa_config();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    let config = box_config(&work.join("state"));
     let period_frames = (48_000.0 * config.audio.period_ms / 1000.0) as usize;
     let running = runtime
         .block_on(duetbox::app::start(config))
         .expect("the box starts");
     assert_eq!(running.output, format!("alsa:{}", pcm::VENUE_E2E));
-    let url = format!("https://127.0.0.1:{}/", running.https_addr.port());
-
+    let url = format!("https://{host}:{}/", running.https_addr.port());
     let counters = running.audio.counters.clone();
-    // The output's period counter at each of the driver's marks.
-    let periods_at: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
-    let run = Driver::new(&url, LISTEN_SECONDS)
-        .phone("A", "singer", Some(&mic_a), "chromium")
-        .phone("B", "singer", Some(&mic_b), "chromium")
-        .phone("L", "listener", None, "chromium")
-        .phone("C", "singer", Some(&mic_a), "chromium")
-        .arg("--expect-error", "room_full")
-        .run(BROWSER_DEADLINE, {
-            let (counters, periods_at) = (counters.clone(), periods_at.clone());
-            move |mark| {
-                let periods = counters.periods.load(Ordering::Relaxed);
-                periods_at
-                    .lock()
-                    .expect("marks")
-                    .push((mark.name.clone(), periods));
-            }
-        });
+    let marks: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let run = phones(&url).run(BROWSER_DEADLINE, {
+        let (counters, marks) = (counters.clone(), marks.clone());
+        move |mark| {
+            let periods = counters.periods.load(Ordering::Relaxed);
+            marks
+                .lock()
+                .expect("marks")
+                .push((mark.name.clone(), periods));
+        }
+    });
     let room_at_end = running.control.counts();
     runtime
         .block_on(running.stop())
         .expect("the box stops cleanly");
-    // The audio thread has ended: these are final, and the recording is closed.
-    let periods_written = counters.periods.load(Ordering::Relaxed) as usize;
-    let xruns = counters.xruns.load(Ordering::Relaxed);
     run.assert_success();
-    let marks = periods_at.lock().expect("marks").clone();
-    let stderr = &run.stderr;
     eprintln!("phones: {}", run.stdout);
+    let marks = marks.lock().expect("marks").clone();
+    Recorded {
+        run,
+        // Flushed when the box closed its PCM at shutdown.
+        venue: read_wav_left(&alsa.file(raw::VENUE_E2E)),
+        marks,
+        period_frames,
+        // The audio thread has ended: these are final.
+        periods_written: counters.periods.load(Ordering::Relaxed) as usize,
+        xruns: counters.xruns.load(Ordering::Relaxed),
+        room_at_end,
+    }
+}
+
+impl Recorded {
+    /// The duet in the recording: from half a second after all were live (for the
+    /// voices to settle) until the phones started measuring. The recording holds
+    /// exactly the periods the audio thread wrote, and a busy machine stalls the
+    /// PulseAudio "speakers" now and then (seconds, at browser starts): so the duet is
+    /// found by the period counter at the driver's marks, not by time.
+    fn duet(&self) -> &[f32] {
+        let (pf, written) = (self.period_frames, self.periods_written);
+        assert!(
+            self.venue.len().abs_diff(written * pf) <= 2 * pf,
+            "the recording ({} frames) is the {written} periods written",
+            self.venue.len()
+        );
+        let mark = |name: &str| -> usize {
+            self.marks
+                .iter()
+                .find(|(m, _)| m == name)
+                .map(|&(_, periods)| periods as usize * pf)
+                .unwrap_or_else(|| panic!("no '{name}' mark from the driver:\n{}", self.run.stderr))
+        };
+        let from = mark("all live") + 24_000;
+        let to = mark("measuring").min(self.venue.len());
+        assert!(
+            to >= from + 48_000,
+            "the output wrote only {:.2} s of the {LISTEN_SECONDS} s duet (xruns {})",
+            to.saturating_sub(from) as f64 / 48_000.0,
+            self.xruns
+        );
+        &self.venue[from..to]
+    }
+}
+
+/// A fresh work directory with a fake microphone WAV per (file name, Hz).
+fn mics(area: &str, tones: &[(&str, f32)]) -> Vec<PathBuf> {
+    let work = alsa_config().dir.join(area);
+    std::fs::create_dir_all(&work).expect("work dir");
+    tones
+        .iter()
+        .map(|&(name, hz)| {
+            let path = work.join(name);
+            write_tone_wav(&path, hz, 0.5, 10);
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn two_phones_sing_a_duet_through_the_box() {
+    let _serial = crate::support::SERIAL.blocking_lock();
+    duetbox::telemetry::init("duetbox=info,warn");
+    let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
+    let mics = mics("phones", &[("a440.wav", 440.0), ("b660.wav", 660.0)]);
+    let (mic_a, mic_b) = (&mics[0], &mics[1]);
+    let config = box_config(&alsa_config().dir.join("phones").join("state"));
+    let rec = record(config, "127.0.0.1", |url| {
+        Driver::new(url, LISTEN_SECONDS)
+            .phone("A", "singer", Some(mic_a), "chromium")
+            .phone("B", "singer", Some(mic_b), "chromium")
+            .phone("L", "listener", None, "chromium")
+            .phone("C", "singer", Some(mic_a), "chromium")
+            .arg("--expect-error", "room_full")
+    });
     eprintln!(
-        "room at the end (singers, listeners): {room_at_end:?}, periods {periods_written}, xruns {xruns}"
+        "room at the end (singers, listeners): {:?}, periods {}, xruns {}",
+        rec.room_at_end, rec.periods_written, rec.xruns
     );
 
     // Each phone, measured inside its page from the track it received.
+    let run = &rec.run;
     let (a, b, l, c) = (
         run.result("A"),
         run.result("B"),
@@ -138,35 +211,9 @@ fn two_phones_sing_a_duet_through_the_box() {
         );
     }
 
-    // The venue speakers: the WAV the ALSA file plugin wrote (flushed when the box closed
-    // its PCM at shutdown). Both voices, panned centre (-3 dB), at their phones' level.
-    let venue = read_wav_left(&alsa.file(raw::VENUE_E2E));
-    // The recording holds exactly the periods the audio thread wrote, and a busy machine
-    // stalls the PulseAudio "speakers" now and then (seconds, at Chromium starts): so
-    // find the duet in it by the period counter at the driver's markers, not by time.
-    assert!(
-        venue.len().abs_diff(periods_written * period_frames) <= 2 * period_frames,
-        "the recording ({} frames) is the {periods_written} periods written",
-        venue.len()
-    );
-    let mark = |name: &str| -> usize {
-        marks
-            .iter()
-            .find(|(m, _)| m == name)
-            .map(|&(_, periods)| periods as usize * period_frames)
-            .unwrap_or_else(|| panic!("no '{name}' marker from the driver:\n{stderr}"))
-    };
-    // Half a second after the last join for the voices to settle, until the phones
-    // start measuring (they stay live through it).
-    let from = mark("all live") + 24_000;
-    let to = mark("measuring").min(venue.len());
-    assert!(
-        to >= from + 48_000,
-        "the output wrote only {:.2} s of the {LISTEN_SECONDS} s duet (xruns {xruns})",
-        to.saturating_sub(from) as f64 / 48_000.0
-    );
-    support::assert_two_voices("venue", &venue[from..to], [440.0, 660.0], 0.15..=0.6, 0.15);
-    let peak = venue.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    // The venue speakers: both voices, panned centre (-3 dB), at their phones' level.
+    support::assert_two_voices("venue", rec.duet(), [440.0, 660.0], 0.15..=0.6, 0.15);
+    let peak = rec.venue.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert!(
         peak <= 0.9,
         "the limiter keeps the venue under its ceiling: peak {peak}"
@@ -180,66 +227,29 @@ fn two_phones_sing_a_duet_through_the_box() {
 /// offers 127.0.0.1; PLATFORM.md §6), the box listens on the namespace's link.
 #[test]
 fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
-    use crate::support::e2e::FIREFOX_TONE_HZ;
-    use crate::support::netns::Netns;
-
     let _serial = crate::support::SERIAL.blocking_lock();
     duetbox::telemetry::init("duetbox=info,warn");
     let alsa = alsa_config();
     let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());
-    let work = alsa.dir.join("firefox");
-    std::fs::create_dir_all(&work).expect("work dir");
-    let mic_a = work.join("a440.wav");
-    write_tone_wav(&mic_a, 440.0, 0.5, 10);
+    let mics = mics("firefox", &[("a440.wav", 440.0)]);
     let ns = Netns::create();
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let mut config = box_config(&work.join("state"));
+    let mut config = box_config(&alsa.dir.join("firefox").join("state"));
     config.http.bind = ns.host_ip.to_string();
     config.rtc.udp_bind = vec![ns.host_ip.to_string()];
     config.rtc.include_loopback = false;
     // A Firefox start that hangs (about 1 in 10, PLATFORM.md §6) is started again; a
     // spare slot keeps a hang after its join from costing the retry its seat.
     config.room.max_singers = 3;
-    let period_frames = (48_000.0 * config.audio.period_ms / 1000.0) as usize;
-    let running = runtime
-        .block_on(duetbox::app::start(config))
-        .expect("the box starts");
-    let url = format!("https://{}:{}/", ns.host_ip, running.https_addr.port());
-
-    let counters = running.audio.counters.clone();
-    let periods_at: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
     let pulse_socket = alsa.pulse_e2e_dir().join("native");
-    let run = Driver::new(&url, LISTEN_SECONDS)
-        .prefix(ns.exec_prefix())
-        .arg("--pulse-server", pulse_socket.display().to_string())
-        .arg("--freqs", format!("440,{FIREFOX_TONE_HZ}"))
-        .phone("F", "singer", None, "firefox")
-        .phone("A", "singer", Some(&mic_a), "chromium")
-        .run(BROWSER_DEADLINE, {
-            let (counters, periods_at) = (counters.clone(), periods_at.clone());
-            move |mark| {
-                let periods = counters.periods.load(Ordering::Relaxed);
-                periods_at
-                    .lock()
-                    .expect("marks")
-                    .push((mark.name.clone(), periods));
-            }
-        });
-    for p in &running.control.view().participants {
-        eprintln!(
-            "box: {} {} slot {:?} voice peak {:.1} dBFS, delay {:.1} ms",
-            p.peer, p.name, p.slot, p.level_db, p.delay_ms
-        );
-    }
-    runtime
-        .block_on(running.stop())
-        .expect("the box stops cleanly");
-    run.assert_success();
-    eprintln!("phones: {}", run.stdout);
+    let rec = record(config, &ns.host_ip.to_string(), |url| {
+        Driver::new(url, LISTEN_SECONDS)
+            .prefix(ns.exec_prefix())
+            .arg("--pulse-server", pulse_socket.display().to_string())
+            .arg("--freqs", format!("440,{FIREFOX_TONE_HZ}"))
+            .phone("F", "singer", None, "firefox")
+            .phone("A", "singer", Some(&mics[0]), "chromium")
+    });
+    let run = &rec.run;
     let (f, a) = (run.result("F"), run.result("A"));
     assert_eq!(
         (f["state"].as_str(), a["state"].as_str()),
@@ -261,27 +271,11 @@ fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
         "Firefox's Opus payload type: {}",
         f["stats"]
     );
-
-    let venue = read_wav_left(&alsa.file(raw::VENUE_E2E));
-    let marks = periods_at.lock().expect("marks").clone();
-    let mark = |name: &str| -> usize {
-        marks
-            .iter()
-            .find(|(m, _)| m == name)
-            .map(|&(_, periods)| periods as usize * period_frames)
-            .unwrap_or_else(|| panic!("no '{name}' marker from the driver:\n{}", run.stderr))
-    };
-    let from = mark("all live") + 24_000;
-    let to = mark("measuring").min(venue.len());
-    assert!(
-        to >= from + 48_000,
-        "the output wrote only {:.2} s of the duet",
-        to.saturating_sub(from) as f64 / 48_000.0
-    );
-    // Firefox's fake tone is its own level; Chromium's is the 0.5 file, at -3 dB centred.
+    // Firefox's fake tone is its own level (about 0.07 here); Chromium's is the 0.5
+    // file at -3 dB, centred.
     support::assert_two_voices(
         "venue, Chromium and Firefox",
-        &venue[from..to],
+        rec.duet(),
         [440.0, FIREFOX_TONE_HZ as f32],
         0.03..=0.6,
         0.03,

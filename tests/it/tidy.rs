@@ -167,7 +167,10 @@ fn each_io_crate_is_used_by_one_module_only() {
     );
     // The check itself: it sees a use where one is.
     assert!(uses_crate("use alsa::pcm::PCM;", "alsa"));
-    assert!(uses_crate("    let x = webrtc::peer_connection::X;", "webrtc"));
+    assert!(uses_crate(
+        "    let x = webrtc::peer_connection::X;",
+        "webrtc"
+    ));
     assert!(!uses_crate("use crate::rtc::Peer;", "rtc"));
     assert!(!uses_crate("let s = \"alsa:hw:1\";", "alsa"));
 }
@@ -181,7 +184,13 @@ fn control_knows_no_http_and_holds_no_lock() {
     let mut hits = Vec::new();
     for file in &files {
         for (n, line) in code_lines(file) {
-            for word in ["crate::http", "super::http", "signaling::", "Mutex", "RwLock"] {
+            for word in [
+                "crate::http",
+                "super::http",
+                "signaling::",
+                "Mutex",
+                "RwLock",
+            ] {
                 if line.contains(word) {
                     hits.push(format!("{}:{n}: {word}", file.display()));
                 }

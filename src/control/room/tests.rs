@@ -112,34 +112,30 @@ impl Harness {
     }
 }
 
+/// What `f` picks out of the actions, in order.
+fn pick<T>(actions: &[Action], f: impl FnMut(&Action) -> Option<T>) -> Vec<T> {
+    actions.iter().filter_map(f).collect()
+}
+
 fn engine_commands(actions: &[Action]) -> Vec<Command> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Engine(c) => Some(*c),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Engine(c) => Some(*c),
+        _ => None,
+    })
 }
 
 fn byes(actions: &[Action]) -> Vec<(ConnId, ByeReason)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Bye { conn, reason } => Some((*conn, *reason)),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Bye { conn, reason } => Some((*conn, *reason)),
+        _ => None,
+    })
 }
 
 fn routes(actions: &[Action]) -> Vec<(ConnId, MixId)> {
-    actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Route { conn, mix } => Some((*conn, *mix)),
-            _ => None,
-        })
-        .collect()
+    pick(actions, |a| match a {
+        Action::Route { conn, mix } => Some((*conn, *mix)),
+        _ => None,
+    })
 }
 
 #[test]
