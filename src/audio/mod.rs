@@ -159,7 +159,7 @@ pub struct SingerReport {
 /// Messages from the audio thread to the control plane.
 #[derive(Clone, Copy, Debug)]
 pub enum Report {
-    /// An engine event (routes, rejections).
+    /// An engine event (a refused command).
     Event(Event),
     /// One singer's stats.
     Singer(SingerReport),

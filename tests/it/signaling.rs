@@ -243,3 +243,70 @@ fn plain_http_redirects_to_the_https_page() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A WebSocket that says nothing is closed once `room.idle_timeout_ms` has passed since
+/// its last frame, also while room updates keep its session busy (a singer's levels
+/// change the room ten times a second). The deadline used to be re-armed by every
+/// event of the session, so a joined phone that went silent was never closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
+    let _serial = crate::support::SERIAL.lock().await;
+    let mut config = loopback_box_config(&crate::support::box_dir("signaling_idle"));
+    config.room.idle_timeout_ms = 6_000;
+    let (running, base) = crate::support::start_box(config).await;
+    let singer = WhipClient::connect(
+        &base,
+        Role::Singer,
+        "Ana",
+        None,
+        Some(signal_source(Signal::tone(440.0))),
+    )
+    .await
+    .expect("the WHIP singer joins");
+    let mut never_joined = Phone::connect(running.https_addr).await;
+    let mut silent = Phone::connect(running.https_addr).await;
+    silent
+        .send(json!({"type": "join", "v": 1, "name": "Sam", "role": "listener"}))
+        .await;
+    silent.expect("welcome").await;
+    // From here on neither sends a frame.
+    let start = std::time::Instant::now();
+    let deadline = Duration::from_secs(20);
+    let mut updates = 0;
+    let reason = loop {
+        assert!(
+            start.elapsed() < deadline,
+            "the silent phone was still open after {deadline:?} ({updates} room updates)"
+        );
+        match silent.next().await {
+            Received::Json(v) if v["type"] == "room" => updates += 1,
+            Received::Json(v) if v["type"] == "bye" => break v["reason"].clone(),
+            Received::Json(_) => {}
+            Received::Closed(code) => panic!("closed ({code:?}) without a bye"),
+        }
+    };
+    assert_eq!(reason, "timeout");
+    assert!(
+        updates > 10,
+        "room updates kept the session busy: {updates}"
+    );
+    assert_eq!(silent.expect_close().await, Some(1000));
+    let bye = loop {
+        match never_joined.next().await {
+            Received::Json(v) if v["type"] == "bye" => break v,
+            Received::Json(_) => {}
+            Received::Closed(code) => panic!("closed ({code:?}) without a bye"),
+        }
+    };
+    assert_eq!(bye["reason"], "timeout");
+    // Its place is kept for the rejoin grace, as for any phone whose connection dropped.
+    let view = running.control.view();
+    let sam = view.participants.iter().find(|p| p.name == "Sam");
+    assert_eq!(
+        sam.map(|p| p.presence),
+        Some(duetbox::control::Presence::Reconnecting),
+        "{view:?}"
+    );
+    singer.close().await;
+    running.stop().await.expect("the box stops cleanly");
+}
