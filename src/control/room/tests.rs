@@ -99,6 +99,25 @@ impl Harness {
         self.join_with(now, conn, request).expect("rejoin admitted")
     }
 
+    /// A singer's own mix change, which must be accepted.
+    fn mix(&mut self, now: Duration, conn: u64, monitor: Option<f32>, reverb: Option<f32>) {
+        let input = Input::Mix {
+            conn: ConnId(conn),
+            monitor,
+            reverb,
+        };
+        self.handle(now, input).expect("mix accepted");
+    }
+
+    /// A connection's media changes state.
+    fn media(&mut self, now: Duration, conn: u64, state: MediaState) {
+        let input = Input::Media {
+            conn: ConnId(conn),
+            state,
+        };
+        self.handle(now, input).expect("media state taken");
+    }
+
     fn slot(&self, slot: usize) -> SlotView {
         self.room.view().slots[slot].clone()
     }
@@ -163,14 +182,7 @@ fn a_singer_joins_goes_live_and_leaves() {
         Some(Presence::Connecting)
     );
 
-    h.handle(
-        secs(0.5),
-        Input::Media {
-            conn: ConnId(1),
-            state: MediaState::Connected,
-        },
-    )
-    .expect("media");
+    h.media(secs(0.5), 1, MediaState::Connected);
     assert_eq!(
         h.participant(ana.peer).map(|p| p.presence),
         Some(Presence::Live)
@@ -269,24 +281,8 @@ fn a_mix_message_with_one_field_changes_only_that_field() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
     h.take();
-    h.handle(
-        secs(1.0),
-        Input::Mix {
-            conn: ConnId(1),
-            monitor: None,
-            reverb: Some(0.3),
-        },
-    )
-    .expect("reverb");
-    h.handle(
-        secs(2.0),
-        Input::Mix {
-            conn: ConnId(1),
-            monitor: Some(0.5),
-            reverb: None,
-        },
-    )
-    .expect("monitor");
+    h.mix(secs(1.0), 1, None, Some(0.3));
+    h.mix(secs(2.0), 1, Some(0.5), None);
     let settings = h.slot(0).settings;
     assert_eq!((settings.monitor, settings.reverb_wet), (0.5, 0.3));
     assert_eq!(
@@ -435,15 +431,7 @@ fn routes_follow_the_monitor_and_mute() {
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
     h.take();
     let mix = |h: &mut Harness, monitor: f32| {
-        h.handle(
-            secs(1.0),
-            Input::Mix {
-                conn: ConnId(1),
-                monitor: Some(monitor),
-                reverb: None,
-            },
-        )
-        .expect("mix");
+        h.mix(secs(1.0), 1, Some(monitor), None);
         routes(&h.take())
     };
     // Monitor at 1: the personal mix is the venue mix, so the singer shares its encode.
@@ -473,15 +461,7 @@ fn routes_follow_the_monitor_and_mute() {
 fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
-    h.handle(
-        secs(1.0),
-        Input::Mix {
-            conn: ConnId(1),
-            monitor: Some(0.4),
-            reverb: Some(0.2),
-        },
-    )
-    .expect("mix");
+    h.mix(secs(1.0), 1, Some(0.4), Some(0.2));
     h.handle(
         secs(1.0),
         Input::SetSlot {
@@ -544,14 +524,7 @@ fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
         h.handle(secs(36.0), Input::Leave { conn: ConnId(1) }),
         Err(Refusal::NotJoined)
     );
-    h.handle(
-        secs(36.0),
-        Input::Media {
-            conn: ConnId(4),
-            state: MediaState::Connected,
-        },
-    )
-    .expect("media");
+    h.media(secs(36.0), 4, MediaState::Connected);
     assert_eq!(
         h.participant(ana.peer).map(|p| p.presence),
         Some(Presence::Live)
@@ -562,23 +535,8 @@ fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
 fn the_grace_expiring_frees_the_slot_and_the_token() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
-    h.handle(
-        secs(1.0),
-        Input::Mix {
-            conn: ConnId(1),
-            monitor: Some(0.4),
-            reverb: None,
-        },
-    )
-    .expect("mix");
-    h.handle(
-        secs(5.0),
-        Input::Media {
-            conn: ConnId(1),
-            state: MediaState::Failed,
-        },
-    )
-    .expect("failed");
+    h.mix(secs(1.0), 1, Some(0.4), None);
+    h.media(secs(5.0), 1, MediaState::Failed);
     h.take();
     let due = secs(5.0) + GRACE;
     assert_eq!(h.room.next_deadline(), Some(due));
@@ -615,14 +573,7 @@ fn a_rejoin_while_the_old_connection_is_still_open_replaces_it() {
     // The old connection's last words change nothing.
     h.handle(secs(4.0), Input::Closed { conn: ConnId(1) })
         .expect("closed");
-    h.handle(
-        secs(4.0),
-        Input::Media {
-            conn: ConnId(1),
-            state: MediaState::Failed,
-        },
-    )
-    .expect("failed");
+    h.media(secs(4.0), 1, MediaState::Failed);
     assert!(h.take().is_empty());
     assert_eq!(h.room.next_deadline(), None);
     assert_eq!(h.slot(0).peer, Some(ana.peer));
@@ -635,14 +586,7 @@ fn a_whip_client_that_fails_leaves_at_once() {
     request.rejoinable = false;
     let w = h.join_with(secs(0.0), 1, request).expect("whip");
     h.take();
-    h.handle(
-        secs(6.0),
-        Input::Media {
-            conn: ConnId(1),
-            state: MediaState::Failed,
-        },
-    )
-    .expect("failed");
+    h.media(secs(6.0), 1, MediaState::Failed);
     let actions = h.take();
     assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Timeout)]);
     assert_eq!(

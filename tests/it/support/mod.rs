@@ -301,23 +301,13 @@ impl PulseAudio {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start pulseaudio ({e}): {INSTALL_HINT}"));
         let mut daemon = PulseAudio { child, log };
-        let start = Instant::now();
-        while !socket.exists() {
-            if let Ok(Some(status)) = daemon.child.try_wait() {
-                panic!(
-                    "pulseaudio exited ({status}) before creating its socket:\n{}",
-                    daemon.log_text()
-                );
-            }
-            assert!(
-                start.elapsed() < Self::START_DEADLINE,
-                "timed out after {:?} waiting for the pulseaudio socket {}:\n{}",
-                Self::START_DEADLINE,
-                socket.display(),
-                daemon.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_started(
+            &mut daemon.child,
+            &daemon.log,
+            &format!("the pulseaudio socket {}", socket.display()),
+            Self::START_DEADLINE,
+            || socket.exists(),
+        );
         daemon
     }
 
@@ -332,6 +322,30 @@ impl Drop for PulseAudio {
         // Child::kill signals this PID only (SIGKILL); wait reaps it.
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits until `ready()` for a daemon just started: panics with its log if it exits
+/// first or `deadline` passes.
+fn wait_started(
+    child: &mut Child,
+    log: &Path,
+    what: &str,
+    deadline: Duration,
+    ready: impl Fn() -> bool,
+) {
+    let start = Instant::now();
+    let log_text = || fs::read_to_string(log).unwrap_or_default();
+    while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("exited ({status}) before {what}:\n{}", log_text());
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}:\n{}",
+            log_text()
+        );
+        thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -376,35 +390,23 @@ impl JackServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start jackd ({e}): {INSTALL_HINT}"));
         let mut server = JackServer { child, log };
-        let start = Instant::now();
         // The server is up once its driver client ("system", which owns the playback
         // ports) has its semaphore in /dev/shm: `jack_sem.<uid>_<name>_system`.
         let marker = format!("_{}_system", jack_server_name());
-        let ready = || {
-            fs::read_dir("/dev/shm").is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(&marker))
-            })
-        };
-        while !ready() {
-            if let Ok(Some(status)) = server.child.try_wait() {
-                panic!("jackd exited ({status}):\n{}", server.log_text());
-            }
-            assert!(
-                start.elapsed() < Self::START_DEADLINE,
-                "timed out after {:?} waiting for jackd to start:\n{}",
-                Self::START_DEADLINE,
-                server.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_started(
+            &mut server.child,
+            &server.log,
+            "jackd to start",
+            Self::START_DEADLINE,
+            || {
+                fs::read_dir("/dev/shm").is_ok_and(|entries| {
+                    entries
+                        .flatten()
+                        .any(|e| e.file_name().to_string_lossy().ends_with(&marker))
+                })
+            },
+        );
         server
-    }
-
-    /// What the server has logged so far.
-    pub fn log_text(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
