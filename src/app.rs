@@ -116,6 +116,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ice_failed: Duration::from_millis(config.rtc.ice_failed_ms),
         ice_keepalive: Duration::from_millis(config.rtc.ice_keepalive_ms),
         uplink_bitrate_bps: config.rtc.uplink_bitrate_bps,
+        packets_per_s: config.limits.packets_per_s,
+        packets_burst: f64::from(config.limits.packets_burst),
     };
     let (control, control_task) = control::start(
         RoomConfig {
@@ -123,6 +125,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             max_listeners: config.room.max_listeners,
             pin: config.room.pin.clone(),
             rejoin_grace: Duration::from_millis(config.room.rejoin_grace_ms),
+            join_deadline: Duration::from_millis(config.room.join_deadline_ms),
             master_gain_db: config.audio.master_gain_db,
             backing_gain_db: config.audio.backing_gain_db,
         },
@@ -145,6 +148,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         http: (config.http.http_port != 0).then(|| SocketAddr::new(bind, config.http.http_port)),
         max_message_bytes: config.http.max_message_bytes,
         idle_timeout: Duration::from_millis(config.room.idle_timeout_ms),
+        limits: config.limits(),
     };
     let server = http::start(
         settings,

@@ -18,6 +18,7 @@ pub mod config;
 pub mod control;
 pub mod engine;
 pub mod http;
+pub mod limits;
 pub mod output;
 pub mod rtc;
 pub mod service;

@@ -133,8 +133,8 @@ const session = new Session({
   hooks: {
     state: (state, code, note) => setState(state, code, note),
     welcome: onWelcome,
-    room: (peers) => {
-      const me = view.room(peers, app.peer);
+    room: (peers, listeners) => {
+      const me = view.room(peers, app.peer, listeners);
       app.boxDelayMs = me && typeof me.delay_ms === 'number' && app.role === 'singer' ? me.delay_ms : null;
       app.lossPct = me && typeof me.loss_pct === 'number' && app.role === 'singer' ? me.loss_pct : null;
       updateLatency();
@@ -147,7 +147,7 @@ const session = new Session({
         app.lossPct = null;
         app.jitterBufferMs = null;
         app.prevInbound = null;
-        view.room([], null);
+        view.room([], null, 0);
         updateLatency();
       }
     },

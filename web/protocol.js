@@ -11,7 +11,7 @@ export const PROTOCOL_VERSION = 1;
 export const MAX_NAME_CHARS = 32;
 
 /** Refusals by the box after which retrying cannot help (protocol.md, error codes). */
-export const FATAL_CODES = new Set(['version', 'wrong_pin', 'room_full', 'too_large', 'bad_sdp']);
+export const FATAL_CODES = new Set(['version', 'wrong_pin', 'room_full', 'too_large', 'bad_sdp', 'rate_limited']);
 
 /** Opus parameters forced into the offer: in-band FEC (the box conceals losses with
  * it), no DTX (silence gaps would look like losses to the jitter buffer), a stereo

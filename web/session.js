@@ -68,7 +68,8 @@ function saveToken(storage, token) {
  * hooks: {
  *   state(state, code, note)  'connecting' | 'live' | 'reconnecting' (code: why)
  *   welcome(w)                 readWelcome() of every welcome
- *   room(peers)                every `room` message's list
+ *   room(peers, listeners)     every `room` message: singers and this phone, and
+ *                              the number of listeners (null from an older box)
  *   remote(stream | null)      the return mix to play (null: none any more)
  *   rtt(ms)                    a ping's round trip
  *   live()                     media flows (after every (re)connect)
@@ -261,7 +262,7 @@ export class Session {
         else await this.addRemoteCandidate(l, msg.candidate);
         break;
       case 'room':
-        this.hooks.room(msg.peers);
+        this.hooks.room(msg.peers, typeof msg.listeners === 'number' ? msg.listeners : null);
         break;
       case 'pong':
         if (typeof msg.t === 'number') this.hooks.rtt(Math.max(0, performance.now() - msg.t));

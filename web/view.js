@@ -57,6 +57,7 @@ export function explain(code, { role, pin, detail } = {}) {
         ? 'All singer seats are taken. Join as a Listener, or try again when a singer leaves.'
         : 'The box has no room for more listeners right now. Try again later.';
     case 'wrong_pin':
+      if (detail && /try again in/.test(detail)) return `Too many wrong PINs. ${detail.replace(/^.*(try again in [0-9]+ s).*$/, (_, t) => `${t[0].toUpperCase()}${t.slice(1)}.`)}`;
       return pin
         ? 'Wrong PIN. Check the PIN with the host, then tap Join again.'
         : 'This box needs a PIN. Ask the host for it, type it below and tap Join again.';
@@ -64,6 +65,8 @@ export function explain(code, { role, pin, detail } = {}) {
       return 'This page is out of date. Reload it.';
     case 'too_large':
       return 'The box refused a message from this page. Reload the page.';
+    case 'rate_limited':
+      return 'This page sent the box too much at once. Reload the page.';
     case 'bad_sdp':
       return 'The box cannot use this browser\u2019s audio. Try an up-to-date Chrome, Safari or Firefox.';
     case 'replaced':
@@ -235,12 +238,16 @@ export class View {
     ui.latLoss.textContent = typeof lossPct === 'number' ? `${Math.round(lossPct * 10) / 10} %` : '\u2013';
   }
 
-  /** The room list; returns my own row (or undefined). */
-  room(peers, myPeer) {
+  /** The room list: the singers, this phone, and how many listen (`listeners`; null
+   * from a box that lists everyone); returns my own row (or undefined). */
+  room(peers, myPeer, listeners) {
     const ui = this.ui;
     const rows = roomRows(peers, myPeer);
     const shown = rows.slice(0, ROOM_ROWS_MAX);
-    const key = shown.map((r) => `${r.peer}\u0000${r.name}\u0000${r.slot}`).join('\u0001') + `|${rows.length}`;
+    const listed = rows.filter((r) => !r.singer).length;
+    const others = typeof listeners === 'number' ? Math.max(0, listeners - listed) : 0;
+    const total = rows.length + others;
+    const key = shown.map((r) => `${r.peer}\u0000${r.name}\u0000${r.slot}`).join('\u0001') + `|${rows.length}|${others}`;
     if (key !== this.roomKey) {
       this.roomKey = key;
       ui.roomList.textContent = '';
@@ -280,6 +287,12 @@ export class View {
         li.textContent = `+${rows.length - shown.length} more`;
         ui.roomList.appendChild(li);
       }
+      if (others > 0) {
+        const li = this.doc.createElement('li');
+        li.className = 'hint';
+        li.textContent = others === 1 ? '1 listener' : `${others} listeners`;
+        ui.roomList.appendChild(li);
+      }
     }
     shown.forEach((r, i) => {
       const li = ui.roomList.children[i];
@@ -290,8 +303,8 @@ export class View {
       const fill = li.querySelector('.peer-bar > div');
       if (fill) fill.style.width = `${dbToPercent(r.level_db)}%`;
     });
-    ui.roomCount.textContent = rows.length ? `(${rows.length})` : '';
-    ui.roomEmpty.hidden = rows.length > 0;
+    ui.roomCount.textContent = total ? `(${total})` : '';
+    ui.roomEmpty.hidden = total > 0;
     return (Array.isArray(peers) ? peers : []).find((p) => p && p.peer === myPeer);
   }
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{EncoderConfig, EngineConfig, JitterConfig, SAMPLE_RATE_HZ};
+use crate::limits::Limits;
 
 /// The documented default configuration, as shipped.
 pub const DEFAULT_TOML: &str = include_str!("default.toml");
@@ -119,6 +120,8 @@ pub struct RoomConfig {
     pub idle_timeout_ms: u64,
     /// How long a phone whose connection dropped keeps its place, ms.
     pub rejoin_grace_ms: u64,
+    /// How long a join may take to live media before it loses its place, ms.
+    pub join_deadline_ms: u64,
 }
 
 impl Default for RoomConfig {
@@ -129,6 +132,7 @@ impl Default for RoomConfig {
             pin: String::new(),
             idle_timeout_ms: 20_000,
             rejoin_grace_ms: 30_000,
+            join_deadline_ms: 10_000,
         }
     }
 }
@@ -226,6 +230,56 @@ impl Default for EncoderSection {
     }
 }
 
+/// `[limits]`: what the network may ask of the box (see `crate::limits`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// TCP connections per client address.
+    pub connections_per_address: usize,
+    /// TCP connections in all.
+    pub connections_total: usize,
+    /// TLS handshake deadline, ms.
+    pub handshake_timeout_ms: u64,
+    /// Kernel send buffer per connection, bytes.
+    pub send_buffer_bytes: usize,
+    /// WebSocket messages per second per client.
+    pub messages_per_s: f64,
+    /// WebSocket message burst per client.
+    pub messages_burst: u32,
+    /// Messages queued for one WebSocket client before it is closed.
+    pub out_queue_messages: usize,
+    /// Trickled candidates per connection.
+    pub candidates_per_connection: usize,
+    /// `m=` lines per offer.
+    pub offer_m_lines: usize,
+    /// RTP packets per second per singer.
+    pub packets_per_s: f64,
+    /// RTP packet burst per singer.
+    pub packets_burst: u32,
+    /// `room` messages per second per WebSocket client.
+    pub room_updates_per_s: f64,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsSection {
+            connections_per_address: l.connections_per_address,
+            connections_total: l.connections_total,
+            handshake_timeout_ms: l.handshake_timeout.as_millis() as u64,
+            send_buffer_bytes: l.send_buffer_bytes,
+            messages_per_s: l.messages_per_s,
+            messages_burst: l.messages_burst as u32,
+            out_queue_messages: l.out_queue_messages,
+            candidates_per_connection: l.candidates_per_connection,
+            offer_m_lines: l.offer_m_lines,
+            packets_per_s: l.packets_per_s,
+            packets_burst: l.packets_burst as u32,
+            room_updates_per_s: l.room_updates_per_s,
+        }
+    }
+}
+
 /// `[state]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -266,6 +320,8 @@ pub struct Config {
     pub jitter: JitterSection,
     /// Return-mix encoder.
     pub encoder: EncoderSection,
+    /// Limits on what the network may ask.
+    pub limits: LimitsSection,
     /// State directory.
     pub state: StateConfig,
     /// Logging.
@@ -483,11 +539,88 @@ impl Config {
                 "must be at least 6000 (phones ping every 5 s)",
             );
         }
+        if !(2_000..=60_000).contains(&r.join_deadline_ms) {
+            return bad(
+                "room.join_deadline_ms",
+                r.join_deadline_ms,
+                "must be between 2000 and 60000",
+            );
+        }
         if r.rejoin_grace_ms > 600_000 {
             return bad(
                 "room.rejoin_grace_ms",
                 r.rejoin_grace_ms,
                 "must be at most 600000 (10 minutes)",
+            );
+        }
+        let l = &self.limits;
+        let ranges: [(&str, f64, f64, f64); 12] = [
+            (
+                "limits.connections_per_address",
+                l.connections_per_address as f64,
+                1.0,
+                1000.0,
+            ),
+            (
+                "limits.connections_total",
+                l.connections_total as f64,
+                8.0,
+                60_000.0,
+            ),
+            (
+                "limits.handshake_timeout_ms",
+                l.handshake_timeout_ms as f64,
+                500.0,
+                60_000.0,
+            ),
+            (
+                "limits.send_buffer_bytes",
+                l.send_buffer_bytes as f64,
+                4096.0,
+                16_777_216.0,
+            ),
+            ("limits.messages_per_s", l.messages_per_s, 1.0, 1000.0),
+            (
+                "limits.messages_burst",
+                f64::from(l.messages_burst),
+                1.0,
+                10_000.0,
+            ),
+            (
+                "limits.out_queue_messages",
+                l.out_queue_messages as f64,
+                8.0,
+                10_000.0,
+            ),
+            (
+                "limits.candidates_per_connection",
+                l.candidates_per_connection as f64,
+                1.0,
+                1000.0,
+            ),
+            ("limits.offer_m_lines", l.offer_m_lines as f64, 1.0, 64.0),
+            ("limits.packets_per_s", l.packets_per_s, 100.0, 10_000.0),
+            (
+                "limits.packets_burst",
+                f64::from(l.packets_burst),
+                10.0,
+                10_000.0,
+            ),
+            ("limits.room_updates_per_s", l.room_updates_per_s, 0.5, 50.0),
+        ];
+        for (key, value, lo, hi) in ranges {
+            if !(lo..=hi).contains(&value) || !value.is_finite() {
+                return bad(key, value, &format!("must be between {lo} and {hi}"));
+            }
+        }
+        if l.connections_per_address > l.connections_total {
+            return bad(
+                "limits.connections_per_address",
+                l.connections_per_address,
+                &format!(
+                    "must be at most limits.connections_total ({})",
+                    l.connections_total
+                ),
             );
         }
         let t = &self.rtc;
@@ -547,6 +680,25 @@ impl Config {
             shown.room.pin = "(set, hidden)".into();
         }
         toml::to_string_pretty(&shown).expect("a Config always serialises")
+    }
+
+    /// The limits, typed.
+    pub fn limits(&self) -> Limits {
+        let l = &self.limits;
+        Limits {
+            connections_per_address: l.connections_per_address,
+            connections_total: l.connections_total,
+            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms),
+            send_buffer_bytes: l.send_buffer_bytes,
+            messages_per_s: l.messages_per_s,
+            messages_burst: f64::from(l.messages_burst),
+            out_queue_messages: l.out_queue_messages,
+            candidates_per_connection: l.candidates_per_connection,
+            offer_m_lines: l.offer_m_lines,
+            packets_per_s: l.packets_per_s,
+            packets_burst: f64::from(l.packets_burst),
+            room_updates_per_s: l.room_updates_per_s,
+        }
     }
 
     /// The engine's section.

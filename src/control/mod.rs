@@ -19,6 +19,7 @@
 
 pub mod link;
 pub mod room;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -48,8 +48,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
+use super::throttle::PinThrottle;
 use crate::engine::{Command, MixId, SingerId, SingerSettings};
 
 /// Bytes of a session token: 128 random bits.
@@ -269,6 +271,8 @@ impl ByeReason {
 pub enum Refusal {
     /// The PIN is missing or wrong.
     WrongPin,
+    /// Too many wrong PINs from this address: try again after this long.
+    SlowDown(Duration),
     /// Every seat of this role is taken.
     Full(Role),
     /// The box is shutting down.
@@ -291,6 +295,11 @@ impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Refusal::WrongPin => f.write_str("wrong PIN"),
+            Refusal::SlowDown(wait) => write!(
+                f,
+                "too many wrong PINs from this address; try again in {} s",
+                wait.as_secs_f64().ceil()
+            ),
             Refusal::Full(role) => write!(f, "all {} seats are taken", role.as_str()),
             Refusal::ShuttingDown => f.write_str("the box is shutting down"),
             Refusal::AlreadyJoined => f.write_str("already joined"),
@@ -319,6 +328,9 @@ pub struct JoinRequest {
     /// Whether a lost connection keeps the participant for the rejoin grace (phones),
     /// or ends it at once (WHIP/WHEP clients, which have no way back).
     pub rejoinable: bool,
+    /// The client's address, for slowing down PIN guessing per address (`None`: not
+    /// slowed, e.g. a local surface).
+    pub from: Option<IpAddr>,
 }
 
 /// A change to some of a slot's settings; `None` leaves a field as it is.
@@ -496,6 +508,9 @@ pub struct RoomConfig {
     pub pin: String,
     /// How long a participant whose connection dropped keeps its place.
     pub rejoin_grace: Duration,
+    /// How long a connection may take from its join to live media; a join that never
+    /// sends an offer (or whose media never comes up) loses its place then.
+    pub join_deadline: Duration,
     /// Master level at start, dB.
     pub master_gain_db: f32,
     /// Backing level at start, dB.
@@ -568,8 +583,14 @@ struct Participant {
     conn: Option<ConnId>,
     slot: Option<SlotId>,
     presence: Presence,
-    /// When a lost participant's place is given up.
-    grace_until: Option<Duration>,
+    /// The current connection must have live media by then.
+    live_by: Option<Duration>,
+    /// When the participant lost its last live connection (its grace counts from then,
+    /// however often it rejoins without going live again).
+    lost_since: Option<Duration>,
+    /// Had live media at least once: only such a participant keeps its place when its
+    /// connection drops (a join that never got media has nothing to come back to).
+    was_live: bool,
     rejoinable: bool,
     figures: SingerFigures,
     loss_pct: f32,
@@ -590,6 +611,7 @@ pub struct Room {
     backing_muted: bool,
     next_peer: u32,
     shutting_down: bool,
+    throttle: PinThrottle,
     actions: VecDeque<Action>,
     changed: bool,
 }
@@ -612,6 +634,7 @@ impl Room {
             slots,
             next_peer: 1,
             shutting_down: false,
+            throttle: PinThrottle::new(),
             actions: VecDeque::new(),
             changed: false,
         }
@@ -621,7 +644,7 @@ impl Room {
     /// Replies to its sender; the consequences come out of [`Room::poll_action`].
     pub fn handle(&mut self, now: Duration, input: Input) -> Result<Reply, Refusal> {
         let result = match input {
-            Input::Join { conn, request } => self.join(conn, request).map(Reply::Joined),
+            Input::Join { conn, request } => self.join(now, conn, request).map(Reply::Joined),
             Input::Media { conn, state } => {
                 self.media(now, conn, state);
                 Ok(Reply::Done)
@@ -721,8 +744,17 @@ impl Room {
     pub fn next_deadline(&self) -> Option<Duration> {
         self.participants
             .values()
-            .filter_map(|p| p.grace_until)
+            .filter_map(|p| self.deadline_of(p))
             .min()
+    }
+
+    /// A participant's next deadline: live media on its connection, or the end of its
+    /// grace without one.
+    fn deadline_of(&self, p: &Participant) -> Option<Duration> {
+        match p.conn {
+            Some(_) => p.live_by,
+            None => p.lost_since.map(|t| t + self.config.rejoin_grace),
+        }
     }
 
     /// A snapshot for the phones, the host and the panel.
@@ -817,7 +849,12 @@ impl Room {
         }
     }
 
-    fn join(&mut self, conn: ConnId, request: JoinRequest) -> Result<Welcome, Refusal> {
+    fn join(
+        &mut self,
+        now: Duration,
+        conn: ConnId,
+        request: JoinRequest,
+    ) -> Result<Welcome, Refusal> {
         if self.shutting_down {
             return Err(Refusal::ShuttingDown);
         }
@@ -830,7 +867,7 @@ impl Room {
             let p = self.participants.get_mut(&peer).expect("found above");
             let old = p.conn.replace(conn);
             p.presence = Presence::Connecting;
-            p.grace_until = None;
+            p.live_by = Some(now + self.config.join_deadline);
             if let Some(old) = old {
                 self.emit(Action::Bye {
                     conn: old,
@@ -843,8 +880,20 @@ impl Room {
             self.changed = true;
             return Ok(self.welcome(peer, true));
         }
-        if !self.pin_ok(request.pin.as_deref()) {
-            return Err(Refusal::WrongPin);
+        if !self.config.pin.is_empty() {
+            if let Some(from) = request.from {
+                // A guesser who must wait is refused without looking at the PIN.
+                self.throttle.check(from, now).map_err(Refusal::SlowDown)?;
+            }
+            if !self.pin_ok(request.pin.as_deref()) {
+                if let Some(from) = request.from {
+                    self.throttle.failed(from, now);
+                }
+                return Err(Refusal::WrongPin);
+            }
+            if let Some(from) = request.from {
+                self.throttle.succeeded(from);
+            }
         }
         let slot = match request.role {
             Role::Singer => {
@@ -881,7 +930,9 @@ impl Room {
                 conn: Some(conn),
                 slot,
                 presence: Presence::Connecting,
-                grace_until: None,
+                live_by: Some(now + self.config.join_deadline),
+                lost_since: None,
+                was_live: false,
                 rejoinable: request.rejoinable,
                 figures: SingerFigures {
                     level_db: -120.0,
@@ -914,24 +965,35 @@ impl Room {
         };
         let p = self.participants.get_mut(&peer).expect("found above");
         match state {
-            MediaState::Connected => p.presence = Presence::Live,
+            MediaState::Connected => {
+                p.presence = Presence::Live;
+                p.live_by = None;
+                p.lost_since = None;
+                p.was_live = true;
+            }
             MediaState::Disconnected => p.presence = Presence::Reconnecting,
             MediaState::Failed => return self.lose(now, peer, conn),
         }
         self.changed = true;
     }
 
-    /// The participant's connection (or its media) is gone: a phone keeps its place
-    /// for the grace, anything else leaves at once.
+    /// The participant's connection (or its media) is gone: a phone that was live keeps
+    /// its place for the grace, anything else leaves at once.
     fn lose(&mut self, now: Duration, peer: PeerId, conn: ConnId) {
         let p = self.participants.get_mut(&peer).expect("caller found it");
-        if !p.rejoinable {
+        if !p.rejoinable || !p.was_live {
+            self.remove(peer, ByeReason::Timeout);
+            return;
+        }
+        let lost_since = *p.lost_since.get_or_insert(now);
+        if lost_since + self.config.rejoin_grace <= now {
+            // Its grace ran out while it tried again.
             self.remove(peer, ByeReason::Timeout);
             return;
         }
         p.conn = None;
         p.presence = Presence::Reconnecting;
-        p.grace_until = Some(now + self.config.rejoin_grace);
+        p.live_by = None;
         self.emit(Action::Bye {
             conn,
             reason: ByeReason::Timeout,
@@ -960,14 +1022,19 @@ impl Room {
     }
 
     fn expire(&mut self, now: Duration) {
-        let due: Vec<PeerId> = self
+        let due: Vec<(PeerId, Option<ConnId>)> = self
             .participants
             .iter()
-            .filter(|(_, p)| p.grace_until.is_some_and(|t| t <= now))
-            .map(|(&peer, _)| peer)
+            .filter(|(_, p)| self.deadline_of(p).is_some_and(|t| t <= now))
+            .map(|(&peer, p)| (peer, p.conn))
             .collect();
-        for peer in due {
-            self.remove(peer, ByeReason::Timeout);
+        for (peer, conn) in due {
+            match conn {
+                // No live media in time on this connection.
+                Some(conn) => self.lose(now, peer, conn),
+                // The grace is over.
+                None => self.remove(peer, ByeReason::Timeout),
+            }
         }
     }
 

@@ -5,6 +5,7 @@
 //! standard HTTP ingest/egress. Bad input ends at its sender: an error message or close
 //! for a WebSocket, a 4xx with a plain-text body for HTTP.
 
+mod connections;
 pub mod signaling;
 mod whip;
 mod ws;
@@ -22,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::audio::AudioHandle;
 use crate::control::{Control, Refusal};
+use crate::limits::Limits;
+use connections::ConnectionLimiter;
 use signaling::ErrorCode;
 
 /// The phone page, embedded so the box is one file to deploy.
@@ -73,6 +76,8 @@ pub struct HttpSettings {
     pub max_message_bytes: usize,
     /// WebSocket idle timeout.
     pub idle_timeout: Duration,
+    /// What clients may ask (connections, messages, SDP, candidates).
+    pub limits: Limits,
 }
 
 /// What the handlers share.
@@ -83,6 +88,7 @@ pub(crate) struct AppState {
     pub(crate) output: String,
     pub(crate) settings: HttpSettings,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) connections: ConnectionLimiter,
 }
 
 /// The running servers.
@@ -138,16 +144,27 @@ pub async fn start(
         addr: settings.https,
         source,
     })?;
+    let limiter = ConnectionLimiter::new(
+        settings.limits.connections_per_address,
+        settings.limits.connections_total,
+        settings.limits.send_buffer_bytes,
+    );
     let state = AppState {
         control,
         audio,
         output,
         settings: settings.clone(),
         shutdown,
+        connections: limiter.clone(),
     };
     let app = router(state, settings.max_message_bytes);
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(https_listener, tls).handle(handle.clone());
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .handshake_timeout(settings.limits.handshake_timeout)
+        .acceptor(limiter.clone());
+    let server = axum_server::from_tcp(https_listener)
+        .acceptor(acceptor)
+        .handle(handle.clone());
     let https = tokio::spawn(async move {
         if let Err(e) = server
             .serve(app.into_make_service_with_connect_info::<SocketAddr>())
@@ -158,8 +175,10 @@ pub async fn start(
     });
     let (redirect, http_addr) = match settings.http {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
+            listener
+                .set_nonblocking(true)
                 .map_err(|source| Error::Bind { addr, source })?;
             let local = listener
                 .local_addr()
@@ -170,8 +189,10 @@ pub async fn start(
                     redirect_to_https(&headers, &uri, https_port)
                 },
             );
+            // The same caps count the redirect's connections too.
+            let server = axum_server::from_tcp(listener).acceptor(limiter.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, redirect).await {
+                if let Err(e) = server.serve(redirect.into_make_service()).await {
                     tracing::error!(error = %e, "http redirect server failed");
                 }
             });
@@ -237,6 +258,8 @@ async fn health(State(state): State<AppState>) -> Response {
         "xruns": c.xruns.load(Ordering::Relaxed),
         "packets_dropped": c.packets_dropped.load(Ordering::Relaxed),
         "venue_level_db": state.control.venue_level_db(),
+        "connections": state.connections.open_now(),
+        "connections_refused": state.connections.refused(),
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
@@ -244,7 +267,7 @@ async fn health(State(state): State<AppState>) -> Response {
 /// The signaling code for a refusal of the room (WHIP/WHEP map it to a status).
 pub(crate) fn refusal_code(refusal: Refusal) -> ErrorCode {
     match refusal {
-        Refusal::WrongPin => ErrorCode::WrongPin,
+        Refusal::WrongPin | Refusal::SlowDown(_) => ErrorCode::WrongPin,
         Refusal::Full(_) => ErrorCode::RoomFull,
         Refusal::ShuttingDown => ErrorCode::Internal,
         Refusal::AlreadyJoined => ErrorCode::AlreadyJoined,

@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::{Role, RoomView, Token};
+use crate::control::{PeerId, Role, RoomView, Token};
 
 /// Protocol version spoken here.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -86,6 +86,8 @@ pub enum ErrorCode {
     AlreadyOffered,
     /// Frame too large (fatal).
     TooLarge,
+    /// Messages faster than the box allows (fatal).
+    RateLimited,
     /// The box failed.
     Internal,
 }
@@ -95,7 +97,11 @@ impl ErrorCode {
     pub fn is_fatal(self) -> bool {
         matches!(
             self,
-            ErrorCode::Version | ErrorCode::WrongPin | ErrorCode::RoomFull | ErrorCode::TooLarge
+            ErrorCode::Version
+                | ErrorCode::WrongPin
+                | ErrorCode::RoomFull
+                | ErrorCode::TooLarge
+                | ErrorCode::RateLimited
         )
     }
 }
@@ -277,11 +283,25 @@ pub struct PeerView {
     pub state: &'static str,
 }
 
+impl ServerMessage {
+    /// The `room` message for the phone `me`: every singer and `me`, and the number of
+    /// listeners. Listeners are not listed one by one: with a hundred of them, ten
+    /// updates a second to each would be megabytes a second from a Pi.
+    pub fn room(view: &RoomView, me: Option<PeerId>) -> ServerMessage {
+        let (_, listeners) = view.counts();
+        ServerMessage::Room {
+            peers: PeerView::list(view, me),
+            listeners,
+        }
+    }
+}
+
 impl PeerView {
-    /// Everyone in the room, for the `room` message.
-    pub fn list(view: &RoomView) -> Vec<PeerView> {
+    /// The singers and `me`, for the `room` message.
+    pub fn list(view: &RoomView, me: Option<PeerId>) -> Vec<PeerView> {
         view.participants
             .iter()
+            .filter(|p| p.role == Role::Singer || Some(p.peer) == me)
             .map(|p| PeerView {
                 peer: p.peer.to_string(),
                 name: p.name.clone(),
@@ -347,8 +367,10 @@ pub enum ServerMessage {
     },
     /// Who is there.
     Room {
-        /// Everyone.
+        /// The singers, and the receiving phone itself.
         peers: Vec<PeerView>,
+        /// How many listeners are in the room.
+        listeners: usize,
     },
     /// Heartbeat answer.
     Pong {
@@ -385,13 +407,22 @@ impl From<WireError> for ServerMessage {
     }
 }
 
-/// Checks that an offer has an audio m-line with Opus at 48 kHz; returns its payload
-/// type. The WebRTC stack parses it properly later; this gives the phone a precise error.
-pub fn check_offer(sdp: &str) -> Result<u8, WireError> {
+/// Checks that an offer has at most `max_m_lines` media sections and an audio m-line
+/// with Opus at 48 kHz; returns its payload type. The WebRTC stack parses it properly
+/// later; this gives the phone a precise error (and keeps offers with thousands of
+/// media sections away from the stack).
+pub fn check_offer(sdp: &str, max_m_lines: usize) -> Result<u8, WireError> {
     if !sdp.starts_with("v=0") {
         return Err(WireError::new(
             ErrorCode::BadSdp,
             "not an SDP session description",
+        ));
+    }
+    let m_lines = sdp.lines().filter(|l| l.starts_with("m=")).count();
+    if m_lines > max_m_lines {
+        return Err(WireError::new(
+            ErrorCode::BadSdp,
+            format!("the offer has {m_lines} media sections; at most {max_m_lines} are allowed"),
         ));
     }
     let mut in_audio = false;
@@ -521,18 +552,23 @@ mod tests {
     #[test]
     fn offers_without_audio_or_opus_are_refused() {
         let opus = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
-        assert_eq!(check_offer(opus), Ok(111));
+        assert_eq!(check_offer(opus, 4), Ok(111));
+        let many = format!("{opus}{}", "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(4));
+        assert_eq!(
+            check_offer(&many, 4).map_err(|e| e.message),
+            Err("the offer has 5 media sections; at most 4 are allowed".into())
+        );
         let pcmu = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
         assert_eq!(
-            check_offer(pcmu).map_err(|e| e.message),
+            check_offer(pcmu, 4).map_err(|e| e.message),
             Err("the offer has no Opus 48 kHz codec".into())
         );
         let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
         assert_eq!(
-            check_offer(video).map_err(|e| e.message),
+            check_offer(video, 4).map_err(|e| e.message),
             Err("the offer has no audio m-line".into())
         );
-        assert!(check_offer("hello").is_err());
+        assert!(check_offer("hello", 4).is_err());
     }
 
     proptest::proptest! {

@@ -6,9 +6,10 @@
 //! participant's secret token, so only the client that created it can DELETE it.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
@@ -34,6 +35,7 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 }
 
 pub(crate) async fn whip_post(
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -48,10 +50,11 @@ pub(crate) async fn whip_post(
         .get("name")
         .cloned()
         .unwrap_or_else(|| "whip".to_string());
-    ingest(state, &headers, body, name, role, "whip").await
+    ingest(state, client, &headers, body, name, role, "whip").await
 }
 
 pub(crate) async fn whep_post(
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     State(state): State<AppState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -61,11 +64,12 @@ pub(crate) async fn whep_post(
         .get("name")
         .cloned()
         .unwrap_or_else(|| "whep".to_string());
-    ingest(state, &headers, body, name, Role::Listener, "whep").await
+    ingest(state, client, &headers, body, name, Role::Listener, "whep").await
 }
 
 async fn ingest(
     state: AppState,
+    client: SocketAddr,
     headers: &HeaderMap,
     body: Bytes,
     name: String,
@@ -85,7 +89,7 @@ async fn ingest(
     let Ok(sdp) = String::from_utf8(body.to_vec()) else {
         return plain(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
     };
-    if let Err(e) = signaling::check_offer(&sdp) {
+    if let Err(e) = signaling::check_offer(&sdp, state.settings.limits.offer_m_lines) {
         return plain(StatusCode::BAD_REQUEST, e.message);
     }
     let name: String = name
@@ -110,10 +114,25 @@ async fn ingest(
         // A WHIP/WHEP client has no way back into a session: when its media fails, it
         // is gone.
         rejoinable: false,
+        from: Some(client.ip()),
     };
     let (welcome, bye) = match control.join(conn, request).await {
         Ok(joined) => joined,
         Err(Refusal::WrongPin) => return unauthorized(),
+        Err(refusal @ Refusal::SlowDown(wait)) => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [
+                    (header::RETRY_AFTER, wait.as_secs_f64().ceil().to_string()),
+                    (
+                        header::CONTENT_TYPE,
+                        "text/plain; charset=utf-8".to_string(),
+                    ),
+                ],
+                refusal.to_string(),
+            )
+                .into_response()
+        }
         Err(refusal @ Refusal::Full(_)) => return plain(StatusCode::CONFLICT, refusal.to_string()),
         Err(refusal) => return plain(StatusCode::SERVICE_UNAVAILABLE, refusal.to_string()),
     };

@@ -8,14 +8,17 @@
 //! every [`ROOM_INTERVAL`], so a room that changes fast costs each phone one message
 //! per interval.
 //!
-//! The outgoing queue is bounded ([`OUT_QUEUE`]): a phone that stops reading (frozen,
+//! Every input has a limit (`limits.*` in the config): messages per second (a client
+//! over it gets `rate_limited` and is closed), trickled candidates, the offer's media
+//! sections; and the outgoing queue is bounded, so a phone that stops reading (frozen,
 //! or a script) is closed instead of growing the box's memory.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
@@ -23,19 +26,12 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::signaling::{
-    self, ClientMessage, ErrorCode, MixView, PeerView, ServerMessage, WireError, PROTOCOL_VERSION,
+    self, ClientMessage, ErrorCode, MixView, ServerMessage, WireError, PROTOCOL_VERSION,
 };
 use super::{refusal_code, AppState};
 use crate::control::{ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Role};
+use crate::limits::{Limits, TokenBucket};
 use crate::rtc::{Peer, PeerEvent};
-
-/// Fastest rate of `room` messages to one phone (levels at <= 10 Hz).
-const ROOM_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Messages waiting for one phone's socket. The box sends a phone a few messages a
-/// second (room updates at most 10); 64 is seconds of them. A phone that lets them pile
-/// up has stopped reading and is closed.
-pub const OUT_QUEUE: usize = 64;
 
 /// Close code for an oversize frame (RFC 6455 §7.4.1).
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -43,7 +39,11 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a policy refusal (PIN, full room, version).
 const CLOSE_POLICY: u16 = 1008;
 
-pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>) -> Response {
+pub(crate) async fn upgrade(
+    ws: WebSocketUpgrade,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    State(state): State<AppState>,
+) -> Response {
     let max = state.settings.max_message_bytes;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -54,7 +54,7 @@ pub(crate) async fn upgrade(ws: WebSocketUpgrade, State(state): State<AppState>)
                 name = tracing::field::Empty,
                 role = tracing::field::Empty
             );
-            session(socket, state).instrument(span)
+            session(socket, state, client.ip()).instrument(span)
         })
 }
 
@@ -68,6 +68,9 @@ struct Joined {
 struct Session {
     control: Control,
     conn: ConnId,
+    client: IpAddr,
+    limits: Limits,
+    candidates: usize,
     out: mpsc::Sender<Message>,
     /// The phone stopped reading: the session ends.
     overflowed: bool,
@@ -85,7 +88,7 @@ impl Session {
         if self.out.try_send(msg).is_err() && !self.overflowed {
             self.overflowed = true;
             tracing::info!(
-                queued = OUT_QUEUE,
+                queued = self.limits.out_queue_messages,
                 "phone stopped reading its socket; closing it"
             );
         }
@@ -134,6 +137,7 @@ impl Session {
                     token,
                     new_token: Control::new_token(),
                     rejoinable: true,
+                    from: Some(self.client),
                 };
                 match self.control.join(self.conn, request).await {
                     Ok((welcome, bye)) => {
@@ -160,9 +164,10 @@ impl Session {
                                 reverb: s.reverb_wet,
                             }),
                         });
-                        self.send(ServerMessage::Room {
-                            peers: PeerView::list(&self.control.view()),
-                        });
+                        self.send(ServerMessage::room(
+                            &self.control.view(),
+                            Some(welcome.peer),
+                        ));
                         true
                     }
                     Err(refusal) => {
@@ -188,7 +193,7 @@ impl Session {
                     );
                     return true;
                 }
-                if let Err(e) = signaling::check_offer(&sdp) {
+                if let Err(e) = signaling::check_offer(&sdp, self.limits.offer_m_lines) {
                     self.send(e.into());
                     return true;
                 }
@@ -208,6 +213,17 @@ impl Session {
                 true
             }
             ClientMessage::Candidate { candidate } => {
+                self.candidates += 1;
+                if self.candidates > self.limits.candidates_per_connection {
+                    self.error(
+                        ErrorCode::BadField,
+                        format!(
+                            "at most {} candidates per connection",
+                            self.limits.candidates_per_connection
+                        ),
+                    );
+                    return true;
+                }
                 let result = match &self.media {
                     Some(peer) => peer.add_remote_candidate(candidate.as_deref()).await,
                     None => {
@@ -264,9 +280,10 @@ impl Session {
     }
 }
 
-async fn session(socket: WebSocket, state: AppState) {
+async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
     let (mut sink, mut stream) = socket.split();
-    let (out, mut out_rx) = mpsc::channel::<Message>(OUT_QUEUE);
+    let limits = state.settings.limits;
+    let (out, mut out_rx) = mpsc::channel::<Message>(limits.out_queue_messages);
     let writer = tokio::spawn(
         async move {
             while let Some(msg) = out_rx.recv().await {
@@ -282,6 +299,9 @@ async fn session(socket: WebSocket, state: AppState) {
     let control = state.control.clone();
     let mut s = Session {
         conn: control.conn(),
+        client,
+        limits,
+        candidates: 0,
         control,
         out,
         overflowed: false,
@@ -290,12 +310,15 @@ async fn session(socket: WebSocket, state: AppState) {
         events: None,
     };
     let mut room_updates = s.control.subscribe();
-    let mut room_tick = tokio::time::interval(ROOM_INTERVAL);
+    let mut room_tick =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / limits.room_updates_per_s));
     room_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut room_dirty = false;
     let mut room_gone = false;
     let idle = state.settings.idle_timeout;
     let mut last_heard = Instant::now();
+    let started = last_heard;
+    let mut rate = TokenBucket::new(limits.messages_per_s, limits.messages_burst);
     loop {
         if s.overflowed {
             break;
@@ -303,6 +326,14 @@ async fn session(socket: WebSocket, state: AppState) {
         tokio::select! {
             received = stream.next() => {
                 last_heard = Instant::now();
+                if !rate.take(last_heard - started) {
+                    tracing::info!(client = %s.client, "messages faster than allowed; closing");
+                    s.error(ErrorCode::RateLimited, format!(
+                        "more than {} messages a second", limits.messages_per_s
+                    ));
+                    s.close(CLOSE_POLICY, "too many messages");
+                    break;
+                }
                 match received {
                     None | Some(Ok(Message::Close(_))) => break,
                     Some(Err(e)) => {
@@ -366,10 +397,10 @@ async fn session(socket: WebSocket, state: AppState) {
                 room_dirty = !room_gone;
             }
             _ = room_tick.tick() => {
-                if room_dirty && s.joined.is_some() {
+                if let (true, Some(joined)) = (room_dirty, s.joined.as_ref()) {
                     room_dirty = false;
-                    let peers = PeerView::list(&room_updates.borrow_and_update());
-                    s.send(ServerMessage::Room { peers });
+                    let message = ServerMessage::room(&room_updates.borrow_and_update(), Some(joined.peer));
+                    s.send(message);
                 }
             }
             _ = state.shutdown.cancelled(), if s.joined.is_none() => {

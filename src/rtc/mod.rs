@@ -37,6 +37,7 @@ use webrtc::peer_connection::{
 
 use crate::audio::{AudioHandle, PacketSlot};
 use crate::engine::SingerId;
+use crate::limits::TokenBucket;
 
 /// The payload type we register for Opus (Chrome's and Safari's choice too). A peer that
 /// offers another one gets its own in the answer, and its mix is sent with that.
@@ -78,6 +79,11 @@ pub struct RtcSettings {
     pub ice_keepalive: Duration,
     /// Uplink bitrate signalled to phones, bit/s.
     pub uplink_bitrate_bps: u32,
+    /// RTP packets a singer may send per second on average; the excess is dropped here,
+    /// before the shared packet queue, so a flood hurts only the flooder.
+    pub packets_per_s: f64,
+    /// RTP packets a singer may send in a burst.
+    pub packets_burst: f64,
 }
 
 /// What happens to a peer, for its owner.
@@ -201,7 +207,12 @@ struct Handler {
     events: mpsc::UnboundedSender<PeerEvent>,
     inbound: Option<Inbound>,
     gathered: Arc<Notify>,
+    packets_per_s: f64,
+    packets_burst: f64,
 }
+
+/// A singer's packets over the rate are logged at the first and once per this many.
+const FLOOD_LOG_EVERY: u64 = 1000;
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Handler {
@@ -235,13 +246,26 @@ impl PeerConnectionEventHandler for Handler {
             tokio::spawn(async move { while track.poll().await.is_some() {} });
             return;
         };
+        let mut budget = TokenBucket::new(self.packets_per_s, self.packets_burst);
         tokio::spawn(async move {
             let mut oversized = 0u64;
+            let mut flooded = 0u64;
             while let Some(event) = track.poll().await {
                 let TrackRemoteEvent::OnRtpPacket(packet) = event else {
                     continue;
                 };
                 let at = inbound.audio.clock.now();
+                if !budget.take(at) {
+                    flooded += 1;
+                    if flooded == 1 || flooded % FLOOD_LOG_EVERY == 0 {
+                        tracing::warn!(
+                            singer = %inbound.singer,
+                            dropped = flooded,
+                            "singer sends packets faster than allowed; the excess is dropped"
+                        );
+                    }
+                    continue;
+                }
                 let h = &packet.header;
                 match PacketSlot::new(
                     inbound.singer,
@@ -255,7 +279,7 @@ impl PeerConnectionEventHandler for Handler {
                     None => oversized += 1,
                 }
             }
-            tracing::debug!(singer = %inbound.singer, oversized, "uplink track ended");
+            tracing::debug!(singer = %inbound.singer, oversized, flooded, "uplink track ended");
         });
     }
 }
@@ -311,6 +335,8 @@ pub async fn answer(
         events: events_tx,
         inbound,
         gathered: gathered.clone(),
+        packets_per_s: settings.packets_per_s,
+        packets_burst: settings.packets_burst,
     });
     let udp_addrs: Vec<String> = settings
         .udp_bind

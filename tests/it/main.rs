@@ -10,6 +10,7 @@ mod phones;
 mod realtime;
 mod rejoin;
 mod signaling;
+mod strangers;
 mod support;
 mod systemd;
 mod tidy;

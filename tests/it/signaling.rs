@@ -41,6 +41,7 @@ a=fmtp:111 minptime=10;useinbandfec=1\r\n";
 
 fn box_config(dir: &Path) -> Config {
     let mut config = loopback_box_config(&dir.join("state"));
+    config.limits.candidates_per_connection = 4;
     config.audio.output = format!("wav:{}", dir.join("venue.wav").display());
     config.validate().expect("valid test config");
     config
@@ -92,6 +93,16 @@ async fn abuse(addr: SocketAddr) {
         "bad_sdp",
         "an unparsable offer is refused by the stack, not a crash"
     );
+    let many = format!("{OFFER}{}", "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\n".repeat(4));
+    p.send(json!({"type": "offer", "sdp": many})).await;
+    let v = p.expect("error").await;
+    assert_eq!(v["code"], "bad_sdp", "{v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("media sections")),
+        "{v}"
+    );
     p.send(json!({"type": "offer", "sdp": OFFER})).await;
     let answer = p.expect("answer").await;
     assert!(
@@ -105,6 +116,21 @@ async fn abuse(addr: SocketAddr) {
     p.send(json!({"type": "candidate", "candidate": {"candidate": "garbage"}}))
         .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
+    // The candidate cap (4 in this box): the fifth of a connection is refused.
+    for port in 9..12 {
+        let c = format!("candidate:{port} 1 udp 2122260223 127.0.0.1 {port} typ host");
+        p.send(json!({"type": "candidate", "candidate": {"candidate": c, "sdpMid": "0"}}))
+            .await;
+    }
+    p.send(json!({"type": "candidate", "candidate": {"candidate": "candidate:13 1 udp 1 127.0.0.1 13 typ host", "sdpMid": "0"}}))
+        .await;
+    let v = p.expect("error").await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("at most 4 candidates")),
+        "{v}"
+    );
     assert!(p.send_binary(vec![1, 2, 3]).await);
     assert_eq!(error_code(&mut p).await, "bad_json");
     // Still a working session after all that.
@@ -127,6 +153,31 @@ async fn abuse(addr: SocketAddr) {
         }
         Received::Closed(code) => assert_eq!(code, Some(1009)),
     }
+
+    // Faster than the message rate: the burst is answered, then `rate_limited` and a
+    // close with a reason.
+    let mut chatty = Phone::connect(addr).await;
+    chatty
+        .send(json!({"type": "join", "v": 1, "name": "Chatty", "role": "listener"}))
+        .await;
+    for k in 0..60 {
+        chatty.send(json!({"type": "ping", "t": k})).await;
+    }
+    let mut pongs = 0;
+    let code = loop {
+        match chatty.next().await {
+            Received::Json(v) if v["type"] == "pong" => pongs += 1,
+            Received::Json(v) if v["type"] == "error" => break v["code"].clone(),
+            Received::Json(_) => {} // welcome, room
+            Received::Closed(code) => panic!("closed ({code:?}) without an error"),
+        }
+    };
+    assert_eq!(code, "rate_limited");
+    assert!(
+        (30..=45).contains(&pongs),
+        "the burst was answered: {pongs} pongs"
+    );
+    assert_eq!(chatty.expect_close().await, Some(1008));
 
     // Unsupported version: fatal, closed with a reason.
     let mut old = Phone::connect(addr).await;
@@ -247,7 +298,9 @@ fn plain_http_redirects_to_the_https_page() {
 /// A WebSocket that says nothing is closed once `room.idle_timeout_ms` has passed since
 /// its last frame, also while room updates keep its session busy (a singer's levels
 /// change the room ten times a second). The deadline used to be re-armed by every
-/// event of the session, so a joined phone that went silent was never closed.
+/// event of the session, so a joined phone that went silent was never closed. (The
+/// join deadline would end this listener's place, which never got media, at 10 s; the
+/// idle timeout here is 6 s.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
     let _serial = crate::support::SERIAL.lock().await;
@@ -299,13 +352,11 @@ async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
         }
     };
     assert_eq!(bye["reason"], "timeout");
-    // Its place is kept for the rejoin grace, as for any phone whose connection dropped.
-    let view = running.control.view();
-    let sam = view.participants.iter().find(|p| p.name == "Sam");
+    // It never had media, so no place is kept for it.
     assert_eq!(
-        sam.map(|p| p.presence),
-        Some(duetbox::control::Presence::Reconnecting),
-        "{view:?}"
+        running.control.counts(),
+        (1, 0),
+        "the silent listener is gone"
     );
     singer.close().await;
     running.stop().await.expect("the box stops cleanly");

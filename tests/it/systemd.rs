@@ -407,4 +407,18 @@ fn the_unit_keeps_its_promises() {
     // The audio thread's real-time request must fit the unit's limit.
     let default = duetbox::config::Config::default();
     assert!(u32::from(default.audio.realtime_priority) <= 70);
+    // The connection cap and the peers' sockets must fit the file limit, with room for
+    // ALSA, the state files and the runtime's own.
+    let nofile: usize = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("LimitNOFILE="))
+        .expect("LimitNOFILE=")
+        .parse()
+        .expect("a number");
+    let peers = default.room.max_singers + default.room.max_listeners;
+    let needed = default.limits.connections_total + 2 * peers + 256;
+    assert!(
+        nofile >= needed,
+        "LimitNOFILE={nofile} but the defaults need {needed}"
+    );
 }

@@ -79,7 +79,7 @@ test('goodbyes: kicked and replaced stop, shutdown and timeout rejoin', () => {
 });
 
 test('errors: refusals stop, an early internal error retries, the rest is noted', () => {
-  for (const code of ['version', 'wrong_pin', 'room_full', 'too_large', 'bad_sdp']) assert.equal(errorAction(code, false), 'stop');
+  for (const code of ['version', 'wrong_pin', 'room_full', 'too_large', 'bad_sdp', 'rate_limited']) assert.equal(errorAction(code, false), 'stop');
   assert.equal(errorAction('internal', false), 'retry');
   assert.equal(errorAction('internal', true), 'note');
   assert.equal(errorAction('bad_field', false), 'note');

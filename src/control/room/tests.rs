@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use super::*;
 
 const GRACE: Duration = Duration::from_secs(30);
+const JOIN_DEADLINE: Duration = Duration::from_secs(10);
 
 fn config() -> RoomConfig {
     RoomConfig {
@@ -15,6 +16,7 @@ fn config() -> RoomConfig {
         max_listeners: 3,
         pin: String::new(),
         rejoin_grace: GRACE,
+        join_deadline: JOIN_DEADLINE,
         master_gain_db: 0.0,
         backing_gain_db: -6.0,
     }
@@ -66,6 +68,7 @@ impl Harness {
             token: None,
             new_token,
             rejoinable: true,
+            from: None,
         }
     }
 
@@ -116,6 +119,11 @@ impl Harness {
             state,
         };
         self.handle(now, input).expect("media state taken");
+    }
+
+    /// When `peer` must next have done something (live media, or come back).
+    fn deadline_of(&self, peer: PeerId) -> Option<Duration> {
+        self.room.deadline_of(&self.room.participants[&peer])
     }
 
     fn slot(&self, slot: usize) -> SlotView {
@@ -461,6 +469,7 @@ fn routes_follow_the_monitor_and_mute() {
 fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
     h.mix(secs(1.0), 1, Some(0.4), Some(0.2));
     h.handle(
         secs(1.0),
@@ -518,7 +527,11 @@ fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
         routes(&actions),
         vec![(ConnId(4), MixId::Personal(ana.peer.singer()))]
     );
-    assert_eq!(h.room.next_deadline(), None);
+    assert_eq!(
+        h.deadline_of(ana.peer),
+        Some(secs(35.0) + JOIN_DEADLINE),
+        "the new connection must go live in time"
+    );
     // The old connection has no power any more, the new one has.
     assert_eq!(
         h.handle(secs(36.0), Input::Leave { conn: ConnId(1) }),
@@ -529,12 +542,14 @@ fn a_phone_that_rejoins_within_the_grace_gets_its_slot_and_settings_back() {
         h.participant(ana.peer).map(|p| p.presence),
         Some(Presence::Live)
     );
+    assert_eq!(h.deadline_of(ana.peer), None);
 }
 
 #[test]
 fn the_grace_expiring_frees_the_slot_and_the_token() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
     h.mix(secs(1.0), 1, Some(0.4), None);
     h.media(secs(5.0), 1, MediaState::Failed);
     h.take();
@@ -564,6 +579,7 @@ fn the_grace_expiring_frees_the_slot_and_the_token() {
 fn a_rejoin_while_the_old_connection_is_still_open_replaces_it() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
     h.take();
     // The phone noticed the drop before the box did.
     let back = h.rejoin(secs(3.0), 2, ana.token);
@@ -575,8 +591,102 @@ fn a_rejoin_while_the_old_connection_is_still_open_replaces_it() {
         .expect("closed");
     h.media(secs(4.0), 1, MediaState::Failed);
     assert!(h.take().is_empty());
-    assert_eq!(h.room.next_deadline(), None);
+    assert_eq!(h.room.next_deadline(), Some(secs(3.0) + JOIN_DEADLINE));
     assert_eq!(h.slot(0).peer, Some(ana.peer));
+}
+
+#[test]
+fn a_join_that_never_goes_live_loses_its_place_at_the_deadline() {
+    let mut h = Harness::new(config());
+    // Two sockets join as singers and never send an offer: both seats are taken...
+    let idle_a = h.join(secs(0.0), 1, "Idle1", Role::Singer);
+    h.join(secs(0.5), 2, "Idle2", Role::Singer);
+    let real = h.request("Real", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(1.0), 3, real),
+        Err(Refusal::Full(Role::Singer))
+    );
+    assert_eq!(h.room.next_deadline(), Some(JOIN_DEADLINE));
+    h.take();
+    h.handle(JOIN_DEADLINE - Duration::from_millis(1), Input::Tick)
+        .expect("tick");
+    assert!(h.take().is_empty(), "not yet");
+    // ...until their deadline: no grace for a place that never had media.
+    h.handle(JOIN_DEADLINE, Input::Tick).expect("tick");
+    let actions = h.take();
+    assert_eq!(byes(&actions), vec![(ConnId(1), ByeReason::Timeout)]);
+    assert_eq!(
+        engine_commands(&actions),
+        vec![Command::RemoveSinger(idle_a.peer.singer())]
+    );
+    h.handle(secs(10.5), Input::Tick).expect("tick");
+    assert_eq!(h.room.view().counts(), (0, 0));
+    let real = h.request("Real", Role::Singer);
+    let welcome = h
+        .join_with(secs(11.0), 3, real)
+        .expect("a real singer gets a seat");
+    assert_eq!(welcome.slot, Some(SlotId(0)));
+}
+
+#[test]
+fn a_rejoin_that_never_goes_live_does_not_stretch_the_grace() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(1.0), 1, MediaState::Connected);
+    h.handle(secs(5.0), Input::Closed { conn: ConnId(1) })
+        .expect("closed");
+    // Comes back with its token again and again, never with media.
+    let mut now = secs(6.0);
+    let mut conn = 10;
+    while h.participant(ana.peer).is_some() {
+        assert!(
+            now < secs(5.0) + GRACE + JOIN_DEADLINE + secs(1.0),
+            "still holding the slot at {now:?}"
+        );
+        h.rejoin(now, conn, ana.token);
+        now += JOIN_DEADLINE;
+        h.handle(now, Input::Tick).expect("tick");
+        conn += 1;
+    }
+    assert!(now <= secs(5.0) + GRACE + JOIN_DEADLINE, "gone at {now:?}");
+    assert_eq!(h.slot(0).peer, None);
+}
+
+#[test]
+fn pin_guessing_is_slowed_per_address_while_others_join_at_once() {
+    use super::super::throttle::FREE_FAILURES;
+    use std::net::{IpAddr, Ipv4Addr};
+    let mut h = Harness::new(RoomConfig {
+        pin: "4711".into(),
+        ..config()
+    });
+    let guesser = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 66));
+    let phone = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7));
+    let guess = |h: &mut Harness, now: Duration, conn: u64, pin: &str, from: IpAddr| {
+        let mut r = h.request("x", Role::Listener);
+        r.pin = Some(pin.into());
+        r.from = Some(from);
+        h.join_with(now, conn, r)
+    };
+    let mut now = secs(0.0);
+    for k in 0..FREE_FAILURES {
+        assert_eq!(
+            guess(&mut h, now, u64::from(k), "0000", guesser),
+            Err(Refusal::WrongPin)
+        );
+        now += secs(0.001);
+    }
+    // Now it must wait, and the right PIN does not help it meanwhile.
+    assert_eq!(
+        guess(&mut h, now, 100, "4711", guesser),
+        Err(Refusal::SlowDown(secs(1.0) - secs(0.001)))
+    );
+    // A phone from another address joins at once.
+    assert!(guess(&mut h, now, 101, "4711", phone).is_ok());
+    // After the wait, the right PIN is accepted and the record cleared.
+    now += secs(1.0);
+    assert!(guess(&mut h, now, 102, "4711", guesser).is_ok());
+    assert!(guess(&mut h, now, 103, "0000", guesser) == Err(Refusal::WrongPin));
 }
 
 #[test]
@@ -643,6 +753,7 @@ fn the_host_kicks_a_singer_who_cannot_come_back_with_the_token() {
 fn a_kicked_reconnecting_singer_frees_the_slot_without_a_bye() {
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
     h.handle(secs(1.0), Input::Closed { conn: ConnId(1) })
         .expect("closed");
     h.take();

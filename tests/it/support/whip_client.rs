@@ -322,6 +322,21 @@ impl WhipClient {
         source: Option<Source>,
         opus_payload_type: u8,
     ) -> Result<WhipClient, ConnectError> {
+        Self::connect_flooding(base_url, role, name, pin, source, opus_payload_type, 1).await
+    }
+
+    /// [`WhipClient::connect_with`] sending `packets_per_frame` packets every 20 ms
+    /// instead of one (each the next 20 ms of the source, so the stream's clock runs
+    /// that many times too fast): a flooding client.
+    pub async fn connect_flooding(
+        base_url: &str,
+        role: Role,
+        name: &str,
+        pin: Option<&str>,
+        source: Option<Source>,
+        opus_payload_type: u8,
+        packets_per_frame: u32,
+    ) -> Result<WhipClient, ConnectError> {
         let (gathered, mut gathered_rx) = watch::channel(false);
         let (state, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let shared = Arc::new(Shared {
@@ -400,8 +415,10 @@ impl WhipClient {
                 return Err(e);
             }
         };
-        let sender = voice
-            .map(|voice| tokio::spawn(send(voice, source.unwrap_or_else(silence), shared.clone())));
+        let sender = voice.map(|voice| {
+            let source = source.unwrap_or_else(silence);
+            tokio::spawn(send(voice, source, shared.clone(), packets_per_frame))
+        });
         Ok(WhipClient {
             base_url: base_url.to_string(),
             pin: pin.map(str::to_string),
@@ -583,10 +600,10 @@ async fn build_peer(
 }
 
 /// Encodes `source` as 20 ms mono Opus (the engine harness's phone encoder: VoIP,
-/// in-band FEC, set up like a phone browser's uplink) and writes one RTP packet per tick
-/// of a 20 ms interval; records each packet's decoded audio and the instant it was
-/// handed to `write_rtp`.
-async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>) {
+/// in-band FEC, set up like a phone browser's uplink) and writes `per_tick` RTP packets
+/// (normally one) per tick of a 20 ms interval; records each packet's decoded audio and
+/// the instant it was handed to `write_rtp`.
+async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>, per_tick: u32) {
     let LocalVoice {
         track,
         ssrc,
@@ -601,7 +618,9 @@ async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>) {
     let mut decoded = vec![0.0f32; FRAME_SAMPLES];
     let mut tick = tokio::time::interval(FRAME);
     for k in 0u64.. {
-        tick.tick().await;
+        if k % u64::from(per_tick.max(1)) == 0 {
+            tick.tick().await;
+        }
         let pcm = source(k);
         assert_eq!(pcm.len(), FRAME_SAMPLES, "a source frame is 20 ms of mono");
         let n = encoder
@@ -703,6 +722,24 @@ impl HttpResponse {
     }
 }
 
+/// A TCP connection to `authority` (`host:port`), from the local address `from` if
+/// given.
+pub async fn connect_from(
+    from: Option<std::net::IpAddr>,
+    authority: &str,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let Some(from) = from else {
+        return tokio::net::TcpStream::connect(authority).await;
+    };
+    let to = tokio::net::lookup_host(authority)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{authority}: no address")))?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(std::net::SocketAddr::new(from, 0))?;
+    socket.connect(to).await
+}
+
 /// One HTTP/1.1 request over TLS to `base_url` (`https://host:port`), `Connection:
 /// close`, within [`HTTP_DEADLINE`].
 pub async fn https_request(
@@ -712,10 +749,23 @@ pub async fn https_request(
     headers: &[(&str, String)],
     body: &[u8],
 ) -> Result<HttpResponse, String> {
+    https_request_from(None, base_url, method, path, headers, body).await
+}
+
+/// [`https_request`] from the local address `from` (a loopback address other than
+/// 127.0.0.1 plays another client on the venue Wi-Fi).
+pub async fn https_request_from(
+    from: Option<std::net::IpAddr>,
+    base_url: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> Result<HttpResponse, String> {
     let what = format!("{method} {path}");
     tokio::time::timeout(
         HTTP_DEADLINE,
-        https_request_now(base_url, method, path, headers, body),
+        https_request_now(from, base_url, method, path, headers, body),
     )
     .await
     .map_err(|_| format!("timed out after {HTTP_DEADLINE:?} waiting for the response to {what}"))?
@@ -723,6 +773,7 @@ pub async fn https_request(
 }
 
 async fn https_request_now(
+    from: Option<std::net::IpAddr>,
     base_url: &str,
     method: &str,
     path: &str,
@@ -736,7 +787,7 @@ async fn https_request_now(
     let host = authority
         .rsplit_once(':')
         .map_or(authority, |(host, _)| host);
-    let tcp = tokio::net::TcpStream::connect(authority)
+    let tcp = connect_from(from, authority)
         .await
         .map_err(|e| format!("connecting to {authority}: {e}"))?;
     let server_name = rustls::pki_types::ServerName::try_from(host.to_string())

@@ -32,8 +32,30 @@ pub enum Received {
 impl Phone {
     /// Connects to `wss://addr/ws`.
     pub async fn connect(addr: SocketAddr) -> Phone {
-        let connector = tokio_rustls::TlsConnector::from(super::whip_client::tls_config());
         let tcp = TcpStream::connect(addr).await.expect("connect to the box");
+        Phone::over(addr, tcp).await
+    }
+
+    /// Connects from the local address `from`, with a receive buffer of `rcvbuf` bytes
+    /// if given (a small one makes a client that never reads fill up fast).
+    pub async fn connect_from(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        rcvbuf: Option<u32>,
+    ) -> Phone {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        if let Some(size) = rcvbuf {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client's address");
+        let tcp = socket.connect(addr).await.expect("connect to the box");
+        Phone::over(addr, tcp).await
+    }
+
+    async fn over(addr: SocketAddr, tcp: TcpStream) -> Phone {
+        let connector = tokio_rustls::TlsConnector::from(super::whip_client::tls_config());
         let tls = connector
             .connect(ServerName::try_from("localhost").expect("name"), tcp)
             .await
@@ -56,6 +78,14 @@ impl Phone {
     /// Sends a JSON value.
     pub async fn send(&mut self, value: Value) {
         self.send_text(&value.to_string()).await;
+    }
+
+    /// Sends a JSON value; false if the connection is gone.
+    pub async fn try_send(&mut self, value: Value) -> bool {
+        self.ws
+            .send(Message::Text(value.to_string().into()))
+            .await
+            .is_ok()
     }
 
     /// Sends a binary frame.
