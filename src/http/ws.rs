@@ -39,6 +39,11 @@ const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code for a policy refusal (PIN, full room, version).
 const CLOSE_POLICY: u16 = 1008;
 
+/// After the box closes a session, how long it keeps reading (and dropping) what the
+/// client still sends: closing a socket with unread data resets it, and the client
+/// would lose the error and the goodbye queued for it.
+const LINGER: Duration = Duration::from_secs(2);
+
 pub(crate) async fn upgrade(
     ws: WebSocketUpgrade,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
@@ -74,6 +79,8 @@ struct Session {
     out: mpsc::Sender<Message>,
     /// The phone stopped reading: the session ends.
     overflowed: bool,
+    /// The box queued a close frame.
+    closing: bool,
     joined: Option<Joined>,
     media: Option<Arc<Peer>>,
     events: Option<mpsc::UnboundedReceiver<PeerEvent>>,
@@ -95,6 +102,7 @@ impl Session {
     }
 
     fn close(&mut self, code: u16, reason: &str) {
+        self.closing = true;
         self.push(Message::Close(Some(CloseFrame {
             code,
             reason: reason.to_string().into(),
@@ -305,6 +313,7 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
         control,
         out,
         overflowed: false,
+        closing: false,
         joined: None,
         media: None,
         events: None,
@@ -414,11 +423,20 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
         // Gone without a goodbye: the room keeps the phone's place for the grace.
         let _ = s.control.handle(Input::Closed { conn: s.conn }).await;
     }
-    let overflowed = s.overflowed;
+    let (overflowed, closing) = (s.overflowed, s.closing);
     drop(s);
     if overflowed {
         // Its socket is full: the queued close would never get through.
         writer.abort();
+    } else if closing {
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
     let _ = writer.await;
 }
