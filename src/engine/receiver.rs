@@ -144,6 +144,9 @@ pub struct Receiver {
     anchor_pending: bool,
     /// Whether any audio was produced since the last anchor (else render silence).
     live: bool,
+    /// The stream went idle (the phone stopped sending); the next anchor waits for its
+    /// turn at the target delay.
+    resuming: bool,
     /// Media time of the next sample to decode.
     tail_ts: i64,
     /// Concealed samples not yet matched to missing media (underrun growth).
@@ -179,6 +182,7 @@ impl Receiver {
             ssrc: None,
             anchor_pending: true,
             live: false,
+            resuming: false,
             tail_ts: 0,
             debt: 0,
             conceal_run: 0,
@@ -203,6 +207,7 @@ impl Receiver {
         self.ssrc = None;
         self.anchor_pending = true;
         self.live = false;
+        self.resuming = false;
         self.debt = 0;
         self.conceal_run = 0;
         self.envelope = 0.0;
@@ -358,12 +363,23 @@ impl Receiver {
             return;
         }
         let next_seq = self.store.next_seq().unwrap_or(seq);
+        if self.anchor_pending && self.resuming && self.is_early(now, ts) {
+            // A stream that comes back after going idle (same SSRC, its timeline
+            // running on) waits for its turn at the target delay the window still
+            // knows, instead of playing its first packet at once and running dry on
+            // the next one's jitter.
+            self.fifo.extend(round_up_granule(need));
+            return;
+        }
         if self.anchor_pending {
             self.anchor_pending = false;
+            self.resuming = false;
             self.tail_ts = ts;
             self.debt = 0;
-        } else {
-            self.fill_gap(seq - next_seq, ts, samples, has_fec);
+        } else if !self.fill_gap(seq - next_seq, ts, samples, has_fec) {
+            // The timeline moved on further than any buffer: this packet starts it again,
+            // at its turn (the next call anchors on it).
+            return;
         }
         self.decode(seq, samples);
         self.store.advance_to(seq + 1);
@@ -373,20 +389,25 @@ impl Receiver {
 
     /// Conceals what is missing between the last decoded sample and packet `ts`, using
     /// concealment already played during an underrun first and FEC for the last frame.
-    fn fill_gap(&mut self, missing_packets: i64, ts: i64, samples: usize, has_fec: bool) {
+    /// False when the gap is more than any buffer holds (the sender was silent for
+    /// long, or its clock jumped): then nothing is concealed and the timeline is to be
+    /// anchored again on this packet, at its turn.
+    fn fill_gap(&mut self, missing_packets: i64, ts: i64, samples: usize, has_fec: bool) -> bool {
+        let gap = ts - self.tail_ts;
+        let max_gap = duration_to_samples(self.config.jitter.max_delay) as i64;
+        if gap < 0 || gap > max_gap {
+            // Not losses to conceal (nor to raise the target for): the sender was
+            // silent, or its clock jumped.
+            self.stats.resyncs += 1;
+            self.anchor_pending = true;
+            self.resuming = true;
+            self.debt = 0;
+            return false;
+        }
         for _ in 0..missing_packets.clamp(0, 64) {
             self.loss_rate += LOSS_SMOOTHING * (1.0 - self.loss_rate);
         }
         self.stats.lost += missing_packets.max(0) as u64;
-        let gap = ts - self.tail_ts;
-        let max_gap = duration_to_samples(self.config.jitter.max_delay) as i64;
-        if gap < 0 || gap > max_gap {
-            // The media clock is inconsistent with the sequence: start over from here.
-            self.stats.resyncs += 1;
-            self.tail_ts = ts;
-            self.debt = 0;
-            return;
-        }
         let mut gap = gap as usize;
         let cover = self.debt.min(gap);
         self.debt = 0;
@@ -405,7 +426,7 @@ impl Receiver {
         }
         if fec_len > 0 {
             let Some(packet) = self.store.earliest() else {
-                return;
+                return true;
             };
             let ok = self
                 .decoder
@@ -418,6 +439,7 @@ impl Receiver {
             }
         }
         self.tail_ts = ts;
+        true
     }
 
     fn decode(&mut self, seq: i64, samples: usize) {
@@ -457,6 +479,7 @@ impl Receiver {
             // The phone stopped sending: stop extrapolating; the next packet re-anchors.
             self.anchor_pending = true;
             self.live = false;
+            self.resuming = true;
             self.debt = 0;
         }
     }
@@ -525,13 +548,26 @@ impl Receiver {
         if self.arrivals.is_empty() {
             return false;
         }
+        // The concealment played during an underrun (the debt) stands for media time
+        // too: without it, a sender that was silent for a while and resumes on its
+        // timeline would look that far behind, and its resumed packets be dropped.
         let next_ts = if self.anchor_pending {
             ts
         } else {
-            self.tail_ts
+            self.tail_ts + self.debt as i64
         };
         let delay_us = self.delay_us(now, next_ts - self.fifo.len() as i64);
         delay_us > self.config.jitter.max_delay.as_micros() as i64 + BACKLOG_MARGIN_US
+    }
+
+    /// Whether a packet at `ts` that would start a timeline now would play before its
+    /// turn: its delay below the target (and the dead band).
+    fn is_early(&self, now: Duration, ts: i64) -> bool {
+        if self.arrivals.is_empty() {
+            return false;
+        }
+        let delay_us = self.delay_us(now, ts - self.fifo.len() as i64);
+        delay_us < self.target_us - BAND_BELOW_US
     }
 
     /// `D` at `now` if the sample playing now has media time `vts` (module docs).

@@ -225,6 +225,11 @@ struct Phone {
     start: Duration,
     pcm: Vec<f32>,
     sending: bool,
+    /// Until then the phone's frames go nowhere (see [`Harness::go_silent`]).
+    silent_until: Duration,
+    /// Whether silent frames still use up sequence numbers (lost on the way) or not
+    /// (never sent).
+    silent_lost: bool,
     sent: u64,
     with_fec: u64,
     /// Per frame sent: (dropped by the network, carries FEC).
@@ -402,6 +407,8 @@ impl Harness {
             start: self.now,
             pcm: vec![0.0; PHONE_FRAME_SAMPLES],
             sending: true,
+            silent_until: Duration::ZERO,
+            silent_lost: true,
             sent: 0,
             with_fec: 0,
             history: Vec::new(),
@@ -434,6 +441,17 @@ impl Harness {
             p.frames = 0;
         }
         p.sending = sending;
+    }
+
+    /// The phone's frames for the next `duration` go nowhere, on the same stream and
+    /// timeline: timestamps go on as time passes, so the frames after it are
+    /// `duration` later in media time. With `lost` they are lost on the way (their
+    /// sequence numbers are skipped, as when the Wi-Fi drops); without, the phone sends
+    /// nothing (the sequence continues where it stopped, as with a paused sender).
+    pub fn go_silent(&mut self, phone: PhoneId, duration: Duration, lost: bool) {
+        let p = &mut self.phones[phone.0];
+        p.silent_until = self.now + duration;
+        p.silent_lost = lost;
     }
 
     /// Restarts a phone's stream as a reconnect would: new SSRC, new sequence and
@@ -635,9 +653,15 @@ impl Harness {
         let phone = &mut self.phones[idx];
         let payload = phone.next_payload();
         let (seq, ts, ssrc, k) = (phone.seq, phone.ts, phone.ssrc, phone.frames);
-        phone.seq = phone.seq.wrapping_add(1);
         phone.ts = phone.ts.wrapping_add(PHONE_FRAME_SAMPLES as u32);
         phone.frames += 1;
+        if send < phone.silent_until {
+            if phone.silent_lost {
+                phone.seq = phone.seq.wrapping_add(1);
+            }
+            return;
+        }
+        phone.seq = phone.seq.wrapping_add(1);
         phone.sent += 1;
         let has_fec = super::codec::inspect(&payload).is_some_and(|i| i.has_fec);
         if has_fec {

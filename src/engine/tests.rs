@@ -393,6 +393,82 @@ fn both_voices_are_back_in_time_right_after_the_output_stalls() {
 }
 
 #[test]
+fn a_phone_that_goes_silent_and_resumes_on_its_timeline_is_heard_again_at_once() {
+    // 0.3 s is shorter than the receiver's idle time, 1 s and 2 s are longer; lost
+    // frames skip sequence numbers, unsent ones do not.
+    for (seed, gap_ms, lost) in [
+        (11, 300, true),
+        (12, 1000, true),
+        (13, 2000, true),
+        (14, 300, false),
+        (15, 1000, false),
+        (16, 2000, false),
+    ] {
+        let gap = gap_ms * MS;
+        let mut h = Harness::new(config()).seed(seed);
+        let wifi = Network {
+            jitter: Jitter::Uniform(30 * MS),
+            ..Network::default()
+        };
+        let ana = h.add_phone(Signal::tone(440.0), wifi, solo());
+        let ben = h.add_phone(Signal::tone(660.0), Network::default(), solo());
+        h.run_for(Duration::from_secs(4));
+        h.go_silent(ana, gap, lost);
+        h.run_for(gap);
+        h.record(true);
+        h.mark();
+        h.run_for(Duration::from_millis(500));
+        let levels: Vec<(f32, f32)> = left(&h.venue)
+            .chunks_exact(480)
+            .map(|w| (tone_level(w, 440.0), tone_level(w, 660.0)))
+            .collect();
+        let profile: Vec<String> = levels
+            .iter()
+            .take(12)
+            .map(|(a, b)| format!("{a:.2}/{b:.2}"))
+            .collect();
+        eprintln!(
+            "{gap:?} silent (lost {lost}), then 10 ms windows: {} ...",
+            profile.join(" ")
+        );
+        eprintln!("ana {:?}", since_mark(&h, ana));
+        // The first resumed packet is sent 20 ms after the silence ends and takes the
+        // network's 2 ms plus up to 30 ms of jitter; the buffer then holds it for its
+        // target (what this phone's jitter needs) and fades it in over 5 ms. From then
+        // on ana is there, in every 10 ms window.
+        let target = since_mark(&h, ana).target;
+        let back_by = 20 * MS + 2 * MS + 30 * MS + target + 10 * MS;
+        let by = back_by.as_millis() as usize / 10 + 1;
+        // Back by then, and then there in every window (no start that runs dry again).
+        let back = levels
+            .iter()
+            .position(|&(a, _)| a >= 0.2)
+            .unwrap_or(levels.len());
+        let weak: Vec<usize> = levels
+            .iter()
+            .enumerate()
+            .skip(back)
+            .filter(|(_, &(a, b))| a < 0.2 || b < 0.2)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            back <= by && weak.is_empty(),
+            "{gap:?} lost {lost}: back in window {back} (by {by}), weak after: {weak:?}"
+        );
+        // At its normal delay, not behind by the silence.
+        h.mark();
+        h.run_for(Duration::from_millis(500));
+        let track = h.track(ana);
+        let target = since_mark(&h, ana).target;
+        assert!(
+            track.max_delay <= target + 10 * MS,
+            "{gap:?} lost {lost}: target {target:?}, {track:?}"
+        );
+        let _ = ben;
+    }
+}
+
+#[test]
 fn mix_minus_keeps_the_own_voice_60_db_below_the_partner() {
     let mut h = Harness::new(config()).seed(1);
     let ana = h.add_phone(Signal::tone(440.0), Network::default(), solo());
@@ -535,6 +611,7 @@ fn bad_packets_are_counted_and_the_partner_keeps_singing() {
 mod properties {
     use proptest::prelude::*;
 
+    use super::mixer::db_to_gain;
     use super::*;
 
     #[derive(Clone, Debug)]
@@ -575,6 +652,164 @@ mod properties {
             }),
             Just(Step::Render),
         ]
+    }
+
+    /// One stretch of a phone's life: what its network does for a while, and what
+    /// happens at its start.
+    #[derive(Clone, Debug)]
+    struct Stretch {
+        ms: u64,
+        network: Network,
+        event: Event,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        None,
+        /// The phone's frames go nowhere for this long (lost, or not sent).
+        Silent(u64, bool),
+        /// The output stops taking audio for this long.
+        Stall(u64),
+        /// A new stream (a reconnect).
+        Restart,
+    }
+
+    fn network() -> impl Strategy<Value = Network> {
+        let jitter = prop_oneof![
+            Just(Jitter::None),
+            (1u64..120).prop_map(|ms| Jitter::Uniform(Duration::from_millis(ms))),
+            (20u64..200, 500u64..3000).prop_map(|(stall, every)| Jitter::Stalls {
+                every: Duration::from_millis(every),
+                stall: Duration::from_millis(stall),
+            }),
+        ];
+        let loss = prop_oneof![
+            Just(Loss::None),
+            (0.01f64..0.2).prop_map(Loss::Random),
+            (2u64..5, 10u64..50).prop_map(|(len, every)| Loss::Bursts { every, len }),
+        ];
+        (jitter, loss, 0u64..4, 0.0f64..0.1).prop_map(|(jitter, loss, reorder_depth, duplicate)| {
+            Network {
+                base: Duration::from_millis(2),
+                jitter,
+                loss,
+                reorder_depth,
+                duplicate,
+            }
+        })
+    }
+
+    fn stretch() -> impl Strategy<Value = Stretch> {
+        let event = prop_oneof![
+            6 => Just(Event::None),
+            1 => (50u64..2500, any::<bool>()).prop_map(|(ms, lost)| Event::Silent(ms, lost)),
+            1 => (50u64..3000).prop_map(Event::Stall),
+            1 => Just(Event::Restart),
+        ];
+        (200u64..1500, network(), event).prop_map(|(ms, network, event)| Stretch {
+            ms,
+            network,
+            event,
+        })
+    }
+
+    /// What the random lives reached, over all cases.
+    #[derive(Default)]
+    struct Reached {
+        concealed: u64,
+        fec: u64,
+        spliced: u64,
+        caught_up: u64,
+        resyncs: u64,
+        cases: u64,
+    }
+
+    /// A phone whose network and life do anything realistic (jitter, stalls, losses,
+    /// bursts, reordering, duplicates, silences, output stalls, reconnects), stretch
+    /// after stretch; then two clean seconds. Whatever happened, the engine never
+    /// exceeds its buffers, the venue stays finite and under the limiter's ceiling, and
+    /// after the clean seconds the voice is there in every 100 ms and back at its
+    /// target delay. The random lives must, between them, reach concealment, FEC,
+    /// splices, backlog drops and resyncs: the paths this is meant to exercise.
+    #[test]
+    fn a_phone_under_any_impairment_recovers_once_its_network_does() {
+        let reached = std::cell::RefCell::new(Reached::default());
+        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
+            cases: 24,
+            ..ProptestConfig::default()
+        });
+        runner
+            .run(&prop::collection::vec(stretch(), 1..6), |life| {
+                let mut h = Harness::new(config()).seed(life.len() as u64);
+                let ana = h.add_phone(Signal::tone(440.0), Network::default(), solo());
+                h.run_for(Duration::from_millis(1500));
+                // The phone's encoder is most of this test's cost (under qemu too).
+                h.loop_packets(ana);
+                h.run_for(Duration::from_millis(1000));
+                let ceiling = db_to_gain(config().limiter_ceiling_db);
+                h.record(true);
+                for s in &life {
+                    h.set_network(ana, s.network);
+                    match s.event {
+                        Event::None => {}
+                        Event::Silent(ms, lost) => {
+                            h.go_silent(ana, Duration::from_millis(ms), lost)
+                        }
+                        Event::Stall(ms) => h.stall_output(Duration::from_millis(ms)),
+                        Event::Restart => {
+                            h.restart_stream(ana);
+                            h.loop_packets(ana);
+                        }
+                    }
+                    h.run_for(Duration::from_millis(s.ms));
+                    let (packets, samples) = h.engine.buffered(h.singer(ana)).expect("seated");
+                    prop_assert!(packets <= jitter::PACKET_SLOTS);
+                    prop_assert!(samples <= 48_000, "fifo holds {samples}");
+                    prop_assert!(
+                        h.venue.iter().all(|v| v.is_finite() && v.abs() <= ceiling),
+                        "venue above the ceiling"
+                    );
+                    h.venue.clear();
+                }
+                h.set_network(ana, Network::default());
+                h.run_for(Duration::from_secs(2));
+                h.venue.clear();
+                h.mark();
+                h.run_for(Duration::from_millis(500));
+                let levels: Vec<f32> = left(&h.venue)
+                    .chunks_exact(4800)
+                    .map(|w| tone_level(w, 440.0))
+                    .collect();
+                prop_assert!(
+                    levels.iter().all(|&l| l >= 0.2),
+                    "not recovered: {levels:?}"
+                );
+                let st = h.stats(ana);
+                prop_assert!(
+                    st.delay <= st.target + 10 * MS,
+                    "delay {:?} against target {:?}",
+                    st.delay,
+                    st.target
+                );
+                let mut r = reached.borrow_mut();
+                r.cases += 1;
+                r.concealed += st.concealed_samples;
+                r.fec += st.fec_recovered;
+                r.spliced += st.compressed_samples + st.expanded_samples;
+                r.caught_up += st.caught_up;
+                r.resyncs += st.resyncs;
+                Ok(())
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let r = reached.into_inner();
+        eprintln!(
+            "{} lives: concealed {} samples, {} FEC rebuilds, {} samples spliced, {} backlog drops, {} resyncs",
+            r.cases, r.concealed, r.fec, r.spliced, r.caught_up, r.resyncs
+        );
+        assert!(
+            r.concealed > 0 && r.fec > 0 && r.spliced > 0 && r.caught_up > 0 && r.resyncs > 0,
+            "the random lives missed a path"
+        );
     }
 
     proptest! {
