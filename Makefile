@@ -14,8 +14,8 @@ PI_TARGET_DIR := target-aarch64
 PI_CARGO := RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=$(PI_TARGET_DIR) $(CARGO)
 PI_BIN := $(PI_TARGET_DIR)/$(PI_TARGET)/release/duetbox
 
-.PHONY: run test setup-run setup-pi setup-deb setup-test build lint unit bench fmt \
-        pi pi-test deb deb-test boot-test
+.PHONY: run test setup-run setup-pi setup-deb setup-test setup-fuzz build lint unit bench \
+        bench-box fmt pi pi-test deb deb-test boot-test fuzz
 
 setup-run:
 	bash scripts/setup.sh run
@@ -28,6 +28,9 @@ setup-deb:
 
 setup-test:
 	bash scripts/setup.sh test
+
+setup-fuzz:
+	bash scripts/setup.sh fuzz
 
 build: setup-run
 	$(CARGO) build --release --locked
@@ -75,6 +78,22 @@ test: setup-test lint unit pi-test deb-test boot-test
 
 bench:
 	$(CARGO) bench --locked --bench engine
+
+# The real box (`duetbox serve`) with Rust WHIP/WHEP clients: CPU, RSS and return
+# latency per scenario (benches/box.rs).
+bench-box:
+	$(CARGO) bench --locked --bench box
+
+# Coverage-guided fuzzing of every parser the network reaches (fuzz/, cargo-fuzz and
+# libFuzzer on the stable compiler through RUSTC_BOOTSTRAP=1), FUZZ_SECONDS per target.
+# New inputs land in fuzz/corpus/, crashes in fuzz/artifacts/; `make test` replays both.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS := signaling offer whip_request rtp config
+fuzz: setup-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none --release $$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

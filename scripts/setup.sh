@@ -8,14 +8,17 @@
 #   scripts/setup.sh deb    what `make deb` needs: pi + cargo-deb (pinned) + dpkg-dev
 #   scripts/setup.sh test   what `make test` needs (run + deb + browsers, ALSA plugins,
 #                           sox, systemd's tools and systemd-nspawn, ...)
+#   scripts/setup.sh fuzz   what `make fuzz` needs: run + cargo-fuzz (pinned)
 set -euo pipefail
 
 profile=${1:-test}
-case "$profile" in run | pi | deb | test) ;; *) echo "usage: $0 run|pi|deb|test" >&2; exit 2 ;; esac
+case "$profile" in run | pi | deb | test | fuzz) ;; *) echo "usage: $0 run|pi|deb|test|fuzz" >&2; exit 2 ;; esac
 export DEBIAN_FRONTEND=noninteractive
 
 # The pinned cargo-deb (`make deb`); --locked builds it with its own lock file.
 CARGO_DEB_VERSION=3.8.0
+# The pinned cargo-fuzz (`make fuzz`).
+CARGO_FUZZ_VERSION=0.13.2
 
 run_pkgs=(build-essential cmake pkg-config libasound2-dev libopus-dev ca-certificates curl)
 # The aarch64 cross build (PLATFORM.md §1): Debian's rustc with an arm64 std, the cross
@@ -42,7 +45,7 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 need_update=0
-if [ "$profile" != run ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+if [ "$profile" != run ] && [ "$profile" != fuzz ] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
   echo "setup: adding the arm64 architecture (multiarch) for the Pi build"
   $SUDO dpkg --add-architecture arm64
   need_update=1
@@ -70,7 +73,7 @@ else
   echo "setup: system packages present"
 fi
 
-if [ "$profile" != run ]; then
+if [ "$profile" != run ] && [ "$profile" != fuzz ]; then
   # Debian's rustc compiles against the arm64 std of exactly its own version; a mix
   # (one from bookworm-security, one from bookworm) fails with "can't find crate for
   # `std`" or E0514. Name both versions rather than let that happen.
@@ -105,5 +108,12 @@ if [ "$profile" = deb ] || [ "$profile" = test ]; then
   if [ "$(cargo deb --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_DEB_VERSION" ]; then
     echo "setup: installing cargo-deb $CARGO_DEB_VERSION"
     nice -n 15 cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+  fi
+fi
+
+if [ "$profile" = fuzz ]; then
+  if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $NF}')" != "$CARGO_FUZZ_VERSION" ]; then
+    echo "setup: installing cargo-fuzz $CARGO_FUZZ_VERSION"
+    nice -n 15 cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
   fi
 fi

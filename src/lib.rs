@@ -17,6 +17,8 @@ pub mod audio;
 pub mod config;
 pub mod control;
 pub mod engine;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fuzzing;
 pub mod http;
 pub mod limits;
 pub mod output;

@@ -7,7 +7,7 @@
 
 mod connections;
 pub mod signaling;
-mod whip;
+pub mod whip;
 mod ws;
 
 use std::net::SocketAddr;

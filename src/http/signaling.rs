@@ -425,35 +425,15 @@ pub fn check_offer(sdp: &str, max_m_lines: usize) -> Result<u8, WireError> {
             format!("the offer has {m_lines} media sections; at most {max_m_lines} are allowed"),
         ));
     }
-    let mut in_audio = false;
-    let mut saw_audio = false;
-    for line in sdp.lines() {
-        let line = line.trim_end();
-        if let Some(m) = line.strip_prefix("m=") {
-            in_audio = m.starts_with("audio ");
-            saw_audio |= in_audio;
-        } else if in_audio {
-            if let Some(rest) = line.strip_prefix("a=rtpmap:") {
-                let (pt, codec) = rest.split_once(' ').unwrap_or((rest, ""));
-                if codec.to_ascii_lowercase().starts_with("opus/48000") {
-                    if let Ok(pt) = pt.parse::<u8>() {
-                        return Ok(pt);
-                    }
-                }
-            }
-        }
-    }
-    if saw_audio {
-        Err(WireError::new(
-            ErrorCode::BadSdp,
-            "the offer has no Opus 48 kHz codec",
-        ))
-    } else {
-        Err(WireError::new(
+    if !sdp.lines().any(|l| l.starts_with("m=audio ")) {
+        return Err(WireError::new(
             ErrorCode::BadSdp,
             "the offer has no audio m-line",
-        ))
+        ));
     }
+    // The same reading the answer's sender uses, so what passes here can be answered.
+    crate::rtc::opus_payload_type(sdp)
+        .ok_or_else(|| WireError::new(ErrorCode::BadSdp, "the offer has no Opus 48 kHz codec"))
 }
 
 #[cfg(test)]

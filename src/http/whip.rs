@@ -29,9 +29,86 @@ fn plain(status: StatusCode, text: impl Into<String>) -> Response {
         .into_response()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(|t| t.trim().to_string())
+/// A WHIP/WHEP `POST` as the box accepts it.
+#[derive(Debug, PartialEq)]
+pub struct Post {
+    /// Display name (trimmed, printable, at most 32 characters).
+    pub name: String,
+    /// Singer (WHIP, unless `role=listener`) or listener (WHEP).
+    pub role: Role,
+    /// The offer.
+    pub sdp: String,
+    /// The bearer token of `Authorization`, if any (the PIN).
+    pub pin: Option<String>,
+}
+
+/// The endpoint a `POST` came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/whip`.
+    Whip,
+    /// `/whep`.
+    Whep,
+}
+
+impl Endpoint {
+    fn base(self) -> &'static str {
+        match self {
+            Endpoint::Whip => "whip",
+            Endpoint::Whep => "whep",
+        }
+    }
+}
+
+/// Checks a `POST` before anything is admitted: content type, role, name, the offer's
+/// text and shape. Pure (fuzzed: `fuzz/`); a refusal is an HTTP status and a text.
+pub fn parse_post(
+    endpoint: Endpoint,
+    content_type: Option<&str>,
+    authorization: Option<&str>,
+    role: Option<&str>,
+    name: Option<&str>,
+    body: &[u8],
+    max_m_lines: usize,
+) -> Result<Post, (u16, String)> {
+    let role = match (endpoint, role) {
+        (Endpoint::Whep, _) => Role::Listener,
+        (Endpoint::Whip, None | Some("singer")) => Role::Singer,
+        (Endpoint::Whip, Some("listener")) => Role::Listener,
+        (Endpoint::Whip, Some(_)) => {
+            return Err((400, "role must be singer or listener".into()));
+        }
+    };
+    if !content_type.unwrap_or("").starts_with("application/sdp") {
+        return Err((415, "Content-Type must be application/sdp".into()));
+    }
+    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
+        return Err((400, "the offer is not UTF-8 text".into()));
+    };
+    if let Err(e) = signaling::check_offer(&sdp, max_m_lines) {
+        return Err((400, e.message));
+    }
+    let name: String = name
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(signaling::MAX_NAME_CHARS)
+        .collect();
+    let name = if name.trim().is_empty() {
+        endpoint.base().to_string()
+    } else {
+        name
+    };
+    let pin = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_string());
+    Ok(Post {
+        name,
+        role,
+        sdp,
+        pin,
+    })
 }
 
 pub(crate) async fn whip_post(
@@ -41,16 +118,7 @@ pub(crate) async fn whip_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let role = match query.get("role").map(String::as_str) {
-        None | Some("singer") => Role::Singer,
-        Some("listener") => Role::Listener,
-        Some(_) => return plain(StatusCode::BAD_REQUEST, "role must be singer or listener"),
-    };
-    let name = query
-        .get("name")
-        .cloned()
-        .unwrap_or_else(|| "whip".to_string());
-    ingest(state, client, &headers, body, name, role, "whip").await
+    ingest(state, client, &headers, &query, body, Endpoint::Whip).await
 }
 
 pub(crate) async fn whep_post(
@@ -60,55 +128,46 @@ pub(crate) async fn whep_post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let name = query
-        .get("name")
-        .cloned()
-        .unwrap_or_else(|| "whep".to_string());
-    ingest(state, client, &headers, body, name, Role::Listener, "whep").await
+    ingest(state, client, &headers, &query, body, Endpoint::Whep).await
 }
 
 async fn ingest(
     state: AppState,
     client: SocketAddr,
     headers: &HeaderMap,
+    query: &HashMap<String, String>,
     body: Bytes,
-    name: String,
-    role: Role,
-    base: &str,
+    endpoint: Endpoint,
 ) -> Response {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !content_type.starts_with("application/sdp") {
-        return plain(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type must be application/sdp",
-        );
-    }
-    let Ok(sdp) = String::from_utf8(body.to_vec()) else {
-        return plain(StatusCode::BAD_REQUEST, "the offer is not UTF-8 text");
+    let header_text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    let post = match parse_post(
+        endpoint,
+        header_text(header::CONTENT_TYPE),
+        header_text(header::AUTHORIZATION),
+        query.get("role").map(String::as_str),
+        query.get("name").map(String::as_str),
+        &body,
+        state.settings.limits.offer_m_lines,
+    ) {
+        Ok(post) => post,
+        Err((status, text)) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST);
+            return plain(status, text);
+        }
     };
-    if let Err(e) = signaling::check_offer(&sdp, state.settings.limits.offer_m_lines) {
-        return plain(StatusCode::BAD_REQUEST, e.message);
-    }
-    let name: String = name
-        .trim()
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(signaling::MAX_NAME_CHARS)
-        .collect();
-    let name = if name.is_empty() {
-        base.to_string()
-    } else {
-        name
-    };
+    let Post {
+        name,
+        role,
+        sdp,
+        pin,
+    } = post;
+    let base = endpoint.base();
     let control = state.control.clone();
     let conn = control.conn();
     let request = JoinRequest {
         name,
         role,
-        pin: bearer(headers),
+        pin,
         token: None,
         new_token: Control::new_token(),
         // A WHIP/WHEP client has no way back into a session: when its media fails, it

@@ -417,7 +417,8 @@ pub async fn answer(
 }
 
 /// The payload type of Opus in an SDP's first audio m-line: in an answer, the one the
-/// offer chose (JSEP answers with the offerer's numbers).
+/// offer chose (JSEP answers with the offerer's numbers). `None` without one, or when
+/// it is not written as a plain decimal number.
 pub fn opus_payload_type(sdp: &str) -> Option<u8> {
     let mut in_audio = false;
     for line in sdp.lines() {
@@ -429,7 +430,10 @@ pub fn opus_payload_type(sdp: &str) -> Option<u8> {
         } else if let (true, Some(rest)) = (in_audio, line.strip_prefix("a=rtpmap:")) {
             let (pt, codec) = rest.split_once(' ')?;
             if codec.to_ascii_lowercase().starts_with("opus/48000") {
-                return pt.trim().parse().ok();
+                // Canonical decimal only ("055" is not 55 to every parser).
+                let digits = !pt.is_empty() && pt.bytes().all(|b| b.is_ascii_digit());
+                let canonical = digits && (pt == "0" || !pt.starts_with('0'));
+                return if canonical { pt.parse().ok() } else { None };
             }
         }
     }
@@ -441,17 +445,7 @@ pub fn opus_payload_type(sdp: &str) -> Option<u8> {
 /// receive (mono voice with in-band FEC, no DTX, at `uplink_bitrate_bps`) and that it
 /// sends stereo. `a=ptime:10` asks the phone for 10 ms packets, halving packetisation.
 pub fn rewrite_opus_fmtp(sdp: &str, uplink_bitrate_bps: u32) -> String {
-    let mut opus_pt: Option<String> = None;
-    for line in sdp.lines() {
-        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
-            if let Some((pt, codec)) = rest.split_once(' ') {
-                if codec.to_ascii_lowercase().starts_with("opus/48000") {
-                    opus_pt = Some(pt.to_string());
-                }
-            }
-        }
-    }
-    let Some(pt) = opus_pt else {
+    let Some(pt) = opus_payload_type(sdp) else {
         return sdp.to_string();
     };
     let fmtp = format!(
@@ -507,6 +501,12 @@ mod tests {
         let video_first = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
         assert_eq!(opus_payload_type(video_first), None);
         assert_eq!(opus_payload_type("v=0\r\n"), None);
+        // Only plain decimal: "+109" and "055" parse as numbers but are not the
+        // text the answer repeats (found by fuzzing).
+        for odd in ["+109", "055", "1e2", ""] {
+            let sdp = format!("v=0\r\nm=audio 9 X {odd}\r\na=rtpmap:{odd} opus/48000/2\r\n");
+            assert_eq!(opus_payload_type(&sdp), None, "{odd:?}");
+        }
     }
 
     #[test]

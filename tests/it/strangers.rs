@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::support::whip_client::{
-    connect_from, https_request, https_request_from, Role, WhipClient, OPUS_PAYLOAD_TYPE,
+    connect_from, https_request, https_request_from, Options, Role, WhipClient,
 };
 use crate::support::wss::{Phone, Received};
 use crate::support::{box_dir, read_wav_left, BoxProcess, BOX_START_DEADLINE, SERIAL};
@@ -296,14 +296,16 @@ async fn a_flooding_singer_hurts_only_itself() {
     .await;
     let ana = singer(&base, "ana", None, tone(440.0)).await;
     wait_more(&ana, 1.0, "ana's first second").await;
-    let flood = WhipClient::connect_flooding(
+    let flood = WhipClient::connect_options(
         &base,
         Role::Singer,
         "flood",
         None,
         Some(tone(660.0)),
-        OPUS_PAYLOAD_TYPE,
-        10,
+        Options {
+            packets_per_frame: 10,
+            ..Options::default()
+        },
     )
     .await
     .unwrap_or_else(|e| panic!("the flooder connects: {e}"));
@@ -385,4 +387,42 @@ async fn two_thousand_idle_connections_do_not_lock_out_a_phone() {
     wait_more(&ana, 0.5, "ana's mix").await;
     ana.close().await;
     drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_socket_is_closed_at_the_idle_timeout() {
+    let _serial = SERIAL.lock().await;
+    let (the_box, base) = start(
+        "strangers_idle_ws",
+        &[("DUETBOX_ROOM__IDLE_TIMEOUT_MS", "6000".into())],
+    )
+    .await;
+    // A singer keeps the room busy (its levels change it ten times a second).
+    let ana = singer(&base, "ana", None, tone(440.0)).await;
+    let addr = format!("127.0.0.1:{}", the_box.https_port)
+        .parse()
+        .expect("addr");
+    let mut silent = Phone::connect_from(addr, STRANGER, None).await;
+    silent
+        .send(json!({"type": "join", "v": 1, "name": "Sam", "role": "listener"}))
+        .await;
+    let begin = Instant::now();
+    let bye = loop {
+        assert!(
+            begin.elapsed() < Duration::from_secs(20),
+            "a silent socket was still open after 20 s"
+        );
+        match silent.next().await {
+            Received::Json(v) if v["type"] == "bye" => break v,
+            Received::Json(_) => {}
+            Received::Closed(code) => panic!("closed ({code:?}) without a bye"),
+        }
+    };
+    assert_eq!(bye["reason"], "timeout");
+    assert_eq!(silent.expect_close().await, Some(1000));
+    eprintln!(
+        "closed {:.1} s after its last frame",
+        begin.elapsed().as_secs_f64()
+    );
+    ana.close().await;
 }

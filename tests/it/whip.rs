@@ -13,7 +13,8 @@ use duetbox::engine::testkit::{tone_level, Signal};
 use duetbox::engine::SAMPLE_RATE_HZ;
 
 use crate::support::latency::{
-    click_frame, click_source, find_template, median, onset, signed_ms, HeartbeatSampler,
+    click_frame, click_source, find_template, median, onset, partner_latencies_ms, signed_ms,
+    HeartbeatSampler, MATCH_MIN, TEMPLATE_POST, TEMPLATE_PRE,
 };
 use crate::support::whip_client::{
     https_request, signal_source, silence, Recording, Role, Source, WhipClient, FRAME_SAMPLES,
@@ -323,17 +324,8 @@ const CLICKS: u64 = 10;
 /// Of which at least this many must be found on each path.
 const CLICKS_FOUND_MIN: usize = 8;
 
-/// Where the click template starts before the click's onset in the sender's audio.
-const TEMPLATE_PRE: usize = 48;
-
-/// Template length after the onset (5 ms).
-const TEMPLATE_POST: usize = 240;
-
 /// How far after its packet left a click is looked for (and the sanity bound).
 const LATENCY_SANE_MS: f64 = 200.0;
-
-/// Normalised correlation a found click must reach against the click as sent.
-const MATCH_MIN: f32 = 0.6;
 
 /// Partner return: A sends clicks, B listens. Venue: the same clicks in the box's WAV
 /// output. Method in `support/latency.rs`: every instant is "packet (or period) instant
@@ -382,18 +374,22 @@ async fn latency_click_through_the_box() {
         .load(std::sync::atomic::Ordering::Relaxed);
     running.stop().await.expect("the box stops cleanly");
     let venue = read_wav_left(&venue_path);
-    let ben_left = received.left();
 
     let sane = Duration::from_secs_f64(LATENCY_SANE_MS / 1000.0);
     // Clicks are looked for up to twice the sane latency after they left (still well
     // before the next click), so an insane one is found and reported, not missed.
     let window = 2 * (sane.as_secs_f64() * RATE as f64) as usize;
-    let mut partner_ms = Vec::new();
+    let mut partner_ms = partner_latencies_ms(
+        &sent,
+        &received,
+        FIRST_CLICK_FRAME,
+        CLICK_EVERY_FRAMES,
+        CLICKS,
+        window,
+    );
     let mut venue_ms = Vec::new();
     for i in 0..CLICKS {
         let frame = click_frame(FIRST_CLICK_FRAME, CLICK_EVERY_FRAMES, i) as usize;
-        // The click as the box decodes it: in ana's own packets, after her encoder's
-        // look-ahead, so possibly in the next packet.
         let a_onset = onset(
             &sent.pcm,
             frame * FRAME_SAMPLES,
@@ -408,18 +404,6 @@ async fn latency_click_through_the_box() {
         let carrier_at = sent
             .instant_of(a_onset / FRAME_SAMPLES * FRAME_SAMPLES)
             .expect("sent");
-
-        // Partner return: from ben's first packet that arrived after the click left.
-        let from = received.first_frame_at_or_after(carrier_at);
-        if let Some((b_start, corr)) =
-            find_template(template, TEMPLATE_PRE, &ben_left, from, from + window, 0.1)
-        {
-            if corr >= MATCH_MIN {
-                let b_at = received.instant_of(b_start).expect("ben received it");
-                partner_ms.push(signed_ms(b_at, a_at));
-            }
-        }
-
         // Venue: the WAV's sample index on the sink's timeline.
         let Some(origin) = heartbeat.origin(carrier_at, carrier_at + sane, period) else {
             continue;

@@ -21,7 +21,7 @@ use duetbox::audio::Counters;
 use duetbox::engine::testkit::best_lag;
 use duetbox::engine::SAMPLE_RATE_HZ;
 
-use super::whip_client::{Source, FRAME_SAMPLES};
+use super::whip_client::{Recording, Source, FRAME_SAMPLES};
 
 /// Length of one click: 2 ms.
 pub const CLICK_SAMPLES: usize = 96;
@@ -97,6 +97,71 @@ pub fn find_template(
     let window = x.get(lo..(lo + 2 * REFINE_FRAMES + template.len()).min(x.len()))?;
     let (lag, corr) = best_lag(template, window, 2 * REFINE_FRAMES);
     Some((lo + lag, corr))
+}
+
+/// Where the click template starts before the click's onset in the sender's audio.
+pub const TEMPLATE_PRE: usize = 48;
+
+/// Template length after the onset (5 ms).
+pub const TEMPLATE_POST: usize = 240;
+
+/// Normalised correlation a found click must reach against the click as sent.
+pub const MATCH_MIN: f32 = 0.6;
+
+/// The partner-return latency of each click a [`click_source`] sent (`first`, `every`,
+/// `count` as given to it), in ms: from the click in the sender's own decoded packets
+/// (`sent`) to the same click in what the partner received (`received`), looked for up
+/// to `window` frames after the click's packet left. Clicks not found (or found below
+/// [`MATCH_MIN`]) are left out.
+pub fn partner_latencies_ms(
+    sent: &Recording,
+    received: &Recording,
+    first: u64,
+    every: u64,
+    count: u64,
+    window: usize,
+) -> Vec<f64> {
+    let received_left = received.left();
+    let mut out = Vec::new();
+    for i in 0..count {
+        let frame = click_frame(first, every, i) as usize;
+        // The click as the box decodes it: in the sender's own packets, after its
+        // encoder's look-ahead, so possibly in the next packet.
+        let Some(a_onset) = onset(
+            &sent.pcm,
+            frame * FRAME_SAMPLES,
+            (frame + 2) * FRAME_SAMPLES,
+            0.2,
+        ) else {
+            continue;
+        };
+        if a_onset < TEMPLATE_PRE || a_onset + TEMPLATE_POST > sent.pcm.len() {
+            continue;
+        }
+        let template = &sent.pcm[a_onset - TEMPLATE_PRE..a_onset + TEMPLATE_POST];
+        let (Some(a_at), Some(carrier_at)) = (
+            sent.instant_of(a_onset - TEMPLATE_PRE),
+            sent.instant_of(a_onset / FRAME_SAMPLES * FRAME_SAMPLES),
+        ) else {
+            continue;
+        };
+        let from = received.first_frame_at_or_after(carrier_at);
+        if let Some((b_start, corr)) = find_template(
+            template,
+            TEMPLATE_PRE,
+            &received_left,
+            from,
+            from + window,
+            0.1,
+        ) {
+            if corr >= MATCH_MIN {
+                if let Some(b_at) = received.instant_of(b_start) {
+                    out.push(signed_ms(b_at, a_at));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The audio thread's heartbeat (`counters.periods`) observed from a helper thread:

@@ -87,6 +87,30 @@ pub enum Role {
     Listener,
 }
 
+/// How a client behaves beyond its role.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// The payload type offered for Opus (Chromium's 111 by default; aiortc and
+    /// GStreamer use 96, Firefox 109).
+    pub opus_payload_type: u8,
+    /// Packets sent every 20 ms (1; more makes a flooding client whose stream's clock
+    /// runs that many times too fast).
+    pub packets_per_frame: u32,
+    /// Decode what arrives (false: only count the packets and when they came, a light
+    /// listener for load tests).
+    pub decode: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            opus_payload_type: OPUS_PAYLOAD_TYPE,
+            packets_per_frame: 1,
+            decode: true,
+        }
+    }
+}
+
 /// What a singer sends: given the frame index (0, 1, ...), 960 mono samples at 48 kHz.
 pub type Source = Box<dyn FnMut(u64) -> Vec<f32> + Send>;
 
@@ -186,6 +210,7 @@ impl From<String> for ConnectError {
 
 /// State the PeerConnection's callbacks and the media tasks share with the client.
 struct Shared {
+    decode: bool,
     gathered: watch::Sender<bool>,
     state: watch::Sender<RTCPeerConnectionState>,
     received: Mutex<Recording>,
@@ -236,6 +261,12 @@ async fn receive(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
             continue;
         };
         let at = Instant::now();
+        if !shared.decode {
+            let mut rec = Shared::lock(&shared.received);
+            let start = rec.packets.len();
+            rec.packets.push(PacketTime { at, start });
+            continue;
+        }
         let h = &packet.header;
         let mut concealed = Vec::new();
         if let Some((last_ts, last_frames)) = last {
@@ -322,24 +353,31 @@ impl WhipClient {
         source: Option<Source>,
         opus_payload_type: u8,
     ) -> Result<WhipClient, ConnectError> {
-        Self::connect_flooding(base_url, role, name, pin, source, opus_payload_type, 1).await
+        let options = Options {
+            opus_payload_type,
+            ..Options::default()
+        };
+        Self::connect_options(base_url, role, name, pin, source, options).await
     }
 
-    /// [`WhipClient::connect_with`] sending `packets_per_frame` packets every 20 ms
-    /// instead of one (each the next 20 ms of the source, so the stream's clock runs
-    /// that many times too fast): a flooding client.
-    pub async fn connect_flooding(
+    /// [`WhipClient::connect`] with every knob.
+    pub async fn connect_options(
         base_url: &str,
         role: Role,
         name: &str,
         pin: Option<&str>,
         source: Option<Source>,
-        opus_payload_type: u8,
-        packets_per_frame: u32,
+        options: Options,
     ) -> Result<WhipClient, ConnectError> {
+        let Options {
+            opus_payload_type,
+            packets_per_frame,
+            decode,
+        } = options;
         let (gathered, mut gathered_rx) = watch::channel(false);
         let (state, mut state_rx) = watch::channel(RTCPeerConnectionState::New);
         let shared = Arc::new(Shared {
+            decode,
             gathered,
             state,
             received: Mutex::new(Recording {
