@@ -176,13 +176,17 @@ async fn run(s: &Scenario) -> Measured {
     let the_box = start_box(s.singers.max(2)).await;
     let base = the_box.base.clone();
     let clicks = s.seconds * 2;
-    // Ana clicks, ben listens for her clicks (silent), the others sing tones.
+    // Ana clicks, ben listens for her clicks (silent), the others sing quiet tones (so
+    // that ana's clicks still stand out in ben's mix).
     let mut singers = Vec::new();
     for k in 0..s.singers {
         let source = match k {
             0 => click_source(FIRST_CLICK_FRAME, CLICK_EVERY_FRAMES, clicks + 20),
             1 => silence(),
-            _ => signal_source(Signal::tone(300.0 + 50.0 * k as f32)),
+            _ => signal_source(Signal::Tone {
+                hz: 300.0 + 50.0 * k as f32,
+                amplitude: 0.01,
+            }),
         };
         let name = format!("singer{k}");
         let c = WhipClient::connect(&base, Role::Singer, &name, None, Some(source))

@@ -4,14 +4,16 @@
 //! `make test`, so a fixed bug stays fixed without libFuzzer.
 //!
 //! Each entry point must return normally for any input: a panic is a bug. They also
-//! check the promises their parsers make (a refusal always says why; the fmtp rewrite
-//! never duplicates a line; the engine's output stays finite and its buffers bounded).
+//! check the promises their parsers make (a refusal always says why; the answer's fmtp
+//! rewrite gives Opus its line; the receive pipeline's output stays finite, its buffers
+//! bounded).
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::engine::{Command, Engine, EngineConfig, RtpAudio, SingerId, SingerSettings};
+use crate::engine::receiver::{Receiver, ReceiverConfig};
+use crate::engine::{EngineConfig, JitterConfig};
 use crate::http::signaling;
 use crate::http::whip::{parse_post, Endpoint};
 use crate::rtc;
@@ -102,71 +104,63 @@ fn real_packet() -> &'static [u8] {
     })
 }
 
-/// RTP into the engine: the bytes are a program of packets (real Opus, or the bytes
-/// themselves as payload), time steps and renders, for two seats.
+/// RTP into a singer's receive pipeline (the part of the engine that reads what a
+/// phone sends: jitter buffer, Opus decoder, concealment, time-scale control): the
+/// bytes are a program of packets (real Opus, or the bytes themselves as payload), time
+/// steps and periods. The mixing after it never sees packet content. (The engine as a
+/// whole is exercised by the property tests of `engine/tests.rs`; here speed counts,
+/// and the mixes' Opus encodes would be most of each run.)
 pub fn rtp(data: &[u8]) {
-    // Two seats: every input builds its engine afresh, and seats are most of that.
-    let config = EngineConfig {
-        max_singers: 2,
-        ..EngineConfig::default()
-    };
-    let mut engine = Engine::new(config);
-    for s in [1, 2] {
-        engine.handle_command(Command::AddSinger {
-            singer: SingerId(s),
-            settings: SingerSettings::default(),
-        });
+    thread_local! {
+        // Built once per thread and reset for every input (`reset` returns it to its
+        // state after `new`): building it is most of a short input's cost.
+        static RECEIVER: std::cell::RefCell<Receiver> = std::cell::RefCell::new(Receiver::new(ReceiverConfig {
+            jitter: JitterConfig::default(),
+            period_samples: EngineConfig::default().period_samples,
+        }));
     }
-    let mut venue = vec![0.0f32; 2 * config.period_samples];
+    RECEIVER.with_borrow_mut(|receiver| {
+        receiver.reset();
+        rtp_into(receiver, data);
+    });
+}
+
+fn rtp_into(receiver: &mut Receiver, data: &[u8]) {
+    let period = EngineConfig::default().period_samples;
+    let mut out = vec![0.0f32; period];
     let mut now = Duration::ZERO;
     let (mut seq, mut ts) = (0u16, 0u32);
     let mut bytes = data.iter().copied();
     let mut next = || bytes.next();
     while let Some(op) = next() {
-        let singer = SingerId(1 + u32::from(op & 1));
-        match op >> 1 & 3 {
+        match op & 3 {
             // A real packet: sequence and timestamp steps from the input.
             0 => {
                 let dseq = next().unwrap_or(1) as i8;
                 let dts = i16::from_le_bytes([next().unwrap_or(0), next().unwrap_or(0)]);
                 seq = seq.wrapping_add(dseq as u16);
                 ts = ts.wrapping_add((i32::from(dts) * 48) as u32);
-                let ssrc = u32::from(next().unwrap_or(0) & 3);
-                let rtp = RtpAudio {
-                    ssrc,
-                    sequence: seq,
-                    timestamp: ts,
-                    payload: real_packet(),
-                };
-                engine.handle_packet(singer, rtp, now);
+                let ssrc = u32::from(op >> 2 & 3);
+                receiver.handle_packet(ssrc, seq, ts, real_packet(), now);
             }
             // A packet of whatever follows.
             1 => {
                 let len = usize::from(next().unwrap_or(0)) * 8;
                 let payload: Vec<u8> = (0..len).map_while(|_| next()).collect();
-                let rtp = RtpAudio {
-                    ssrc: 0,
-                    sequence: seq,
-                    timestamp: ts,
-                    payload: &payload,
-                };
-                engine.handle_packet(singer, rtp, now);
+                receiver.handle_packet(0, seq, ts, &payload, now);
             }
             // Time passes without output (a stalled device).
             2 => now += Duration::from_millis(u64::from(next().unwrap_or(0))),
             // A period.
             _ => {
-                engine.render_period(now, &mut venue);
-                while engine.poll_output().is_some() {}
+                receiver.render(now, &mut out);
                 now += Duration::from_millis(5);
-                assert!(venue.iter().all(|v| v.is_finite() && v.abs() <= 1.0));
+                assert!(out.iter().all(|v| v.is_finite()), "the voice stays finite");
             }
         }
-        for s in [1, 2] {
-            let (packets, samples) = engine.buffered(SingerId(s)).expect("seated");
-            assert!(packets <= crate::engine::jitter::PACKET_SLOTS);
-            assert!(samples <= 48_000, "fifo holds {samples}");
-        }
+        let (packets, samples) = receiver.buffered();
+        assert!(packets <= crate::engine::jitter::PACKET_SLOTS);
+        assert!(samples <= 48_000, "fifo holds {samples}");
     }
 }
 

@@ -208,6 +208,7 @@ impl Receiver {
         self.anchor_pending = true;
         self.live = false;
         self.resuming = false;
+        self.tail_ts = 0;
         self.debt = 0;
         self.conceal_run = 0;
         self.envelope = 0.0;
