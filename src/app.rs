@@ -23,6 +23,7 @@ use crate::audio::{self, AudioHandle, Sink, SinkError};
 use crate::config::Config;
 use crate::control::{self, Control, RoomConfig};
 use crate::http::{self, HttpSettings};
+use crate::mqtt;
 use crate::output::{self, OutputSpec};
 use crate::rtc::RtcSettings;
 use crate::service;
@@ -133,13 +134,37 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audio.clone(),
         cancel.clone(),
     );
-    let tasks = vec![tokio::spawn(control_task.run())];
+    let mut tasks = vec![tokio::spawn(control_task.run())];
 
     let state_dir = config.state_dir(std::env::var("STATE_DIRECTORY").ok());
     let hostname = std::fs::read_to_string("/etc/hostname")
         .unwrap_or_default()
         .trim()
         .to_string();
+    let box_id = crate::trust::box_id(&state_dir).context("the box id")?;
+    let info = mqtt::report::BoxInfo {
+        name: match config.identity.name.as_str() {
+            "" if hostname.is_empty() => "duetbox".to_string(),
+            "" => hostname.clone(),
+            name => name.to_string(),
+        },
+        id: box_id,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        output: output.clone(),
+    };
+    tracing::info!(name = info.name, id = info.id, "box identity");
+    if let Some(settings) = mqtt::Settings::from_config(&config.mqtt, info) {
+        tracing::info!(
+            broker = config.mqtt.url,
+            base_topic = settings.base,
+            discovery = settings.discovery_prefix.is_some(),
+            "MQTT panel on"
+        );
+        match mqtt::start(settings, control.clone(), audio.clone(), cancel.clone()) {
+            Ok(task) => tasks.push(task),
+            Err(e) => tracing::error!(error = %e, "MQTT is off: its TLS setup failed"),
+        }
+    }
     let identity = crate::trust::load_or_create(&state_dir, &hostname)
         .with_context(|| format!("preparing the https certificate in {}", state_dir.display()))?;
     let bind: IpAddr = config.http.bind.parse().context("http.bind")?;

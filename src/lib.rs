@@ -8,6 +8,8 @@
 //! - [`engine`]: pure audio core (jitter buffers, Opus, mixes). No clock, no IO, no threads.
 //! - [`audio`]: the real-time thread that drives the engine into a sink, and its queues.
 //! - [`output`]: the sinks (ALSA, WAV, null) and the output spec that picks one.
+//! - [`control`]: the room (who is on stage, every setting) and the task that owns it.
+//! - [`mqtt`]: the venue panel over MQTT (status, state, commands, Home Assistant).
 //! - [`service`]: systemd notifications (READY, STATUS, STOPPING, watchdog).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -21,6 +23,7 @@ pub mod engine;
 pub mod fuzzing;
 pub mod http;
 pub mod limits;
+pub mod mqtt;
 pub mod output;
 pub mod rtc;
 pub mod service;

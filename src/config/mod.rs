@@ -288,6 +288,60 @@ pub struct StateConfig {
     pub dir: String,
 }
 
+/// `[box]`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BoxConfig {
+    /// The box's name ("" = the host name).
+    pub name: String,
+}
+
+/// `[mqtt]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    /// Broker: `mqtt://host[:port]` or `mqtts://host[:port]`; "" = MQTT off.
+    pub url: String,
+    /// Client id ("" = `duetbox-<box id>`).
+    pub client_id: String,
+    /// User name ("" = none).
+    pub username: String,
+    /// Password (never printed).
+    pub password: String,
+    /// PEM file of the CA(s) that sign the broker's certificate ("" = the system's).
+    pub ca_file: String,
+    /// Base topic ("" = `duetbox/<box id>`).
+    pub base_topic: String,
+    /// Home Assistant MQTT discovery.
+    pub discovery: bool,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+    /// Meters on `<base>/meters` per second (0 = off, at most 10).
+    pub meters_hz: f64,
+    /// Shortest interval between two state messages when only levels changed, ms.
+    pub state_interval_ms: u64,
+    /// MQTT keep-alive, seconds.
+    pub keep_alive_s: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            url: String::new(),
+            client_id: String::new(),
+            username: String::new(),
+            password: String::new(),
+            ca_file: String::new(),
+            base_topic: String::new(),
+            discovery: true,
+            discovery_prefix: "homeassistant".into(),
+            meters_hz: 0.0,
+            state_interval_ms: 1000,
+            keep_alive_s: 15,
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -324,6 +378,11 @@ pub struct Config {
     pub limits: LimitsSection,
     /// State directory.
     pub state: StateConfig,
+    /// The box's name.
+    #[serde(rename = "box")]
+    pub identity: BoxConfig,
+    /// The venue panel's broker.
+    pub mqtt: MqttConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -670,6 +729,75 @@ impl Config {
                 "must be at least 4096",
             );
         }
+        let name = &self.identity.name;
+        if name.chars().count() > 64 || name.chars().any(char::is_control) {
+            return bad(
+                "box.name",
+                name,
+                "must be at most 64 characters, none of them control characters",
+            );
+        }
+        self.validate_mqtt()
+    }
+
+    fn validate_mqtt(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, reason: &str| {
+            Err(Error::Invalid {
+                key: key.into(),
+                value: value.to_string(),
+                reason: reason.into(),
+            })
+        };
+        let m = &self.mqtt;
+        if !m.url.is_empty() {
+            if let Err(reason) = crate::mqtt::BrokerUrl::parse(&m.url) {
+                return bad("mqtt.url", &m.url, &reason);
+            }
+        }
+        if m.client_id.len() > 64 || m.client_id.chars().any(|c| !c.is_ascii_graphic()) {
+            return bad(
+                "mqtt.client_id",
+                &m.client_id,
+                "must be at most 64 printable ASCII characters",
+            );
+        }
+        if m.username.len() > 256 || m.password.len() > 256 {
+            return bad(
+                "mqtt.username",
+                &"(hidden)",
+                "user name and password must be at most 256 bytes",
+            );
+        }
+        if !m.password.is_empty() && m.username.is_empty() {
+            return bad("mqtt.password", &"(hidden)", "needs mqtt.username");
+        }
+        for (key, topic) in [
+            ("mqtt.base_topic", &m.base_topic),
+            ("mqtt.discovery_prefix", &m.discovery_prefix),
+        ] {
+            if let Err(reason) = crate::mqtt::check_topic_prefix(topic) {
+                if !(key == "mqtt.base_topic" && topic.is_empty()) {
+                    return bad(key, topic, &reason);
+                }
+            }
+        }
+        if !(0.0..=10.0).contains(&m.meters_hz) {
+            return bad("mqtt.meters_hz", &m.meters_hz, "must be between 0 and 10");
+        }
+        if !(100..=60_000).contains(&m.state_interval_ms) {
+            return bad(
+                "mqtt.state_interval_ms",
+                &m.state_interval_ms,
+                "must be between 100 and 60000",
+            );
+        }
+        if !(5..=600).contains(&m.keep_alive_s) {
+            return bad(
+                "mqtt.keep_alive_s",
+                &m.keep_alive_s,
+                "must be between 5 and 600",
+            );
+        }
         Ok(())
     }
 
@@ -678,6 +806,9 @@ impl Config {
         let mut shown = self.clone();
         if !shown.room.pin.is_empty() {
             shown.room.pin = "(set, hidden)".into();
+        }
+        if !shown.mqtt.password.is_empty() {
+            shown.mqtt.password = "(set, hidden)".into();
         }
         toml::to_string_pretty(&shown).expect("a Config always serialises")
     }

@@ -60,6 +60,9 @@ pub const TOKEN_BYTES: usize = 16;
 /// Lowest gain the room accepts for a slot, the master or the backing track, dB.
 pub const GAIN_MIN_DB: f32 = -60.0;
 
+/// Longest PIN the room accepts, characters.
+pub const PIN_MAX_CHARS: usize = 64;
+
 /// Highest gain the room accepts, dB. Every output passes a limiter, so a boost cannot
 /// clip; more than this only makes a voice harsh.
 pub const GAIN_MAX_DB: f32 = 12.0;
@@ -287,6 +290,8 @@ pub enum Refusal {
     UnknownPeer,
     /// No such slot.
     UnknownSlot,
+    /// Nobody holds that slot.
+    EmptySlot,
     /// A value is out of its range; names the field.
     OutOfRange(&'static str),
 }
@@ -307,6 +312,7 @@ impl fmt::Display for Refusal {
             Refusal::NotASinger => f.write_str("only singers have mix settings"),
             Refusal::UnknownPeer => f.write_str("no such participant"),
             Refusal::UnknownSlot => f.write_str("no such slot"),
+            Refusal::EmptySlot => f.write_str("nobody holds that slot"),
             Refusal::OutOfRange(field) => write!(f, "`{field}` is out of range"),
         }
     }
@@ -425,6 +431,23 @@ pub enum Input {
     Kick {
         /// Who.
         peer: PeerId,
+    },
+    /// The host removes whoever holds a slot.
+    KickSlot {
+        /// The slot.
+        slot: SlotId,
+    },
+    /// The host opens only the first `limit` slots to new singers (1..=`max_singers`).
+    /// Singers already on a slot beyond it keep it until they leave.
+    SetSingerLimit {
+        /// Open slots.
+        limit: usize,
+    },
+    /// The host sets the PIN new joins must give, or clears it (`None`). People in the
+    /// room keep their place, and their tokens rejoin without it.
+    SetPin {
+        /// 1 to [`PIN_MAX_CHARS`] printable characters, or `None` for no PIN.
+        pin: Option<String>,
     },
     /// New receive figures for a singer's voice.
     Figures {
@@ -562,6 +585,10 @@ pub struct RoomView {
     pub backing_gain_db: f32,
     /// Backing silenced.
     pub backing_muted: bool,
+    /// Slots open to new singers (the first this many).
+    pub singer_limit: usize,
+    /// Whether joining needs a PIN (never the PIN itself).
+    pub pin_set: bool,
 }
 
 impl RoomView {
@@ -609,6 +636,8 @@ pub struct Room {
     master_gain_db: f32,
     backing_gain_db: f32,
     backing_muted: bool,
+    singer_limit: usize,
+    pin: String,
     next_peer: u32,
     shutting_down: bool,
     throttle: PinThrottle,
@@ -629,6 +658,8 @@ impl Room {
             master_gain_db: config.master_gain_db,
             backing_gain_db: config.backing_gain_db,
             backing_muted: false,
+            singer_limit: config.max_singers,
+            pin: config.pin.clone(),
             config,
             participants: BTreeMap::new(),
             slots,
@@ -712,6 +743,32 @@ impl Room {
                 self.remove(peer, ByeReason::Kicked);
                 Ok(Reply::Done)
             }
+            Input::KickSlot { slot } => {
+                let s = self.slots.get(slot.0).ok_or(Refusal::UnknownSlot)?;
+                let peer = s.holder.ok_or(Refusal::EmptySlot)?;
+                self.remove(peer, ByeReason::Kicked);
+                Ok(Reply::Done)
+            }
+            Input::SetSingerLimit { limit } => {
+                if !(1..=self.slots.len()).contains(&limit) {
+                    return Err(Refusal::OutOfRange("limit"));
+                }
+                self.changed |= self.singer_limit != limit;
+                self.singer_limit = limit;
+                Ok(Reply::Done)
+            }
+            Input::SetPin { pin } => {
+                if let Some(pin) = &pin {
+                    let chars = pin.chars().count();
+                    if !(1..=PIN_MAX_CHARS).contains(&chars) || pin.chars().any(char::is_control) {
+                        return Err(Refusal::OutOfRange("pin"));
+                    }
+                }
+                let pin = pin.unwrap_or_default();
+                self.changed |= self.pin != pin;
+                self.pin = pin;
+                Ok(Reply::Done)
+            }
             Input::Figures { singer, figures } => {
                 self.figures(singer, figures);
                 Ok(Reply::Done)
@@ -791,6 +848,8 @@ impl Room {
             master_gain_db: self.master_gain_db,
             backing_gain_db: self.backing_gain_db,
             backing_muted: self.backing_muted,
+            singer_limit: self.singer_limit,
+            pin_set: !self.pin.is_empty(),
         }
     }
 
@@ -823,8 +882,7 @@ impl Room {
     }
 
     fn pin_ok(&self, pin: Option<&str>) -> bool {
-        self.config.pin.is_empty()
-            || constant_time_eq(pin.unwrap_or("").as_bytes(), self.config.pin.as_bytes())
+        self.pin.is_empty() || constant_time_eq(pin.unwrap_or("").as_bytes(), self.pin.as_bytes())
     }
 
     fn route_of(&self, p: &Participant, peer: PeerId) -> MixId {
@@ -880,7 +938,7 @@ impl Room {
             self.changed = true;
             return Ok(self.welcome(peer, true));
         }
-        if !self.config.pin.is_empty() {
+        if !self.pin.is_empty() {
             if let Some(from) = request.from {
                 // A guesser who must wait is refused without looking at the PIN.
                 self.throttle.check(from, now).map_err(Refusal::SlowDown)?;
@@ -897,7 +955,8 @@ impl Room {
         }
         let slot = match request.role {
             Role::Singer => {
-                let free = self.slots.iter().position(|s| s.holder.is_none());
+                let open = &self.slots[..self.singer_limit];
+                let free = open.iter().position(|s| s.holder.is_none());
                 Some(SlotId(free.ok_or(Refusal::Full(Role::Singer))?))
             }
             Role::Listener => {

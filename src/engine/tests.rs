@@ -734,10 +734,18 @@ mod properties {
     #[test]
     fn a_phone_under_any_impairment_recovers_once_its_network_does() {
         let reached = std::cell::RefCell::new(Reached::default());
-        let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-            cases: 24,
-            ..ProptestConfig::default()
-        });
+        // A fixed seed: whether 40 random lives reach every path (resyncs are rare) is
+        // a property of the sample, so the sample must be the same on every run (a
+        // fresh one missed resyncs about one run in five).
+        let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+            ProptestConfig {
+                cases: 40,
+                ..ProptestConfig::default()
+            },
+            proptest::test_runner::TestRng::deterministic_rng(
+                proptest::test_runner::RngAlgorithm::ChaCha,
+            ),
+        );
         runner
             .run(&prop::collection::vec(stretch(), 1..6), |life| {
                 let mut h = Harness::new(config()).seed(life.len() as u64);

@@ -275,6 +275,7 @@ pub(crate) fn refusal_code(refusal: Refusal) -> ErrorCode {
         Refusal::NotASinger
         | Refusal::UnknownPeer
         | Refusal::UnknownSlot
+        | Refusal::EmptySlot
         | Refusal::OutOfRange(_) => ErrorCode::BadField,
     }
 }

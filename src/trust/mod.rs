@@ -1,5 +1,6 @@
-//! The box's HTTPS identity: a self-signed certificate made on first start and kept in
-//! the state directory. No sockets here.
+//! The box's identity, made on first start and kept in the state directory: its id
+//! ([`box_id`]: MQTT topics, Home Assistant's unique ids, later mDNS) and its HTTPS
+//! certificate ([`load_or_create`]). No sockets here.
 //!
 //! Phones need a secure context for the microphone, so the page is served over HTTPS
 //! from the first start. The certificate names `localhost`, the loopback addresses, the
@@ -18,6 +19,12 @@ pub enum Error {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// The kept box id is not one this box wrote.
+    #[error("{path}: not a box id (12 lowercase hex digits); remove the file to make a new one")]
+    BadId {
+        /// The file.
+        path: PathBuf,
     },
     /// rcgen refused.
     #[error("generating the certificate: {0}")]
@@ -78,6 +85,42 @@ pub fn load_or_create(dir: &Path, hostname: &str) -> Result<Identity, Error> {
     })
 }
 
+/// Digits of a box id: 48 random bits as lowercase hex.
+pub const BOX_ID_DIGITS: usize = 12;
+
+/// The box's id: read from `dir/box-id`, or made (48 random bits) and saved there on
+/// the first start. It never changes afterwards, so a panel's entities stay the same
+/// across restarts, upgrades and renames.
+pub fn box_id(dir: &Path) -> Result<String, Error> {
+    let path = dir.join("box-id");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let id = text.trim();
+            let valid = id.len() == BOX_ID_DIGITS
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            if valid {
+                Ok(id.to_string())
+            } else {
+                Err(Error::BadId { path })
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+            let bits: [u8; BOX_ID_DIGITS / 2] = rand::random();
+            let id: String = bits.iter().map(|b| format!("{b:02x}")).collect();
+            // Written aside and renamed, so a power cut never leaves half an id.
+            let partial = dir.join("box-id.partial");
+            std::fs::write(&partial, format!("{id}\n")).map_err(io(&partial))?;
+            std::fs::rename(&partial, &path).map_err(io(&path))?;
+            tracing::info!(id, path = %path.display(), "made the box id");
+            Ok(id)
+        }
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
 fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -104,5 +147,21 @@ mod tests {
         assert_eq!(first.cert_pem, second.cert_pem);
         assert!(first.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_box_id_is_made_once_kept_and_checked() {
+        let dir = std::env::temp_dir().join(format!("duetbox-id-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = box_id(&dir).expect("made");
+        assert_eq!(first.len(), BOX_ID_DIGITS);
+        assert_eq!(box_id(&dir).expect("read"), first);
+        let other = std::env::temp_dir().join(format!("duetbox-id2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&other);
+        assert_ne!(box_id(&other).expect("made"), first, "48 random bits");
+        std::fs::write(dir.join("box-id"), "../../etc\n").unwrap();
+        assert!(matches!(box_id(&dir), Err(Error::BadId { .. })));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&other);
     }
 }

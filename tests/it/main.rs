@@ -6,6 +6,7 @@
 
 mod alsa;
 mod audio_thread;
+mod mqtt;
 mod phones;
 mod realtime;
 mod rejoin;

@@ -93,21 +93,22 @@ fn no_println_in_the_library() {
 }
 
 /// Where each IO crate may be used (ARCHITECTURE.md, STYLE.md §1): one module each, so
-/// that its types never leak into another module's signatures. `rumqttc` and `mdns_sd`
-/// are not used yet; their homes are reserved.
-const IO_CRATES: [(&str, &str); 12] = [
-    ("webrtc", "src/rtc/"),
-    ("rtc", "src/rtc/"),
-    ("alsa", "src/output/"),
-    ("axum", "src/http/"),
-    ("axum_server", "src/http/"),
-    ("hyper", "src/http/"),
-    ("rustls", "src/http/"),
-    ("tokio_rustls", "src/http/"),
-    ("tokio_tungstenite", "src/http/"),
-    ("rcgen", "src/trust/"),
-    ("rumqttc", "src/control/mqtt"),
-    ("mdns_sd", "src/discovery/"),
+/// that its types never leak into another module's signatures (rustls has two: the
+/// HTTPS server and the MQTT client). `mdns_sd` is not used yet; its home is reserved.
+const IO_CRATES: [(&str, &[&str]); 12] = [
+    ("webrtc", &["src/rtc/"]),
+    ("rtc", &["src/rtc/"]),
+    ("alsa", &["src/output/"]),
+    ("axum", &["src/http/"]),
+    ("axum_server", &["src/http/"]),
+    ("hyper", &["src/http/"]),
+    // The two TLS clients of the box: the HTTPS server, and the MQTT client's config.
+    ("rustls", &["src/http/", "src/mqtt/"]),
+    ("tokio_rustls", &["src/http/"]),
+    ("tokio_tungstenite", &["src/http/"]),
+    ("rcgen", &["src/trust/"]),
+    ("rumqttc", &["src/mqtt/"]),
+    ("mdns_sd", &["src/discovery/"]),
 ];
 
 /// Whether `line` names the crate `name` as the first segment of a path (`name::…`,
@@ -149,14 +150,17 @@ fn each_io_crate_is_used_by_one_module_only() {
         // not import it can mean the crate by a bare `rtc::`.
         let imports_our_rtc = lines.iter().any(|(_, l)| l.contains("crate::rtc"));
         for (n, line) in &lines {
-            for (name, home) in IO_CRATES {
-                if rel.starts_with(home) || !uses_crate(line, name) {
+            for (name, homes) in IO_CRATES {
+                if homes.iter().any(|h| rel.starts_with(h)) || !uses_crate(line, name) {
                     continue;
                 }
                 if name == "rtc" && imports_our_rtc {
                     continue;
                 }
-                hits.push(format!("{rel}:{n}: {name} belongs in {home}"));
+                hits.push(format!(
+                    "{rel}:{n}: {name} belongs in {}",
+                    homes.join(" or ")
+                ));
             }
         }
     }

@@ -273,6 +273,113 @@ fn the_pin_is_required_and_checked() {
 }
 
 #[test]
+fn the_host_sets_and_clears_the_pin_and_the_room_keeps_its_people() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.handle(
+        secs(0.5),
+        Input::Media {
+            conn: ConnId(1),
+            state: MediaState::Connected,
+        },
+    )
+    .unwrap();
+    h.take();
+    assert!(!h.room.view().pin_set);
+    let pin = |p: &str| Input::SetPin {
+        pin: Some(p.into()),
+    };
+    for bad in ["", "12\n34", &"9".repeat(PIN_MAX_CHARS + 1)] {
+        assert_eq!(
+            h.handle(secs(1.0), pin(bad)),
+            Err(Refusal::OutOfRange("pin")),
+            "{bad:?}"
+        );
+    }
+    assert!(h.take().is_empty(), "a refused PIN changes nothing");
+    assert!(!h.room.view().pin_set);
+    h.handle(secs(1.0), pin("2580")).unwrap();
+    assert_eq!(h.take(), vec![Action::Changed]);
+    assert!(h.room.view().pin_set);
+    let missing = h.request("Bo", Role::Singer);
+    assert_eq!(h.join_with(secs(2.0), 2, missing), Err(Refusal::WrongPin));
+    let mut right = h.request("Bo", Role::Singer);
+    right.pin = Some("2580".into());
+    h.join_with(secs(2.0), 3, right).unwrap();
+    // Ana, who joined without a PIN, is still on stage and may rejoin with her token.
+    h.handle(secs(3.0), Input::Closed { conn: ConnId(1) })
+        .unwrap();
+    let mut back = h.request("Ana", Role::Singer);
+    back.token = Some(ana.token);
+    assert!(h.join_with(secs(4.0), 4, back).unwrap().rejoined);
+    h.handle(secs(5.0), Input::SetPin { pin: None }).unwrap();
+    assert!(!h.room.view().pin_set);
+    let anyone = h.request("Cleo", Role::Listener);
+    h.join_with(secs(6.0), 5, anyone).unwrap();
+}
+
+#[test]
+fn the_singer_limit_closes_slots_to_new_singers_only() {
+    let mut h = Harness::new(RoomConfig {
+        max_singers: 3,
+        ..config()
+    });
+    for bad in [0, 4] {
+        assert_eq!(
+            h.handle(secs(0.0), Input::SetSingerLimit { limit: bad }),
+            Err(Refusal::OutOfRange("limit"))
+        );
+    }
+    assert_eq!(h.room.view().singer_limit, 3);
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.join(secs(0.0), 2, "Bo", Role::Singer);
+    h.handle(secs(1.0), Input::SetSingerLimit { limit: 1 })
+        .unwrap();
+    assert_eq!(h.room.view().singer_limit, 1);
+    // Bo, on B, stays; nobody new gets a slot until the limit is raised.
+    assert_eq!(h.room.view().counts(), (2, 0));
+    let cleo = h.request("Cleo", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(2.0), 3, cleo),
+        Err(Refusal::Full(Role::Singer))
+    );
+    h.handle(secs(3.0), Input::Leave { conn: ConnId(1) })
+        .unwrap();
+    let cleo = h.request("Cleo", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(4.0), 4, cleo).unwrap().slot,
+        Some(SlotId(0))
+    );
+    h.handle(secs(5.0), Input::SetSingerLimit { limit: 3 })
+        .unwrap();
+    let dan = h.request("Dan", Role::Singer);
+    assert_eq!(
+        h.join_with(secs(6.0), 5, dan).unwrap().slot,
+        Some(SlotId(2))
+    );
+}
+
+#[test]
+fn the_host_removes_whoever_holds_a_slot() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let bo = h.join(secs(0.0), 2, "Bo", Role::Singer);
+    h.take();
+    assert_eq!(
+        h.handle(secs(1.0), Input::KickSlot { slot: SlotId(5) }),
+        Err(Refusal::UnknownSlot)
+    );
+    h.handle(secs(1.0), Input::KickSlot { slot: SlotId(1) })
+        .unwrap();
+    assert_eq!(byes(&h.take()), vec![(ConnId(2), ByeReason::Kicked)]);
+    assert!(h.room.view().participants.iter().all(|p| p.peer != bo.peer));
+    assert_eq!(
+        h.handle(secs(2.0), Input::KickSlot { slot: SlotId(1) }),
+        Err(Refusal::EmptySlot)
+    );
+}
+
+#[test]
 fn a_second_join_on_one_connection_is_refused() {
     let mut h = Harness::new(config());
     h.join(secs(0.0), 1, "Ana", Role::Singer);

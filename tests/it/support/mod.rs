@@ -10,6 +10,7 @@
 
 pub mod e2e;
 pub mod latency;
+pub mod mqtt;
 pub mod netns;
 pub mod whip_client;
 pub mod wss;
