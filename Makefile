@@ -88,7 +88,7 @@ bench-box:
 # libFuzzer on the stable compiler through RUSTC_BOOTSTRAP=1), FUZZ_SECONDS per target.
 # New inputs land in fuzz/corpus/, crashes in fuzz/artifacts/; `make test` replays both.
 FUZZ_SECONDS ?= 120
-FUZZ_TARGETS := signaling offer whip_request rtp config
+FUZZ_TARGETS := signaling offer whip_request rtp config mqtt_command
 fuzz: setup-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \
 	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run -s none --release $$t -- \

@@ -23,8 +23,9 @@ pub type Target = fn(&[u8]);
 
 /// The targets by name, as `fuzz/fuzz_targets/<name>.rs` and the corpus folders call
 /// them.
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("signaling", signaling_message),
+    ("mqtt_command", mqtt_command),
     ("offer", offer),
     ("whip_request", whip_request),
     ("rtp", rtp),
@@ -37,6 +38,27 @@ pub fn signaling_message(data: &[u8]) {
     if let Err(e) = signaling::parse(&text) {
         assert!(!e.message.is_empty(), "a refusal says why");
     }
+}
+
+/// A venue panel's MQTT command: the bytes split at the first NUL into the command's
+/// name (the topic's last level) and its payload. A bad one is a named failure, and
+/// its result is JSON that says so.
+pub fn mqtt_command(data: &[u8]) {
+    let (name, payload) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&b"master"[..], data),
+    };
+    let name = String::from_utf8_lossy(name);
+    let parsed = crate::mqtt::commands::parse(&name, payload);
+    let outcome = parsed.input.as_ref().map(|_| ()).map_err(Clone::clone);
+    if let Err(f) = &outcome {
+        assert!(
+            !f.code.is_empty() && !f.message.is_empty(),
+            "a failure says why"
+        );
+    }
+    let result = crate::mqtt::commands::result(parsed.name, parsed.id.as_ref(), &outcome);
+    assert_eq!(result["ok"], outcome.is_ok());
 }
 
 /// An SDP offer: the box's own check, then the answer's fmtp rewrite and the payload
@@ -215,5 +237,6 @@ mod tests {
         whip_request(b"application/sdp\0Bearer 1\0singer\0ana\0v=0\r\nm=audio 9 X 1\r\na=rtpmap:1 opus/48000/2\r\n");
         rtp(&[0, 1, 0, 0, 0, 6, 6, 6, 2, 1, 7, 4, 200, 6]);
         config(b"[room]\nmax_singers = 4\n");
+        mqtt_command(b"slot\0{\"slot\": \"A\", \"muted\": true}");
     }
 }

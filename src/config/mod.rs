@@ -948,6 +948,38 @@ mod tests {
     }
 
     #[test]
+    fn the_mqtt_section_is_checked_and_its_password_never_printed() {
+        let env = vec![(
+            "DUETBOX_MQTT__PASSWORD".to_string(),
+            "s3cret-horse".to_string(),
+        )];
+        let text = "[mqtt]\nurl = \"mqtts://broker.local\"\nusername = \"duetbox\"\n";
+        let c = Config::parse(text, env).expect("valid");
+        assert_eq!(c.mqtt.password, "s3cret-horse");
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("(set, hidden)"));
+        for (bad, key) in [
+            ("[mqtt]\nurl = \"http://broker\"\n", "mqtt.url"),
+            ("[mqtt]\nurl = \"mqtt://u:p@broker\"\n", "mqtt.url"),
+            ("[mqtt]\nbase_topic = \"venue/#\"\n", "mqtt.base_topic"),
+            ("[mqtt]\ndiscovery_prefix = \"\"\n", "mqtt.discovery_prefix"),
+            ("[mqtt]\nmeters_hz = 50.0\n", "mqtt.meters_hz"),
+            ("[mqtt]\npassword = \"x\"\n", "mqtt.password"),
+            ("[mqtt]\nclient_id = \"a b\"\n", "mqtt.client_id"),
+            ("[box]\nname = \"a\\nb\"\n", "box.name"),
+        ] {
+            match Config::parse(bad, no_env()) {
+                Err(Error::Invalid { key: k, value, .. }) => {
+                    assert_eq!(k, key, "{bad}");
+                    assert!(!value.contains('x') || key != "mqtt.password", "{value}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn engine_section_is_derived_in_frames() {
         let c = Config::default();
         let e = c.engine();

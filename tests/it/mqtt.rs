@@ -243,9 +243,11 @@ async fn panel_commands_drive_the_mixer_and_bad_ones_change_nothing() {
         ("DUETBOX_MQTT__USERNAME", USER.to_string()),
         ("DUETBOX_MQTT__PASSWORD", PASSWORD.to_string()),
         ("DUETBOX_AUDIO__OUTPUT", format!("wav:{}", wav.display())),
+        ("DUETBOX_MQTT__METERS_HZ", "5".to_string()),
     ];
     let (the_box, base, topic) = start_box(&dir, &env).await;
     let w = Watcher::connect(broker.anonymous_port, "panel", &[BOX_TOPICS, "reply/#"]).await;
+    let watching = Instant::now();
     let ana = singer(&base, "ana", None, voice(ANA_HZ)).await;
     let bo = singer(&base, "bo", None, voice(BO_HZ)).await;
     state_where(&w, &topic, "both singers live", |s| {
@@ -262,6 +264,7 @@ async fn panel_commands_drive_the_mixer_and_bad_ones_change_nothing() {
     step(&mut marks); // 0: both at 0 dB
     ok(&w, &topic, "mute", r#"{"slot": "A"}"#).await;
     step(&mut marks);
+    state_where(&w, &topic, "A muted", |s| s["slots"][0]["muted"] == true).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     step(&mut marks); // 1: A muted
     ok(&w, &topic, "unmute", r#"{"slot": "A"}"#).await;
@@ -399,6 +402,26 @@ async fn panel_commands_drive_the_mixer_and_bad_ones_change_nothing() {
     assert_eq!(
         command(&w, &topic, "kick", r#"{"slot": "B"}"#).await["error"],
         "empty_slot"
+    );
+
+    // Meters: 5 a second as configured, never retained, a level for a live voice.
+    let meters = w.on(&format!("{topic}/meters"));
+    let rate = meters.len() as f64 / watching.elapsed().as_secs_f64();
+    eprintln!(
+        "{} meters in {:?}: {rate:.2}/s",
+        meters.len(),
+        watching.elapsed()
+    );
+    assert!(
+        (3.0..=5.5).contains(&rate),
+        "meters at {rate:.2}/s, configured 5"
+    );
+    assert!(meters.iter().all(|m| !m.retain), "meters are not retained");
+    assert!(
+        meters.iter().any(|m| m.json()["slots"][0]["level_db"]
+            .as_f64()
+            .is_some_and(|l| l > -40.0)),
+        "a singing voice shows on the meters"
     );
 
     // The recording: mute and volumes acted on the venue output.
