@@ -12,8 +12,8 @@ use serde_json::Value;
 use duetbox::engine::testkit::{tone_level, Signal};
 
 use crate::support::mqtt::{Broker, Watcher, PASSWORD, USER};
-use crate::support::whip_client::{https_request, signal_source, Role, WhipClient};
-use crate::support::{box_dir, read_wav_left, scratch_dir, BoxProcess, BOX_START_DEADLINE, SERIAL};
+use crate::support::whip_client::{signal_source, Role, WhipClient};
+use crate::support::{box_dir, health, read_wav_left, scratch_dir, BoxProcess, SERIAL};
 use crate::whip::{singer, wait_more};
 
 /// Every topic the box writes.
@@ -34,26 +34,12 @@ fn voice(hz: f32) -> crate::support::whip_client::Source {
     })
 }
 
-/// A box process with `env`, answering /health; its base topic (`duetbox/<id>`).
+/// A box process with `env`, answering /health; its base URL and topic
+/// (`duetbox/<id>`).
 async fn start_box(dir: &Path, env: &[(&str, String)]) -> (BoxProcess, String, String) {
-    let the_box = BoxProcess::start(dir, env);
-    let base = format!("https://127.0.0.1:{}", the_box.https_port);
-    let begin = Instant::now();
-    while health(&base).await.is_none() {
-        assert!(
-            begin.elapsed() < BOX_START_DEADLINE,
-            "the box did not answer /health:\n{}",
-            the_box.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (the_box, base) = BoxProcess::start_healthy(dir, env).await;
     let id = std::fs::read_to_string(dir.join("state").join("box-id")).expect("the box id");
     (the_box, base, format!("duetbox/{}", id.trim()))
-}
-
-async fn health(base: &str) -> Option<Value> {
-    let r = https_request(base, "GET", "/health", &[], b"").await.ok()?;
-    (r.status == 200).then(|| serde_json::from_str(&r.body).expect("/health is JSON"))
 }
 
 /// The latest state the watcher saw.

@@ -256,9 +256,7 @@ async fn a_phone_that_loses_its_network_comes_back_to_its_slot_and_its_partner()
 async fn a_frozen_listener_costs_the_singers_nothing() {
     let _serial = SERIAL.lock().await;
     let dir = box_dir("rejoin_frozen");
-    let the_box = BoxProcess::start(&dir, &[]);
-    let base = format!("https://127.0.0.1:{}", the_box.https_port);
-    wait_healthy(&base, &the_box).await;
+    let (the_box, base) = BoxProcess::start_healthy(&dir, &[]).await;
     let ana = singer(&base, "ana", None, tone(440.0)).await;
     let ben = singer(&base, "ben", None, tone(660.0)).await;
     wait_more(&ana, 1.0, "ana's first second").await;
@@ -356,24 +354,6 @@ async fn a_frozen_listener_costs_the_singers_nothing() {
         (Some(2), Some(0)),
         "the listener left at the end, the singers stay: {health}"
     );
-}
-
-/// Waits until the box process answers /health.
-async fn wait_healthy(base: &str, the_box: &BoxProcess) {
-    let start = Instant::now();
-    loop {
-        if let Ok(r) = https_request(base, "GET", "/health", &[], b"").await {
-            if r.status == 200 {
-                return;
-            }
-        }
-        assert!(
-            start.elapsed() < support::BOX_START_DEADLINE,
-            "the box did not answer /health:\n{}",
-            the_box.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Growth of the box's memory allowed over the 10 s a listener is frozen, KiB. A queue

@@ -6,13 +6,11 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
-use crate::support::whip_client::{
-    connect_from, https_request, https_request_from, Options, Role, WhipClient,
-};
+use crate::support::whip_client::{connect_from, https_request_from, Options, Role, WhipClient};
 use crate::support::wss::{Phone, Received};
-use crate::support::{box_dir, read_wav_left, BoxProcess, BOX_START_DEADLINE, SERIAL};
+use crate::support::{box_dir, health, read_wav_left, BoxProcess, SERIAL};
 use crate::whip::{assert_hears, singer, tone, wait_more};
 
 /// The stranger's address.
@@ -28,25 +26,7 @@ a=rtpmap:111 opus/48000/2\r\na=sendrecv\r\n";
 
 /// A box process and its base URL, answering /health.
 async fn start(test: &str, env: &[(&str, String)]) -> (BoxProcess, String) {
-    let dir = box_dir(test);
-    let the_box = BoxProcess::start(&dir, env);
-    let base = format!("https://127.0.0.1:{}", the_box.https_port);
-    let begin = Instant::now();
-    while health(&base).await.is_none() {
-        assert!(
-            begin.elapsed() < BOX_START_DEADLINE,
-            "the box did not answer /health:\n{}",
-            the_box.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (the_box, base)
-}
-
-/// /health, or None when the box does not answer.
-async fn health(base: &str) -> Option<Value> {
-    let r = https_request(base, "GET", "/health", &[], b"").await.ok()?;
-    (r.status == 200).then(|| serde_json::from_str(&r.body).expect("/health is JSON"))
+    BoxProcess::start_healthy(&box_dir(test), env).await
 }
 
 /// The box's resident memory, KiB.

@@ -625,6 +625,34 @@ impl Drop for BoxProcess {
 /// How long the box may take to start (certificate generation, audio thread, sockets).
 pub const BOX_START_DEADLINE: Duration = Duration::from_secs(20);
 
+/// `/health` of the box at `base` (`https://127.0.0.1:<port>`), or `None` when it does
+/// not answer 200.
+pub async fn health(base: &str) -> Option<serde_json::Value> {
+    let r = whip_client::https_request(base, "GET", "/health", &[], b"")
+        .await
+        .ok()?;
+    (r.status == 200).then(|| serde_json::from_str(&r.body).expect("/health is JSON"))
+}
+
+impl BoxProcess {
+    /// [`BoxProcess::start`], then waits (at most [`BOX_START_DEADLINE`]) until it
+    /// answers /health; returns it with its base URL.
+    pub async fn start_healthy(dir: &Path, env: &[(&str, String)]) -> (BoxProcess, String) {
+        let the_box = BoxProcess::start(dir, env);
+        let base = format!("https://127.0.0.1:{}", the_box.https_port);
+        let begin = Instant::now();
+        while health(&base).await.is_none() {
+            assert!(
+                begin.elapsed() < BOX_START_DEADLINE,
+                "the box did not answer /health:\n{}",
+                the_box.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        (the_box, base)
+    }
+}
+
 /// A box config for tests on loopback: HTTPS on 127.0.0.1 with any free port, no HTTP
 /// redirect, WebRTC bound to 127.0.0.1 (WEBRTC.md §5: loopback needs an explicit bind),
 /// a timer-paced `null` output (no sound card needed), two singer seats, state in
