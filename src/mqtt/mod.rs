@@ -34,6 +34,7 @@ use tracing::Instrument;
 
 use crate::audio::AudioHandle;
 use crate::control::Control;
+use crate::limits::TokenBucket;
 use report::{BoxInfo, OutputHealth, Pacer};
 
 /// The first wait after a failed connection; it doubles up to [`BACKOFF_MAX`].
@@ -275,8 +276,7 @@ pub fn start(
         control,
         audio,
         connected: false,
-        bucket: COMMANDS_BURST,
-        bucket_at: Duration::ZERO,
+        commands: TokenBucket::new(COMMANDS_PER_S, COMMANDS_BURST),
         heartbeat: (0, Duration::ZERO),
         dropped: 0,
         started: Duration::ZERO,
@@ -414,9 +414,8 @@ struct Panel {
     audio: AudioHandle,
     pacer: Pacer,
     connected: bool,
-    /// Command token bucket: tokens, and when it was last filled.
-    bucket: f64,
-    bucket_at: Duration,
+    /// Meters the panel's commands.
+    commands: TokenBucket,
     /// The audio heartbeat last seen, and when it moved.
     heartbeat: (u64, Duration),
     /// Publishes rumqttc's queue had no room for.
@@ -575,7 +574,7 @@ impl Panel {
         let parsed = commands::parse(name, &p.payload);
         let outcome = match parsed.input {
             Err(failure) => Err(failure),
-            Ok(_) if !self.take_token() => Err(commands::Failure {
+            Ok(_) if !self.commands.take(self.audio.clock.now()) => Err(commands::Failure {
                 code: "rate_limited",
                 message: format!("at most {COMMANDS_PER_S} commands a second"),
             }),
@@ -624,19 +623,6 @@ impl Panel {
                 .discovery_prefix
                 .as_deref()
                 .is_some_and(inside)
-    }
-
-    fn take_token(&mut self) -> bool {
-        let now = self.audio.clock.now();
-        let elapsed = now.saturating_sub(self.bucket_at).as_secs_f64();
-        self.bucket_at = now;
-        self.bucket = (self.bucket + elapsed * COMMANDS_PER_S).min(COMMANDS_BURST);
-        if self.bucket >= 1.0 {
-            self.bucket -= 1.0;
-            true
-        } else {
-            false
-        }
     }
 
     /// A clean stop: `offline` (retained), then a proper disconnect, so the broker does

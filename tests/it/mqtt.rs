@@ -379,6 +379,38 @@ async fn panel_commands_drive_the_mixer_and_bad_ones_change_nothing() {
         "a refused command changed the state"
     );
 
+    // A panel that floods: beyond the burst, commands are refused `rate_limited`, the
+    // box goes on answering, and a command goes through again once the rate allows.
+    let mark = w.mark();
+    for _ in 0..120 {
+        w.publish(&format!("{topic}/cmd/master"), r#"{"gain_db": 0}"#)
+            .await;
+    }
+    let results = format!("{topic}/result");
+    let begin = Instant::now();
+    while w.seen()[mark..]
+        .iter()
+        .filter(|m| m.topic == results)
+        .count()
+        < 120
+    {
+        assert!(
+            begin.elapsed() < SOON * 3,
+            "not every flooded command was answered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limited = w.seen()[mark..]
+        .iter()
+        .filter(|m| m.topic == results && m.json()["error"] == "rate_limited")
+        .count();
+    eprintln!("120 commands at once: {limited} rate_limited");
+    assert!(
+        (1..=80).contains(&limited),
+        "{limited} of 120 refused (burst 40)"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
     // Remove a singer from the panel.
     ok(&w, &topic, "kick", r#"{"slot": "B"}"#).await;
     state_where(&w, &topic, "slot B empty", |s| {
