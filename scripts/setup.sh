@@ -32,7 +32,7 @@ deb_pkgs=(dpkg-dev file systemd)
 # its dummy driver, whose ALSA plugin (libasound2-plugins) grants only its own period.
 test_pkgs=(chromium chromium-driver firefox-esr pulseaudio libasound2-plugins alsa-utils
            sox jackd2 mosquitto mosquitto-clients iproute2 systemd systemd-container
-           procps nodejs npm)
+           procps nodejs npm avahi-daemon avahi-utils zbar-tools libnss3-tools openssl dbus)
 
 want=("${run_pkgs[@]}")
 case "$profile" in

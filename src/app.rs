@@ -22,11 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::audio::{self, AudioHandle, Sink, SinkError};
 use crate::config::Config;
 use crate::control::{self, Control, RoomConfig};
-use crate::http::{self, HttpSettings};
+use crate::discovery;
+use crate::http::{self, HttpSettings, TlsReloader};
+use crate::lan::{self, LanAddr, LanFilter};
 use crate::mqtt;
 use crate::output::{self, OutputSpec};
 use crate::rtc::RtcSettings;
 use crate::service;
+use crate::trust::{self, Authority, Identity, Names};
 
 /// How long requests in flight get at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -51,6 +54,7 @@ pub struct Running {
     audio_join: std::thread::JoinHandle<Result<(), SinkError>>,
     cancel: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    announcer: Option<discovery::Announcer>,
 }
 
 /// Starts everything; returns once the web server accepts and the audio thread runs.
@@ -153,7 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         output: output.clone(),
     };
     tracing::info!(name = info.name, id = info.id, "box identity");
-    if let Some(settings) = mqtt::Settings::from_config(&config.mqtt, info) {
+    if let Some(settings) = mqtt::Settings::from_config(&config.mqtt, info.clone()) {
         tracing::info!(
             broker = config.mqtt.url,
             base_topic = settings.base,
@@ -165,8 +169,20 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             Err(e) => tracing::error!(error = %e, "MQTT is off: its TLS setup failed"),
         }
     }
-    let identity = crate::trust::load_or_create(&state_dir, &hostname)
-        .with_context(|| format!("preparing the https certificate in {}", state_dir.display()))?;
+    // Trust and discovery: the LAN addresses, the certificate that names them, mDNS.
+    let filter = config.discovery.filter();
+    let mdns_host = match config.discovery.host_name.as_str() {
+        "" => discovery::default_host_name(&info.id),
+        name => name.to_string(),
+    };
+    let mut dns_names = vec![format!("{mdns_host}.local")];
+    if is_dns_label(&hostname) && hostname != mdns_host {
+        // avahi-daemon's name for the machine, where it runs.
+        dns_names.push(format!("{hostname}.local"));
+    }
+    let lan_now = lan::addresses(&filter);
+    let cert = Certificates::prepare(&config, &state_dir, &info.id, dns_names, &lan_now)?;
+    let (lan_tx, lan_rx) = tokio::sync::watch::channel(lan_now.clone());
     let bind: IpAddr = config.http.bind.parse().context("http.bind")?;
     let settings = HttpSettings {
         https: SocketAddr::new(bind, config.http.https_port),
@@ -175,10 +191,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         idle_timeout: Duration::from_millis(config.room.idle_timeout_ms),
         limits: config.limits(),
     };
+    let site = http::Site {
+        name: info.name.clone(),
+        box_id: info.id.clone(),
+        ca_der: cert.authority.as_ref().map(|a| Arc::new(a.cert_der())),
+        lan: lan_rx,
+    };
     let server = http::start(
         settings,
-        &identity.cert_pem,
-        &identity.key_pem,
+        &cert.identity,
+        site,
         control.clone(),
         audio.clone(),
         output.clone(),
@@ -186,6 +208,38 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     )
     .await
     .context("starting the web server")?;
+    let join = JoinInfo {
+        https_port: server.https_addr.port(),
+        http_port: server.http_addr.map(|a| a.port()),
+    };
+    join.log(&lan_now);
+    tasks.push(tokio::spawn(watch_lan(
+        filter.clone(),
+        lan_tx,
+        cert,
+        server.tls(),
+        join,
+        cancel.clone(),
+    )));
+    let announcer = if config.discovery.mdns {
+        let settings = discovery::Settings {
+            instance: info.name.clone(),
+            host_name: mdns_host,
+            box_id: info.id.clone(),
+            version: info.version.clone(),
+            https_port: server.https_addr.port(),
+            filter,
+        };
+        match discovery::Announcer::start(&settings) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                tracing::error!(error = %e, "mDNS is off: the box cannot be found by name");
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(Running {
         https_addr: server.https_addr,
         http_addr: server.http_addr,
@@ -196,6 +250,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         audio_join,
         cancel,
         tasks,
+        announcer,
     })
 }
 
@@ -204,6 +259,10 @@ impl Running {
     /// cancel, then ends), stop the web server, stop audio.
     pub async fn stop(self) -> anyhow::Result<()> {
         tracing::info!("shutting down");
+        if let Some(announcer) = self.announcer {
+            // Goodbyes first: finders forget the box before its page goes away.
+            let _ = tokio::task::spawn_blocking(move || announcer.stop()).await;
+        }
         self.cancel.cancel();
         for t in self.tasks {
             let _ = t.await;
@@ -289,5 +348,169 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// How often the LAN addresses are read for changes.
+const LAN_POLL: Duration = Duration::from_secs(2);
+
+/// Whether `name` is one DNS label (a host name that can take `.local`).
+fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name != "localhost"
+        && !name.starts_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The served certificate and, unless the operator brought one, the CA that issues it.
+struct Certificates {
+    identity: Identity,
+    authority: Option<Authority>,
+    dns_names: Vec<String>,
+    names: Names,
+    state_dir: std::path::PathBuf,
+}
+
+impl Certificates {
+    fn prepare(
+        config: &Config,
+        state_dir: &std::path::Path,
+        box_id: &str,
+        dns_names: Vec<String>,
+        lan_now: &[LanAddr],
+    ) -> anyhow::Result<Certificates> {
+        if !config.http.cert_file.is_empty() {
+            let identity = trust::load_own(
+                config.http.cert_file.as_ref(),
+                config.http.key_file.as_ref(),
+            )
+            .context("http.cert_file / http.key_file")?;
+            tracing::info!(
+                cert = config.http.cert_file,
+                "serving the operator's certificate"
+            );
+            return Ok(Certificates {
+                identity,
+                authority: None,
+                dns_names,
+                names: Names::default(),
+                state_dir: state_dir.to_path_buf(),
+            });
+        }
+        let authority = Authority::load_or_create(state_dir, box_id)
+            .with_context(|| format!("the box's CA in {}", state_dir.display()))?;
+        let mut cert = Certificates {
+            identity: Identity {
+                cert_pem: String::new(),
+                key_pem: String::new(),
+            },
+            authority: Some(authority),
+            dns_names,
+            names: Names::default(),
+            state_dir: state_dir.to_path_buf(),
+        };
+        cert.reissue(lan_now)?;
+        Ok(cert)
+    }
+
+    /// Issues a leaf for `lan` if its names differ from the current one's; whether it did.
+    fn reissue(&mut self, lan: &[LanAddr]) -> anyhow::Result<bool> {
+        let Some(authority) = &self.authority else {
+            return Ok(false);
+        };
+        let ips: Vec<IpAddr> = lan.iter().map(|a| a.ip).collect();
+        let (names, public) = Names::for_box(&self.dns_names, &ips);
+        if names == self.names {
+            return Ok(false);
+        }
+        if !public.is_empty() {
+            tracing::warn!(addresses = ?public,
+                "public addresses are not in the certificate: the box's CA vouches only for private ones");
+        }
+        let identity = authority
+            .issue(&names, time::OffsetDateTime::now_utc())
+            .context("issuing the https certificate")?;
+        if let Err(e) = trust::save_leaf(&self.state_dir, &identity) {
+            tracing::warn!(error = %e, "could not save the https certificate (it is served anyway)");
+        }
+        tracing::info!(dns = ?names.dns, ips = ?names.ips, "issued the https certificate");
+        self.identity = identity;
+        self.names = names;
+        Ok(true)
+    }
+}
+
+/// The ports of the join URLs.
+#[derive(Clone, Copy)]
+struct JoinInfo {
+    https_port: u16,
+    http_port: Option<u16>,
+}
+
+impl JoinInfo {
+    /// Logs the join URLs and the first one's QR code (terminal and journal).
+    fn log(&self, lan: &[LanAddr]) {
+        let urls: Vec<String> = lan
+            .iter()
+            .map(|a| http::landing::url("https", a.ip, self.https_port, "/"))
+            .collect();
+        let Some(first) = urls.first() else {
+            tracing::warn!("no LAN address yet: phones cannot join until the box has one");
+            return;
+        };
+        let help: Vec<String> = match self.http_port {
+            Some(port) => lan
+                .iter()
+                .map(|a| http::landing::url("http", a.ip, port, "/"))
+                .collect(),
+            None => Vec::new(),
+        };
+        tracing::info!(
+            join = ?urls,
+            landing = ?help,
+            "phones join at {first}\n{}",
+            http::landing::qr_text(first)
+        );
+    }
+}
+
+/// Follows the LAN addresses: tells the landing page, reissues and reloads the
+/// certificate, logs the new join URLs. mDNS follows them on its own.
+async fn watch_lan(
+    filter: LanFilter,
+    lan_tx: tokio::sync::watch::Sender<Vec<LanAddr>>,
+    mut cert: Certificates,
+    tls: TlsReloader,
+    join: JoinInfo,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(LAN_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = lan::addresses(&filter);
+        if *lan_tx.borrow() == now {
+            continue;
+        }
+        let ips: Vec<IpAddr> = now.iter().map(|a| a.ip).collect();
+        tracing::info!(addresses = ?ips, "the LAN addresses changed");
+        match cert.reissue(&now) {
+            Ok(true) => {
+                if let Err(e) = tls.reload(&cert.identity).await {
+                    tracing::error!(error = %e, "could not serve the new certificate");
+                }
+            }
+            Ok(false) => {}
+            Err(e) => tracing::error!(
+                error = format!("{e:#}"),
+                "could not reissue the certificate"
+            ),
+        }
+        join.log(&now);
+        lan_tx.send_replace(now);
     }
 }

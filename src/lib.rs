@@ -18,10 +18,12 @@ pub mod app;
 pub mod audio;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod engine;
 #[cfg(any(test, feature = "testkit"))]
 pub mod fuzzing;
 pub mod http;
+pub mod lan;
 pub mod limits;
 pub mod mqtt;
 pub mod output;

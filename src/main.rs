@@ -23,6 +23,22 @@ enum Command {
         #[arg(long, short, env = "DUETBOX_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Looks for boxes on the LAN (mDNS) and prints one line each:
+    /// `<page URL> <name> id=<id> host=<host> v=<version> addresses=<a,b>`.
+    Find {
+        /// How long to listen, seconds.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        /// Stop at the first box found.
+        #[arg(long)]
+        first: bool,
+        /// Also wait for boxes to say goodbye and print `gone <full name>` for each.
+        #[arg(long)]
+        goodbyes: bool,
+        /// Only these interfaces (as `discovery.interfaces`; default: the LAN).
+        #[arg(long = "interface")]
+        interfaces: Vec<String>,
+    },
     /// Configuration helpers.
     Config {
         #[command(subcommand)]
@@ -59,9 +75,71 @@ fn print(text: &str) {
     print!("{text}");
 }
 
+fn find(seconds: f64, first: bool, goodbyes: bool, interfaces: Vec<String>) -> ExitCode {
+    let mut filter = duetbox::config::DiscoveryConfig::default().filter();
+    filter.only = interfaces;
+    let duration = std::time::Duration::from_secs_f64(seconds.clamp(0.1, 3600.0));
+    let has_v4 = |f: &duetbox::discovery::Found| f.addresses.iter().any(|a| a.is_ipv4());
+    let mut printed = 0;
+    let seen = duetbox::discovery::browse(&filter, duration, |seen| {
+        if goodbyes {
+            // Say what is found as it is found (a caller waits for it before the goodbye).
+            for found in seen.found.iter().skip(printed).filter(|f| has_v4(f)) {
+                print(&describe(found));
+                printed += 1;
+            }
+            return !seen.removed.is_empty();
+        }
+        // An address record may come after the service's: wait for IPv4 with --first.
+        first && seen.found.iter().any(has_v4)
+    });
+    match seen {
+        Ok(seen) => {
+            if !goodbyes {
+                for found in &seen.found {
+                    print(&describe(found));
+                }
+            }
+            for gone in &seen.removed {
+                print(&format!("gone {gone}\n"));
+            }
+            if seen.found.is_empty() && seen.removed.is_empty() {
+                report("no box found");
+                return ExitCode::from(1);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&format!("{e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// One line for a found box.
+fn describe(found: &duetbox::discovery::Found) -> String {
+    let addresses: Vec<String> = found.addresses.iter().map(|a| a.to_string()).collect();
+    let txt = |k: &str| found.txt.get(k).cloned().unwrap_or_default();
+    format!(
+        "{} {:?} id={} host={} v={} addresses={}\n",
+        found.url(),
+        txt("name"),
+        txt("id"),
+        found.host,
+        txt("v"),
+        addresses.join(",")
+    )
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Find {
+            seconds,
+            first,
+            goodbyes,
+            interfaces,
+        } => find(seconds, first, goodbyes, interfaces),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -62,6 +62,10 @@ pub struct HttpConfig {
     pub http_port: u16,
     /// Largest message/body, bytes.
     pub max_message_bytes: usize,
+    /// An operator's own certificate chain, PEM ("" = the box's CA issues one).
+    pub cert_file: String,
+    /// Its private key, PEM.
+    pub key_file: String,
 }
 
 impl Default for HttpConfig {
@@ -71,6 +75,8 @@ impl Default for HttpConfig {
             https_port: 8443,
             http_port: 8080,
             max_message_bytes: 65_536,
+            cert_file: String::new(),
+            key_file: String::new(),
         }
     }
 }
@@ -296,6 +302,62 @@ pub struct BoxConfig {
     pub name: String,
 }
 
+/// `[discovery]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscoveryConfig {
+    /// Announce the box with mDNS.
+    pub mdns: bool,
+    /// mDNS host name without `.local` ("" = duetbox-<6 digits of the box id>).
+    pub host_name: String,
+    /// Only these interfaces (names, `*` at the end = prefix); empty = all but `skip_interfaces`.
+    pub interfaces: Vec<String>,
+    /// Interfaces never used unless named in `interfaces`.
+    pub skip_interfaces: Vec<String>,
+}
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            mdns: true,
+            host_name: String::new(),
+            interfaces: Vec::new(),
+            skip_interfaces: [
+                "docker*",
+                "br-*",
+                "veth*",
+                "virbr*",
+                "vnet*",
+                "lxc*",
+                "lxd*",
+                "podman*",
+                "cni*",
+                "flannel*",
+                "cali*",
+                "tun*",
+                "tap*",
+                "wg*",
+                "tailscale*",
+                "zt*",
+                "ppp*",
+                "ipsec*",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+impl DiscoveryConfig {
+    /// The interface filter these settings describe.
+    pub fn filter(&self) -> crate::lan::LanFilter {
+        crate::lan::LanFilter {
+            only: self.interfaces.clone(),
+            skip: self.skip_interfaces.clone(),
+        }
+    }
+}
+
 /// `[mqtt]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -381,6 +443,8 @@ pub struct Config {
     /// The box's name.
     #[serde(rename = "box")]
     pub identity: BoxConfig,
+    /// mDNS and the LAN interfaces.
+    pub discovery: DiscoveryConfig,
     /// The venue panel's broker.
     pub mqtt: MqttConfig,
     /// Logging.
@@ -737,7 +801,53 @@ impl Config {
                 "must be at most 64 characters, none of them control characters",
             );
         }
+        self.validate_discovery()?;
+        if self.http.cert_file.is_empty() != self.http.key_file.is_empty() {
+            return bad(
+                "http.cert_file",
+                &self.http.cert_file,
+                "cert_file and key_file go together: set both or neither",
+            );
+        }
         self.validate_mqtt()
+    }
+
+    fn validate_discovery(&self) -> Result<(), Error> {
+        let bad = |key: &str, value: &dyn std::fmt::Display, reason: &str| {
+            Err(Error::Invalid {
+                key: key.to_string(),
+                value: value.to_string(),
+                reason: reason.to_string(),
+            })
+        };
+        let host = &self.discovery.host_name;
+        let label_ok = host.len() <= 63
+            && !host.starts_with('-')
+            && !host.ends_with('-')
+            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !label_ok {
+            return bad(
+                "discovery.host_name",
+                host,
+                "must be one DNS label: letters, digits and '-', at most 63, without .local",
+            );
+        }
+        for name in self
+            .discovery
+            .interfaces
+            .iter()
+            .chain(&self.discovery.skip_interfaces)
+        {
+            let body = name.strip_suffix('*').unwrap_or(name);
+            if body.is_empty() || body.len() > 15 || body.contains(['*', '/', ' ']) {
+                return bad(
+                    "discovery.interfaces",
+                    name,
+                    "an interface name (at most 15 characters), '*' only at the end",
+                );
+            }
+        }
+        Ok(())
     }
 
     fn validate_mqtt(&self) -> Result<(), Error> {

@@ -1,11 +1,13 @@
 //! The only module that knows axum, hyper and rustls: the phone page (embedded), the
-//! WebSocket signaling endpoint, WHIP/WHEP, `/health`, and the HTTP→HTTPS redirect.
+//! WebSocket signaling endpoint, WHIP/WHEP, `/health` over HTTPS; the landing page, the
+//! CA downloads and the redirect to HTTPS over plain HTTP.
 //!
 //! `signaling.rs` is the pure wire format; `ws.rs` one phone's session; `whip.rs` the
-//! standard HTTP ingest/egress. Bad input ends at its sender: an error message or close
+//! standard HTTP ingest/egress; `landing.rs` the plain-HTTP side. Bad input ends at its sender: an error message or close
 //! for a WebSocket, a 4xx with a plain-text body for HTTP.
 
 mod connections;
+pub mod landing;
 pub mod signaling;
 pub mod whip;
 mod ws;
@@ -24,7 +26,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audio::AudioHandle;
 use crate::control::{Control, Refusal};
 use crate::limits::Limits;
+use crate::trust::Identity;
 use connections::ConnectionLimiter;
+pub use landing::Site;
 use signaling::ErrorCode;
 
 /// The phone page, embedded so the box is one file to deploy.
@@ -100,9 +104,32 @@ pub struct Server {
     handle: axum_server::Handle,
     redirect: Option<tokio::task::JoinHandle<()>>,
     https: tokio::task::JoinHandle<()>,
+    tls: axum_server::tls_rustls::RustlsConfig,
+}
+
+/// Swaps the served certificate (new connections get it; open ones keep theirs).
+#[derive(Clone)]
+pub struct TlsReloader(axum_server::tls_rustls::RustlsConfig);
+
+impl TlsReloader {
+    /// Serves `identity` from now on.
+    pub async fn reload(&self, identity: &Identity) -> Result<(), Error> {
+        self.0
+            .reload_from_pem(
+                identity.cert_pem.as_bytes().to_vec(),
+                identity.key_pem.as_bytes().to_vec(),
+            )
+            .await
+            .map_err(|e| Error::Tls(e.to_string()))
+    }
 }
 
 impl Server {
+    /// What swaps the served certificate.
+    pub fn tls(&self) -> TlsReloader {
+        TlsReloader(self.tls.clone())
+    }
+
     /// Stops accepting, lets requests in flight finish (up to `grace`), and waits.
     pub async fn stop(self, grace: Duration) {
         self.handle.graceful_shutdown(Some(grace));
@@ -114,18 +141,19 @@ impl Server {
 }
 
 /// Binds and starts the HTTPS server (and the redirect).
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     settings: HttpSettings,
-    cert_pem: &str,
-    key_pem: &str,
+    identity: &Identity,
+    site: Site,
     control: Control,
     audio: AudioHandle,
     output: String,
     shutdown: CancellationToken,
 ) -> Result<Server, Error> {
     let tls = axum_server::tls_rustls::RustlsConfig::from_pem(
-        cert_pem.as_bytes().to_vec(),
-        key_pem.as_bytes().to_vec(),
+        identity.cert_pem.as_bytes().to_vec(),
+        identity.key_pem.as_bytes().to_vec(),
     )
     .await
     .map_err(|e| Error::Tls(e.to_string()))?;
@@ -159,7 +187,7 @@ pub async fn start(
     };
     let app = router(state, settings.max_message_bytes);
     let handle = axum_server::Handle::new();
-    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.clone())
         .handshake_timeout(settings.limits.handshake_timeout)
         .acceptor(limiter.clone());
     let server = axum_server::from_tcp(https_listener)
@@ -184,16 +212,28 @@ pub async fn start(
                 .local_addr()
                 .map_err(|source| Error::Bind { addr, source })?;
             let https_port = https_addr.port();
-            let redirect = Router::new().fallback(
-                move |headers: axum::http::HeaderMap, uri: Uri| async move {
-                    redirect_to_https(&headers, &uri, https_port)
-                },
-            );
-            // The same caps count the redirect's connections too.
+            let landing = landing::Landing {
+                site,
+                https_port,
+                http_port: local.port(),
+            };
+            let plain = Router::new()
+                .route("/", get(landing::page))
+                .route("/ca.crt", get(landing::ca_crt))
+                .route("/duetbox.mobileconfig", get(landing::mobileconfig))
+                .fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
+                    landing::redirect_to_https(&headers, &uri, https_port)
+                })
+                .layer(DefaultBodyLimit::max(max_plain_body()))
+                .with_state(landing);
+            // The same caps count the plain side's connections too.
             let server = axum_server::from_tcp(listener).acceptor(limiter.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = server.serve(redirect.into_make_service()).await {
-                    tracing::error!(error = %e, "http redirect server failed");
+                if let Err(e) = server
+                    .serve(plain.into_make_service_with_connect_info::<SocketAddr>())
+                    .await
+                {
+                    tracing::error!(error = %e, "http server failed");
                 }
             });
             (Some(task), Some(local))
@@ -207,7 +247,13 @@ pub async fn start(
         handle,
         redirect,
         https,
+        tls,
     })
+}
+
+/// The plain side takes no bodies worth the name.
+const fn max_plain_body() -> usize {
+    1024
 }
 
 fn router(state: AppState, max_bytes: usize) -> Router {
@@ -277,27 +323,5 @@ pub(crate) fn refusal_code(refusal: Refusal) -> ErrorCode {
         | Refusal::UnknownSlot
         | Refusal::EmptySlot
         | Refusal::OutOfRange(_) => ErrorCode::BadField,
-    }
-}
-
-fn redirect_to_https(headers: &axum::http::HeaderMap, uri: &Uri, https_port: u16) -> Response {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(|h| {
-            h.rsplit_once(':').map_or(h, |(name, port)| {
-                if port.chars().all(|c| c.is_ascii_digit()) {
-                    name
-                } else {
-                    h
-                }
-            })
-        })
-        .unwrap_or("localhost");
-    let path = uri.path_and_query().map_or("/", |p| p.as_str());
-    let location = format!("https://{host}:{https_port}{path}");
-    match HeaderValue::from_str(&location) {
-        Ok(value) => (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, value)]).into_response(),
-        Err(_) => (StatusCode::BAD_REQUEST, "bad host header").into_response(),
     }
 }

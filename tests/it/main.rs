@@ -7,6 +7,7 @@
 mod alsa;
 mod audio_thread;
 mod mqtt;
+mod onboarding;
 mod phones;
 mod realtime;
 mod rejoin;

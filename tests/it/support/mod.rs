@@ -9,6 +9,7 @@
 //! WHIP/WHEP client that talks to it lives in `whip_client.rs`.
 
 pub mod e2e;
+pub mod lan;
 pub mod latency;
 pub mod mqtt;
 pub mod netns;
@@ -523,22 +524,47 @@ impl BoxProcess {
     /// environment (no inherited NOTIFY_SOCKET, WATCHDOG_*, RUST_LOG or DUETBOX_*).
     pub fn start(dir: &Path, env: &[(&str, String)]) -> BoxProcess {
         let https_port = free_port();
+        // mDNS off: this box runs in the machine's own namespace (PLATFORM.md §3).
+        let config = format!(
+            "[http]\nbind = \"127.0.0.1\"\nhttps_port = {https_port}\nhttp_port = 0\n\
+             [rtc]\nudp_bind = [\"127.0.0.1\"]\ninclude_loopback = true\n\
+             [discovery]\nmdns = false\n"
+        );
+        BoxProcess::start_with(dir, env, &config, https_port, &[])
+    }
+
+    /// Starts the binary with `config` (TOML: the test's own sections; `[audio]`,
+    /// `[state]` and `[log]` are added), behind the command `prefix` (e.g. `ip netns
+    /// exec <ns>`), listening for HTTPS on `https_port`.
+    pub fn start_with(
+        dir: &Path,
+        env: &[(&str, String)],
+        config: &str,
+        https_port: u16,
+        prefix: &[String],
+    ) -> BoxProcess {
         let state = dir.join("state");
-        let config = dir.join("duetbox.toml");
+        let config_path = dir.join("duetbox.toml");
+        fs::create_dir_all(dir).expect("make the box dir");
         fs::write(
-            &config,
+            &config_path,
             format!(
-                "[http]\nbind = \"127.0.0.1\"\nhttps_port = {https_port}\nhttp_port = 0\n\
-                 [rtc]\nudp_bind = [\"127.0.0.1\"]\ninclude_loopback = true\n\
-                 [audio]\noutput = \"null\"\nrealtime_priority = 0\n\
+                "{config}[audio]\noutput = \"null\"\nrealtime_priority = 0\n\
                  [state]\ndir = \"{}\"\n[log]\nfilter = \"info\"\n",
                 state.display()
             ),
         )
         .expect("write the box config");
         let log = dir.join("duetbox.log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_duetbox"));
-        command.args(["serve", "--config"]).arg(&config);
+        let mut command = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_duetbox"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_duetbox")),
+        };
+        command.args(["serve", "--config"]).arg(&config_path);
         for (name, _) in std::env::vars_os() {
             let n = name.to_string_lossy();
             if n.starts_with("DUETBOX_")
@@ -578,9 +604,10 @@ impl BoxProcess {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// The box's self-signed HTTPS certificate (PEM), written at its first start.
+    /// The box's certificate authority (PEM), made at its first start: what a phone
+    /// that trusts the box has installed.
     pub fn cert_pem(&self) -> String {
-        let path = self.dir.join("state").join("https-cert.pem");
+        let path = self.dir.join("state").join("ca-cert.pem");
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
@@ -670,6 +697,9 @@ pub fn loopback_box_config(state_dir: &Path) -> Config {
     config.audio.realtime_priority = 0;
     config.room.max_singers = 2;
     config.state.dir = state_dir.display().to_string();
+    // Never mDNS in the machine's own network namespace (PLATFORM.md §3): the tests that
+    // announce run the box in a namespace they made (tests/it/onboarding.rs).
+    config.discovery.mdns = false;
     config
 }
 

@@ -1,0 +1,447 @@
+//! Found and trusted (P7), on a LAN of two network namespaces the test makes: the box
+//! (a real `duetbox serve` process, next to an avahi-daemon as on Raspberry Pi OS) in
+//! one, the clients in the other.
+//!
+//! - avahi-browse (a client we did not write) resolves `_duetbox._tcp` with its TXT and
+//!   the box's address; `duetbox find` (mdns-sd) agrees; both see the goodbye at stop;
+//!   avahi keeps its own host name next to the box's.
+//! - openssl validates the served certificate against the box's CA for its `.local`
+//!   name and for its IP, and again for an address added while it runs; a name the
+//!   certificate does not carry fails, so the check can fail.
+//! - The landing page (plain HTTP), rendered by Chromium and decoded by zbarimg, shows
+//!   the join URL at the address the visitor reached and the CA download, which is the
+//!   CA in DER with the MIME type phones expect.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::e2e::artifacts;
+use crate::support::lan::{parse_browse, Avahi, Killed, Lan};
+use crate::support::{scratch_dir, BoxProcess, INSTALL_HINT};
+
+const HTTPS_PORT: u16 = 8443;
+const HTTP_PORT: u16 = 8080;
+const NAME: &str = "Stage left";
+
+/// Starts `duetbox serve` in the box's namespace with mDNS on; waits for READY's log line.
+fn start_box(lan: &Lan, dir: &Path) -> BoxProcess {
+    let config = format!(
+        "[http]\nhttps_port = {HTTPS_PORT}\nhttp_port = {HTTP_PORT}\n\
+         [rtc]\nudp_bind = [\"0.0.0.0\"]\n[box]\nname = \"{NAME}\"\n"
+    );
+    let the_box = BoxProcess::start_with(dir, &[], &config, HTTPS_PORT, &Lan::exec(&lan.box_ns));
+    let begin = Instant::now();
+    while !the_box.log_text().contains("duetbox is ready") {
+        assert!(
+            begin.elapsed() < Duration::from_secs(20),
+            "the box did not start:\n{}",
+            the_box.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    the_box
+}
+
+fn box_id(the_box: &BoxProcess) -> String {
+    std::fs::read_to_string(the_box.dir.join("state/box-id"))
+        .expect("box-id")
+        .trim()
+        .to_string()
+}
+
+/// Retries `f` every 200 ms until it gives `Some` or `deadline` passes.
+fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let begin = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            begin.elapsed() < deadline,
+            "{what}: not within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn avahi_and_mdns_sd_find_the_box_and_see_its_goodbye() {
+    let lan = Lan::create();
+    let dir = scratch_dir("onb-mdns");
+    // The Pi's own avahi-daemon (it answers for the machine's name) and a client's.
+    let pi = Avahi::start(&dir.join("avahi-pi"), &lan.box_ns, &lan.box_if, "pi");
+    let phone = Avahi::start(
+        &dir.join("avahi-phone"),
+        &lan.phone_ns,
+        &lan.phone_if,
+        "phone",
+    );
+    let mut the_box = start_box(&lan, &dir.join("box"));
+    let id = box_id(&the_box);
+    let host = format!("duetbox-{}.local", &id[..6]);
+
+    let resolved = poll(
+        "avahi-browse resolves _duetbox._tcp",
+        Duration::from_secs(15),
+        || {
+            let out = phone
+                .command("avahi-browse", &["-r", "-t", "-p", "_duetbox._tcp"])
+                .output()
+                .expect("avahi-browse");
+            parse_browse(&String::from_utf8_lossy(&out.stdout))
+                .into_iter()
+                .find(|r| r.name == NAME)
+        },
+    );
+    assert_eq!(resolved.address, lan.box_ip.to_string(), "{resolved:?}");
+    assert_eq!(resolved.port, HTTPS_PORT);
+    assert_eq!(resolved.host, host);
+    for want in [
+        format!("id={id}"),
+        format!("name={NAME}"),
+        format!("v={}", env!("CARGO_PKG_VERSION")),
+        "ws=/ws".to_string(),
+        format!("https={HTTPS_PORT}"),
+        "path=/".to_string(),
+    ] {
+        assert!(
+            resolved.txt.contains(&want),
+            "TXT lacks {want}: {resolved:?}"
+        );
+    }
+    let page = phone
+        .command("avahi-browse", &["-r", "-t", "-p", "_https._tcp"])
+        .output()
+        .expect("avahi-browse _https._tcp");
+    let page = parse_browse(&String::from_utf8_lossy(&page.stdout));
+    assert!(
+        page.iter()
+            .any(|r| r.name == NAME && r.port == HTTPS_PORT && r.txt == ["path=/"]),
+        "the page's _https._tcp: {page:?}"
+    );
+
+    // Two names, two owners: the Pi's avahi keeps pi.local, the box answers its own.
+    for (name, owner) in [("pi.local", "avahi"), (host.as_str(), "the box")] {
+        let out = phone
+            .command("avahi-resolve", &["-4", "-n", name])
+            .output()
+            .expect("avahi-resolve");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains(&lan.box_ip.to_string()),
+            "{name} ({owner}) did not resolve: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        !pi.log_text().to_lowercase().contains("conflict"),
+        "avahi on the box saw a name conflict:\n{}",
+        pi.log_text()
+    );
+
+    // mdns-sd, from the other namespace, agrees.
+    let duetbox = env!("CARGO_BIN_EXE_duetbox");
+    let find = Lan::run(
+        &lan.phone_ns,
+        duetbox,
+        &["find", "--first", "--seconds", "10"],
+    );
+    let found = String::from_utf8_lossy(&find.stdout);
+    assert!(find.status.success(), "duetbox find: {found} {:?}", find);
+    assert!(
+        found.contains(&format!(
+            "https://{}:{HTTPS_PORT}/ \"{NAME}\" id={id} host={host}.",
+            lan.box_ip
+        )),
+        "duetbox find: {found}"
+    );
+
+    // The goodbye: both watchers running, then the box stops.
+    let browse_out = dir.join("browse.out");
+    let find_out = dir.join("find.out");
+    let _browse = Killed(
+        phone
+            .command("avahi-browse", &["-r", "-p", "_duetbox._tcp"])
+            .stdout(std::fs::File::create(&browse_out).expect("browse.out"))
+            .spawn()
+            .expect("avahi-browse"),
+    );
+    let _finder = Killed(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lan.phone_ns,
+                duetbox,
+                "find",
+                "--goodbyes",
+            ])
+            .args(["--seconds", "30"])
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&find_out).expect("find.out"))
+            .spawn()
+            .expect("duetbox find --goodbyes"),
+    );
+    let read = |p: &PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    poll("both watchers see the box", Duration::from_secs(15), || {
+        (read(&browse_out).contains("\n=;") || read(&browse_out).starts_with("=;"))
+            .then_some(())
+            .filter(|_| read(&find_out).contains(&id))
+    });
+    let stopped = Instant::now();
+    the_box.terminate();
+    assert!(the_box.wait_exit(Duration::from_secs(10)).success());
+    poll(
+        "avahi-browse sees the goodbye",
+        Duration::from_secs(5),
+        || {
+            read(&browse_out)
+                .lines()
+                .any(|l| l.starts_with("-;") && l.contains("Stage\\032left"))
+                .then_some(())
+        },
+    );
+    let avahi_saw = stopped.elapsed();
+    poll(
+        "duetbox find sees the goodbye",
+        Duration::from_secs(5),
+        || {
+            read(&find_out)
+                .contains(&format!("gone {NAME}._duetbox._tcp.local."))
+                .then_some(())
+        },
+    );
+    eprintln!(
+        "mdns: resolved by avahi and mdns-sd; goodbye seen by avahi-browse {:.0} ms after SIGTERM",
+        avahi_saw.as_secs_f64() * 1000.0
+    );
+}
+
+/// `openssl s_client` from the phones' namespace: whether the chain verified, and the
+/// whole output for a failure message.
+fn s_client(lan: &Lan, ca: &Path, connect: Ipv4Addr, check: &[&str]) -> (bool, String) {
+    let target = format!("{connect}:{HTTPS_PORT}");
+    let mut args = vec![
+        "s_client",
+        "-connect",
+        &target,
+        "-CAfile",
+        ca.to_str().expect("utf-8 path"),
+        "-verify_return_error",
+        "-brief",
+    ];
+    args.extend_from_slice(check);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lan.phone_ns, "openssl"])
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): {INSTALL_HINT}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ok = out.status.success() && text.contains("Verification: OK");
+    (ok, text)
+}
+
+#[test]
+fn the_certificate_verifies_for_the_local_name_and_the_ip_and_follows_a_new_address() {
+    let lan = Lan::create();
+    let dir = scratch_dir("onb-cert");
+    let state = dir.join("box/state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    // An older version's self-signed pair: replaced, not kept.
+    let old = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=old", "-keyout"])
+        .arg(state.join("https-key.pem"))
+        .arg("-out")
+        .arg(state.join("https-cert.pem"))
+        .output()
+        .expect("openssl req");
+    assert!(old.status.success(), "{old:?}");
+    let old_pem = std::fs::read_to_string(state.join("https-cert.pem")).unwrap();
+
+    let the_box = start_box(&lan, &dir.join("box"));
+    let ca = state.join("ca-cert.pem");
+    let id = box_id(&the_box);
+    let host = format!("duetbox-{}.local", &id[..6]);
+    assert_ne!(
+        std::fs::read_to_string(state.join("https-cert.pem")).unwrap(),
+        old_pem
+    );
+
+    let ip = lan.box_ip.to_string();
+    let (ok, text) = s_client(&lan, &ca, lan.box_ip, &["-verify_ip", &ip]);
+    assert!(ok, "the IP {ip}:\n{text}");
+    let (ok, text) = s_client(
+        &lan,
+        &ca,
+        lan.box_ip,
+        &["-servername", &host, "-verify_hostname", &host],
+    );
+    assert!(ok, "the name {host}:\n{text}");
+    let (ok, text) = s_client(&lan, &ca, lan.box_ip, &["-verify_hostname", "example.com"]);
+    assert!(
+        !ok,
+        "a name the certificate does not carry must fail:\n{text}"
+    );
+
+    // DHCP gives the box a second address: a new certificate names it, without a restart.
+    let added = Ipv4Addr::new(10, 214, lan.box_ip.octets()[2], 9);
+    let before = Instant::now();
+    lan.add_box_address(added);
+    let added_s = added.to_string();
+    let waited = poll(
+        "a certificate for the new address",
+        Duration::from_secs(15),
+        || {
+            let (ok, _) = s_client(&lan, &ca, added, &["-verify_ip", &added_s]);
+            ok.then(|| before.elapsed())
+        },
+    );
+    let (ok, text) = s_client(&lan, &ca, lan.box_ip, &["-verify_ip", &ip]);
+    assert!(ok, "the first address after the reissue:\n{text}");
+    assert!(
+        the_box
+            .log_text()
+            .matches("issued the https certificate")
+            .count()
+            >= 2,
+        "{}",
+        the_box.log_text()
+    );
+    eprintln!(
+        "cert: verified for {host} and {ip}; a new address served {:.1} s after it was added",
+        waited.as_secs_f64()
+    );
+}
+
+#[test]
+fn the_landing_page_shows_the_join_qr_code_and_serves_the_ca() {
+    let lan = Lan::create();
+    let dir = scratch_dir("onb-landing");
+    let the_box = start_box(&lan, &dir.join("box"));
+    let ip = lan.box_ip;
+
+    // The CA download: DER, with the MIME type Android and iOS expect.
+    let headers = dir.join("ca.headers");
+    let body = dir.join("ca.der");
+    let curl = Lan::run(
+        &lan.phone_ns,
+        "curl",
+        &[
+            "-sS",
+            "-D",
+            headers.to_str().unwrap(),
+            "-o",
+            body.to_str().unwrap(),
+            &format!("http://{ip}:{HTTP_PORT}/ca.crt"),
+        ],
+    );
+    assert!(curl.status.success(), "{curl:?}");
+    let headers = std::fs::read_to_string(&headers).unwrap().to_lowercase();
+    assert!(
+        headers.contains("content-type: application/x-x509-ca-cert"),
+        "{headers}"
+    );
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "der", "-in"])
+        .arg(the_box.dir.join("state/ca-cert.pem"))
+        .output()
+        .expect("openssl x509");
+    assert_eq!(
+        std::fs::read(&body).unwrap(),
+        der.stdout,
+        "/ca.crt is the CA"
+    );
+    let profile = Lan::run(
+        &lan.phone_ns,
+        "curl",
+        &[
+            "-sS",
+            "-i",
+            &format!("http://{ip}:{HTTP_PORT}/duetbox.mobileconfig"),
+        ],
+    );
+    let profile = String::from_utf8_lossy(&profile.stdout).to_lowercase();
+    assert!(profile.contains("content-type: application/x-apple-aspen-config"));
+    assert!(profile.contains("com.apple.security.root"));
+
+    // Chromium renders the page as a phone would; zbarimg reads its QR codes.
+    let shot = artifacts().join("landing.png");
+    let _ = std::fs::remove_file(&shot);
+    screenshot(
+        &lan,
+        &dir,
+        &format!("http://{ip}:{HTTP_PORT}/"),
+        &shot,
+        (430, 1500),
+    );
+    let codes = decode_qr(&shot);
+    assert!(
+        codes.contains(&format!("https://{ip}:{HTTPS_PORT}/")),
+        "the join QR code: {codes:?}"
+    );
+    assert!(
+        codes.contains(&format!("http://{ip}:{HTTP_PORT}/ca.crt")),
+        "the CA QR code: {codes:?}"
+    );
+    eprintln!("landing: QR codes {codes:?}; screenshot {}", shot.display());
+}
+
+/// A headless Chromium screenshot of `url`, taken from the phones' namespace.
+fn screenshot(lan: &Lan, dir: &Path, url: &str, out: &Path, size: (u32, u32)) {
+    let profile = dir.join("chromium-profile");
+    let file = out;
+    let out = Lan::run(
+        &lan.phone_ns,
+        "chromium",
+        &[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!(
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {}",
+                lan.box_ip
+            ),
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--window-size={},{}", size.0, size.1),
+            &format!("--screenshot={}", out.display()),
+            url,
+        ],
+    );
+    assert!(
+        out.status.success() && file.exists(),
+        "chromium --screenshot: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The texts of the QR codes zbarimg finds in `png`.
+pub fn decode_qr(png: &Path) -> Vec<String> {
+    let out = Command::new("zbarimg")
+        .args(["--raw", "-q", "-Sdisable", "-Sqrcode.enable"])
+        .arg(png)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run zbarimg ({e}): {INSTALL_HINT}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
