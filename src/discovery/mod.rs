@@ -183,8 +183,8 @@ pub struct Seen {
     clippy::disallowed_methods,
     reason = "a command-line browse that waits on the wall clock"
 )]
-/// Browses `_duetbox._tcp` on the interfaces `filter` admits for `duration` (or until
-/// `stop_when` says so), then stops. Blocking.
+/// Browses `_duetbox._tcp` over IPv4 on the interfaces `filter` admits for `duration`
+/// (or until `stop_when` says so), then stops. Blocking.
 pub fn browse(
     filter: &LanFilter,
     duration: Duration,
@@ -192,7 +192,12 @@ pub fn browse(
 ) -> Result<Seen, Error> {
     let daemon = ServiceDaemon::new()?;
     daemon.disable_interface(IfKind::All)?;
-    daemon.enable_interface(interfaces(filter))?;
+    // IPv4 only: a box answers each family on its own, and a resolution that arrives over
+    // IPv6 first carries only the (link-local) IPv6 address; the page URL wants IPv4.
+    let filter = filter.clone();
+    daemon.enable_interface(IfKind::Predicate(IfPredicate::new(move |intf| {
+        intf.ip().is_ipv4() && !intf.is_loopback() && filter.admits_interface(&intf.name)
+    })))?;
     let events = daemon.browse(SERVICE)?;
     let deadline = Instant::now() + duration;
     let mut seen = Seen::default();

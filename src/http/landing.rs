@@ -36,6 +36,7 @@ pub struct Site {
 #[derive(Clone)]
 pub(crate) struct Landing {
     pub(crate) site: Site,
+    pub(crate) control: crate::control::Control,
     pub(crate) https_port: u16,
     pub(crate) http_port: u16,
 }
@@ -164,7 +165,7 @@ pub(crate) async fn page(
 <p>Scan with the phone you will sing with, or tap:</p>\
 <div class=\"qr\" id=\"join-qr\">{qr}</div>\
 <a class=\"big\" id=\"join-link\" href=\"{join_attr}\">Open the stage</a>\
-<p><code>{join_text}</code></p>",
+<p><code>{join_text}</code></p><p>Venue TV: open <a href=\"/screen\">/screen</a> on it.</p>",
         qr = qr_svg(&join, 260),
         join_attr = escape(&join),
         join_text = escape(&join),
@@ -361,6 +362,17 @@ mod tests {
             Some("192.168.4.10".parse().unwrap())
         );
         assert_eq!(join_ip(None, elsewhere, &[]), None);
+        // Whatever a visitor puts in Host, the answer is one of the box's addresses.
+        for hostile in [
+            "<script>alert(1)</script>",
+            "[::1",
+            "a:b:c",
+            "",
+            "10.0.0.5:99999x",
+        ] {
+            let ip = join_ip(Some(hostile), visitor, &lan());
+            assert_eq!(ip, Some("192.168.4.10".parse().unwrap()), "{hostile}");
+        }
         let local: IpAddr = "127.0.0.1".parse().unwrap();
         assert_eq!(join_ip(Some("127.0.0.1:8080"), local, &[]), Some(local));
     }

@@ -8,6 +8,7 @@
 
 mod connections;
 pub mod landing;
+mod screen;
 pub mod signaling;
 pub mod whip;
 mod ws;
@@ -157,17 +158,8 @@ pub async fn start(
     )
     .await
     .map_err(|e| Error::Tls(e.to_string()))?;
-    let https_listener =
-        std::net::TcpListener::bind(settings.https).map_err(|source| Error::Bind {
-            addr: settings.https,
-            source,
-        })?;
-    https_listener
-        .set_nonblocking(true)
-        .map_err(|source| Error::Bind {
-            addr: settings.https,
-            source,
-        })?;
+    let (inherited_http, inherited_https) = from_systemd();
+    let https_listener = listener(inherited_https, settings.https)?;
     let https_addr = https_listener.local_addr().map_err(|source| Error::Bind {
         addr: settings.https,
         source,
@@ -178,7 +170,7 @@ pub async fn start(
         settings.limits.send_buffer_bytes,
     );
     let state = AppState {
-        control,
+        control: control.clone(),
         audio,
         output,
         settings: settings.clone(),
@@ -201,19 +193,20 @@ pub async fn start(
             tracing::error!(error = %e, "https server failed");
         }
     });
-    let (redirect, http_addr) = match settings.http {
+    let plain_addr = match (&inherited_http, settings.http) {
+        (Some(_), configured) => Some(configured.unwrap_or(settings.https)),
+        (None, configured) => configured,
+    };
+    let (redirect, http_addr) = match plain_addr {
         Some(addr) => {
-            let listener =
-                std::net::TcpListener::bind(addr).map_err(|source| Error::Bind { addr, source })?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|source| Error::Bind { addr, source })?;
+            let listener = listener(inherited_http, addr)?;
             let local = listener
                 .local_addr()
                 .map_err(|source| Error::Bind { addr, source })?;
             let https_port = https_addr.port();
             let landing = landing::Landing {
                 site,
+                control: control.clone(),
                 https_port,
                 http_port: local.port(),
             };
@@ -221,6 +214,10 @@ pub async fn start(
                 .route("/", get(landing::page))
                 .route("/ca.crt", get(landing::ca_crt))
                 .route("/duetbox.mobileconfig", get(landing::mobileconfig))
+                .route("/screen", get(screen::page))
+                .route("/screen.js", get(screen::script))
+                .route("/screen/qr.svg", get(screen::qr))
+                .route("/screen/state", get(screen::state))
                 .fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
                     landing::redirect_to_https(&headers, &uri, https_port)
                 })
@@ -249,6 +246,42 @@ pub async fn start(
         https,
         tls,
     })
+}
+
+/// The listening sockets systemd passed (socket activation, `LISTEN_FDS`): the first is
+/// the plain HTTP one, the second (if any) the HTTPS one, in the order of the socket
+/// unit's `ListenStream=` lines. This is how the box serves ports 80 and 443 with no
+/// capability (docs/onboarding.md).
+fn from_systemd() -> (Option<std::net::TcpListener>, Option<std::net::TcpListener>) {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut take = |index: usize| match fds.take_tcp_listener(index) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::warn!(index, error = %e, "ignored a socket from systemd: not a TCP listener");
+            None
+        }
+    };
+    let (http, https) = (take(0), take(1));
+    for (what, l) in [("http", &http), ("https", &https)] {
+        if let Some(addr) = l.as_ref().and_then(|l| l.local_addr().ok()) {
+            tracing::info!(%addr, "{what}: listening on the socket systemd passed");
+        }
+    }
+    (http, https)
+}
+
+/// `inherited`, or a new listener bound to `addr`; non-blocking either way.
+fn listener(
+    inherited: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+) -> Result<std::net::TcpListener, Error> {
+    let bind_error = |source| Error::Bind { addr, source };
+    let listener = match inherited {
+        Some(l) => l,
+        None => std::net::TcpListener::bind(addr).map_err(bind_error)?,
+    };
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    Ok(listener)
 }
 
 /// The plain side takes no bodies worth the name.

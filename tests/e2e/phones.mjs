@@ -16,7 +16,7 @@
 //
 //   node phones.mjs --url https://HOST:PORT/ --out DIR --seconds N [--pin PIN]
 //        [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
-//        [--watch] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
+//        [--watch] [--strict-tls] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
 //        --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
 //
 // ENGINE is chromium (default) or firefox. WAVPATH is `-` for listeners, for a singer
@@ -29,6 +29,9 @@
 // `--freeze NAME:AFTER_S:FOR_S` stops that phone's whole browser (SIGSTOP to its
 // process group) AFTER_S seconds after all are live, for FOR_S seconds.
 // `--watch` samples every phone every 100 ms while they sing (see below).
+// `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
+// page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
+// Each result then carries `tls`: the page's certificate as Chromium saw it.
 //
 // Output lines (stdout), JSON:
 //   {"kind":"sample","t":EPOCH_MS,"phone":"A","state":"live","levels":{"440":-31.2,...}}
@@ -112,12 +115,16 @@ function out(obj) {
 function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
-    phones: [], pulseServer: null, watch: false, mixes: [], freeze: null,
+    phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
     if (flag === '--watch') {
       opts.watch = true;
+      continue;
+    }
+    if (flag === '--strict-tls') {
+      opts.strictTls = true;
       continue;
     }
     if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
@@ -223,7 +230,7 @@ class ChromiumBrowser {
 
   async launch(opts) {
     const args = [
-      ...CHROME_ARGS,
+      ...CHROME_ARGS.filter((a) => !(opts.strictTls && a === '--ignore-certificate-errors')),
       // Nothing leaves the machine: Debian's wrapper still looks up Google hosts at
       // start. The box's own address is left alone.
       `--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE ${new URL(opts.url).hostname}`,
@@ -233,7 +240,7 @@ class ChromiumBrowser {
     if (this.phone.spec.wav) args.push(`--use-file-for-fake-audio-capture=${this.phone.spec.wav}`);
     this.browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: LAUNCH_DEADLINE_MS });
     const context = await this.browser.newContext({
-      viewport: VIEWPORT, deviceScaleFactor: 2, isMobile: true, hasTouch: true, ignoreHTTPSErrors: true,
+      viewport: VIEWPORT, deviceScaleFactor: 2, isMobile: true, hasTouch: true, ignoreHTTPSErrors: !opts.strictTls,
     });
     this.page = await context.newPage();
     this.page.on('console', (msg) => {
@@ -241,7 +248,12 @@ class ChromiumBrowser {
     });
     this.page.on('pageerror', (err) => this.phone.log(`page error: ${err.message}`));
     this.page.on('crash', () => this.phone.log('page crashed'));
-    await this.page.goto(opts.url, { timeout: LAUNCH_DEADLINE_MS, waitUntil: 'load' });
+    const response = await this.page.goto(opts.url, { timeout: LAUNCH_DEADLINE_MS, waitUntil: 'load' });
+    const details = response ? await response.securityDetails() : null;
+    this.tls = details && {
+      issuer: details.issuer, subject: details.subjectName, protocol: details.protocol,
+      secure: await this.page.evaluate(() => window.isSecureContext),
+    };
   }
 
   /** The browser's main process: its process group holds every process of it
@@ -514,6 +526,7 @@ class Phone {
       identity: m.identity,
       mix: m.mix,
       stats: m.stats,
+      tls: this.driver.tls ?? null,
     };
     await this.screenshot();
   }

@@ -382,13 +382,8 @@ fn the_landing_page_shows_the_join_qr_code_and_serves_the_ca() {
     // Chromium renders the page as a phone would; zbarimg reads its QR codes.
     let shot = artifacts().join("landing.png");
     let _ = std::fs::remove_file(&shot);
-    screenshot(
-        &lan,
-        &dir,
-        &format!("http://{ip}:{HTTP_PORT}/"),
-        &shot,
-        (430, 1500),
-    );
+    let landing = format!("http://{ip}:{HTTP_PORT}/");
+    screenshot(&lan.phone_ns, ip, &dir, &landing, &shot, (430, 1500));
     let codes = decode_qr(&shot);
     assert!(
         codes.contains(&format!("https://{ip}:{HTTPS_PORT}/")),
@@ -402,11 +397,11 @@ fn the_landing_page_shows_the_join_qr_code_and_serves_the_ca() {
 }
 
 /// A headless Chromium screenshot of `url`, taken from the phones' namespace.
-fn screenshot(lan: &Lan, dir: &Path, url: &str, out: &Path, size: (u32, u32)) {
+fn screenshot(ns: &str, box_ip: Ipv4Addr, dir: &Path, url: &str, out: &Path, size: (u32, u32)) {
     let profile = dir.join("chromium-profile");
     let file = out;
     let out = Lan::run(
-        &lan.phone_ns,
+        ns,
         "chromium",
         &[
             "--headless",
@@ -416,10 +411,7 @@ fn screenshot(lan: &Lan, dir: &Path, url: &str, out: &Path, size: (u32, u32)) {
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            &format!(
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {}",
-                lan.box_ip
-            ),
+            &format!("--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE {box_ip}"),
             &format!("--user-data-dir={}", profile.display()),
             &format!("--window-size={},{}", size.0, size.1),
             &format!("--screenshot={}", out.display()),
@@ -444,4 +436,154 @@ pub fn decode_qr(png: &Path) -> Vec<String> {
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A `$HOME` whose NSS database (where Chromium on Linux keeps the trust a user added)
+/// trusts `ca` as a website CA, or trusts nothing when `ca` is `None`.
+fn nss_home(dir: &Path, ca: Option<&Path>) -> PathBuf {
+    let home = dir.to_path_buf();
+    let db = home.join(".pki/nssdb");
+    let _ = std::fs::remove_dir_all(&db);
+    std::fs::create_dir_all(&db).expect("nssdb dir");
+    let db_arg = format!("sql:{}", db.display());
+    let run = |args: &[&str]| {
+        let out = Command::new("certutil")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run certutil ({e}): {INSTALL_HINT}"));
+        assert!(out.status.success(), "certutil {args:?}: {out:?}");
+    };
+    run(&["-N", "-d", &db_arg, "--empty-password"]);
+    if let Some(ca) = ca {
+        let ca = ca.to_str().expect("utf-8 path");
+        run(&[
+            "-A",
+            "-d",
+            &db_arg,
+            "-n",
+            "duetbox CA",
+            "-t",
+            "C,,",
+            "-i",
+            ca,
+        ]);
+    }
+    home
+}
+
+#[test]
+fn chromium_that_trusts_the_ca_sings_with_no_certificate_error_and_the_screen_shows_the_stage() {
+    use crate::support::e2e::{write_tone_wav, Driver};
+    use std::sync::{Arc, Mutex};
+    let _serial = crate::support::SERIAL.blocking_lock();
+    let lan = Lan::create();
+    let dir = scratch_dir("onb-chromium");
+    let the_box = start_box(&lan, &dir.join("box"));
+    let ca = the_box.dir.join("state/ca-cert.pem");
+    let url = format!("https://{}:{HTTPS_PORT}/", lan.box_ip);
+    let phones_in = |home: &Path| {
+        let mut prefix = Lan::exec(&lan.phone_ns);
+        prefix.extend(["env".to_string(), format!("HOME={}", home.display())]);
+        prefix
+    };
+
+    // Without the CA in its NSS database, Chromium refuses the page: the check can fail.
+    let stranger = nss_home(&dir.join("home-untrusting"), None);
+    let refused = Driver::new(&url, 1)
+        .prefix(phones_in(&stranger))
+        .flag("--strict-tls")
+        .phone("Nobody", "listener", None, "chromium")
+        .run(Duration::from_secs(90), |_| {});
+    assert!(
+        !refused.status.success(),
+        "an untrusting Chromium joined:\n{}",
+        refused.stderr
+    );
+    assert!(
+        refused.stderr.contains("ERR_CERT_AUTHORITY_INVALID"),
+        "why it failed:\n{}",
+        refused.stderr
+    );
+
+    // With it: two singers through the page, getUserMedia and all, no flag to ignore errors.
+    let home = nss_home(&dir.join("home-trusting"), Some(&ca));
+    let (mia, theo) = (dir.join("mia.wav"), dir.join("theo.wav"));
+    write_tone_wav(&mia, 440.0, 0.5, 20);
+    write_tone_wav(&theo, 660.0, 0.5, 20);
+    let screen_url = format!("http://{}:{HTTP_PORT}/screen", lan.box_ip);
+    let state_url = format!("http://{}:{HTTP_PORT}/screen/state", lan.box_ip);
+    // What the screen showed: its QR codes and its state JSON.
+    type Seen = Option<(Vec<String>, String)>;
+    let seen: Arc<Mutex<Seen>> = Arc::default();
+    let (lan_ref, seen_in, shot_dir) = (
+        (lan.phone_ns.clone(), lan.box_ip),
+        seen.clone(),
+        dir.clone(),
+    );
+    let shot = artifacts().join("screen.png");
+    let _ = std::fs::remove_file(&shot);
+    let shot_in = shot.clone();
+    let run = Driver::new(&url, 4)
+        .prefix(phones_in(&home))
+        .flag("--strict-tls")
+        .phone("Mia", "singer", Some(&mia), "chromium")
+        .phone("Theo", "singer", Some(&theo), "chromium")
+        .run(Duration::from_secs(180), move |mark| {
+            if mark.name != "all live" {
+                return;
+            }
+            // Both on stage: let the levels arrive, then look at the venue screen.
+            std::thread::sleep(Duration::from_millis(1500));
+            let state = Lan::run(&lan_ref.0, "curl", &["-sS", &state_url]);
+            let state = String::from_utf8_lossy(&state.stdout).into_owned();
+            screenshot(
+                &lan_ref.0,
+                lan_ref.1,
+                &shot_dir,
+                &screen_url,
+                &shot_in,
+                (1280, 720),
+            );
+            *seen_in.lock().unwrap() = Some((decode_qr(&shot_in), state));
+        });
+    run.assert_success();
+    for phone in ["Mia", "Theo"] {
+        let result = run.result(phone);
+        assert_eq!(result["state"], "live", "{phone}: {result}");
+        let tls = &result["tls"];
+        assert!(
+            tls["issuer"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("duetbox local CA"),
+            "{phone}'s page was not served by the box's CA: {tls}"
+        );
+        assert_eq!(tls["secure"], true, "{phone}: {tls}");
+    }
+    let (codes, state) = seen
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the screen was looked at");
+    assert!(codes.contains(&url), "the screen's QR code: {codes:?}");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("screen state JSON");
+    assert_eq!(state["name"], NAME);
+    for name in ["Mia", "Theo"] {
+        // The phones join at once: either may get slot A.
+        let slot = state["slots"]
+            .as_array()
+            .and_then(|slots| slots.iter().find(|s| s["name"] == name))
+            .unwrap_or_else(|| panic!("{name} is not on the screen: {state}"));
+        assert_eq!(slot["presence"], "live", "{state}");
+        let level = slot["level_db"].as_f64().unwrap_or(-200.0);
+        assert!(
+            level > -30.0,
+            "{name} sings a tone at -6 dBFS, the screen shows {level} dB"
+        );
+    }
+    eprintln!(
+        "chromium: trusted through NSS, both live; screen QR {codes:?}; screenshot {}",
+        shot.display()
+    );
 }

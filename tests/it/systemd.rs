@@ -7,7 +7,9 @@
 //! purpose (the test-only switch DUETBOX_TEST_STALL_AUDIO_AFTER_MS); SIGTERM tells a
 //! joined WebSocket phone `bye`/`shutdown` and the process exits 0 within 5 s;
 //! `systemd-analyze verify` prints nothing for the unit and `systemd-analyze security`
-//! rates its exposure at most 2.0.
+//! rates its exposure at most 2.0; under socket activation (systemd-socket-activate,
+//! as a `.socket` unit for ports 80 and 443 would do) the box serves the landing page
+//! and HTTPS on the sockets it was given and binds none itself.
 
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -421,4 +423,61 @@ fn the_unit_keeps_its_promises() {
         nofile >= needed,
         "LimitNOFILE={nofile} but the defaults need {needed}"
     );
+}
+
+#[test]
+fn socket_activation_serves_on_the_sockets_systemd_passes_and_binds_none() {
+    let dir = support::scratch_dir("socket-activation");
+    let (http_port, https_port) = (support::free_port(), support::free_port());
+    // The configured port is held here: binding it would fail, so the box must use
+    // what it was given.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+    let taken = held.local_addr().expect("held port").port();
+    let config = format!(
+        "[http]\nbind = \"127.0.0.1\"\nhttps_port = {taken}\nhttp_port = {taken}\n\
+         [discovery]\nmdns = false\n"
+    );
+    let prefix: Vec<String> = [
+        "systemd-socket-activate".to_string(),
+        "-l".to_string(),
+        format!("127.0.0.1:{http_port}"),
+        "-l".to_string(),
+        format!("127.0.0.1:{https_port}"),
+    ]
+    .to_vec();
+    let the_box = BoxProcess::start_with(&dir, &[], &config, https_port, &prefix);
+    // systemd-socket-activate starts the box on the first connection, as systemd would.
+    let begin = Instant::now();
+    let landing = loop {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{http_port}/"))
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run curl ({e}): {INSTALL_HINT}"));
+        let body = String::from_utf8_lossy(&out.stdout).into_owned();
+        if body.contains("Open the stage") {
+            break body;
+        }
+        assert!(
+            begin.elapsed() < Duration::from_secs(20),
+            "no landing page on the passed socket: {body}\n{}",
+            the_box.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        landing.contains(&format!("https://127.0.0.1:{https_port}/")),
+        "{landing}"
+    );
+    let status = runtime().block_on(health(https_port, &the_box.cert_pem()));
+    assert_eq!(
+        status, "HTTP/1.1 200 OK",
+        "HTTPS on the passed socket, verified by the CA"
+    );
+    let log = the_box.log_text();
+    assert!(
+        log.contains("listening on the socket systemd passed"),
+        "{log}"
+    );
+    drop(held);
 }
