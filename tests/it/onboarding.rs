@@ -322,10 +322,145 @@ fn the_certificate_verifies_for_the_local_name_and_the_ip_and_follows_a_new_addr
         "{}",
         the_box.log_text()
     );
-    eprintln!(
-        "cert: verified for {host} and {ip}; a new address served {:.1} s after it was added",
-        waited.as_secs_f64()
+    // mDNS follows too: a finder on the LAN sees both addresses.
+    let duetbox = env!("CARGO_BIN_EXE_duetbox");
+    let both = poll(
+        "mDNS announces the new address",
+        Duration::from_secs(15),
+        || {
+            let out = Lan::run(
+                &lan.phone_ns,
+                duetbox,
+                &["find", "--first", "--seconds", "5"],
+            );
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains(&format!("addresses={ip},{added}"))
+                .then_some(text)
+        },
     );
+    // The join URLs and the QR code are in the log at start and again after the change.
+    let log = the_box.log_text();
+    assert!(
+        log.contains(&format!("phones join at https://{ip}:{HTTPS_PORT}/")),
+        "{log}"
+    );
+    assert!(
+        log.contains("\u{2580}") || log.contains("\u{2584}"),
+        "no QR code in the log"
+    );
+    eprintln!(
+        "cert: verified for {host} and {ip}; a new address served {:.1} s after it was added; \
+         mDNS: {}",
+        waited.as_secs_f64(),
+        both.trim()
+    );
+}
+
+#[test]
+fn the_ca_cannot_vouch_for_a_public_name_or_address() {
+    // Even with the CA's key (a stolen SD card), a certificate for an internet name or
+    // a public address fails verification: the CA's name constraints.
+    let dir = scratch_dir("onb-constraints");
+    let ca = duetbox::trust::Authority::load_or_create(&dir, "0123456789ab").expect("CA");
+    let ca_path = dir.join(duetbox::trust::CA_CERT_FILE);
+    let forged = duetbox::trust::Names {
+        dns: vec!["bank.example.com".into(), "duetbox-012345.local".into()],
+        ips: vec!["8.8.8.8".parse().unwrap(), "192.168.1.5".parse().unwrap()],
+    };
+    let leaf = ca
+        .issue(&forged, time::OffsetDateTime::now_utc())
+        .expect("rcgen signs anything it is asked to");
+    let leaf_path = dir.join("forged.pem");
+    std::fs::write(&leaf_path, &leaf.cert_pem).unwrap();
+    let verify = |check: &[&str]| {
+        let out = Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(&ca_path)
+            .args(check)
+            .arg(&leaf_path)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}): {INSTALL_HINT}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = verify(&["-verify_hostname", "bank.example.com"]);
+    assert!(!ok, "a public name passed:\n{text}");
+    assert!(text.contains("subtree violation"), "{text}");
+    // A leaf with only allowed names verifies: the failure above is the constraint.
+    let fair = duetbox::trust::Names {
+        dns: vec!["duetbox-012345.local".into()],
+        ips: vec!["192.168.1.5".parse().unwrap()],
+    };
+    let leaf = ca.issue(&fair, time::OffsetDateTime::now_utc()).unwrap();
+    std::fs::write(&leaf_path, &leaf.cert_pem).unwrap();
+    let (ok, text) = verify(&["-verify_ip", "192.168.1.5"]);
+    assert!(ok, "{text}");
+}
+
+#[test]
+fn an_operators_own_certificate_is_served_and_no_ca_is_offered() {
+    let dir = scratch_dir("onb-own");
+    let (cert, key) = (dir.join("own-cert.pem"), dir.join("own-key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", "/CN=karaoke.example.org"])
+        .args([
+            "-addext",
+            "subjectAltName=DNS:karaoke.example.org,IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl req");
+    assert!(made.status.success(), "{made:?}");
+    let (https_port, http_port) = (crate::support::free_port(), crate::support::free_port());
+    let config = format!(
+        "[http]\nbind = \"127.0.0.1\"\nhttps_port = {https_port}\nhttp_port = {http_port}\n\
+         cert_file = \"{}\"\nkey_file = \"{}\"\n[discovery]\nmdns = false\n",
+        cert.display(),
+        key.display()
+    );
+    let the_box = BoxProcess::start_with(&dir.join("box"), &[], &config, https_port, &[]);
+    poll("the box answers", Duration::from_secs(20), || {
+        the_box
+            .log_text()
+            .contains("duetbox is ready")
+            .then_some(())
+    });
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{https_port}")])
+        .arg("-CAfile")
+        .arg(&cert)
+        .args([
+            "-verify_return_error",
+            "-brief",
+            "-verify_hostname",
+            "karaoke.example.org",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("Verification: OK"), "{text}");
+    assert!(!the_box.dir.join("state/ca-key.pem").exists(), "no CA made");
+    let ca = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{http_port}/ca.crt"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&ca.stdout), "404");
 }
 
 #[test]
