@@ -592,6 +592,12 @@ pub struct RoomView {
 }
 
 impl RoomView {
+    /// Who holds `slot`, if anyone.
+    pub fn holder(&self, slot: &SlotView) -> Option<&ParticipantView> {
+        slot.peer
+            .and_then(|peer| self.participants.iter().find(|p| p.peer == peer))
+    }
+
     /// (singers, listeners) in the room, reconnecting ones included.
     pub fn counts(&self) -> (usize, usize) {
         let singers = self

@@ -82,9 +82,7 @@ pub(crate) fn state_json(name: &str, join: Option<&str>, view: &RoomView, venue_
         .iter()
         .enumerate()
         .map(|(k, s)| {
-            let holder = s
-                .peer
-                .and_then(|peer| view.participants.iter().find(|p| p.peer == peer));
+            let holder = view.holder(s);
             json!({
                 "slot": s.slot.to_string(),
                 "open": k < view.singer_limit,

@@ -40,9 +40,7 @@ pub fn state(info: &BoxInfo, view: &RoomView, health: &OutputHealth, uptime: Dur
         .iter()
         .enumerate()
         .map(|(k, s)| {
-            let holder = s
-                .peer
-                .and_then(|peer| view.participants.iter().find(|p| p.peer == peer));
+            let holder = view.holder(s);
             let figure = |v: Option<f32>| v.map_or(Value::Null, |v| json!(round1(v)));
             json!({
                 "slot": s.slot.to_string(),
@@ -107,10 +105,7 @@ pub fn meters(view: &RoomView, venue_db: f32) -> Value {
         .slots
         .iter()
         .map(|s| {
-            let level = s
-                .peer
-                .and_then(|peer| view.participants.iter().find(|p| p.peer == peer))
-                .map(|p| round1(p.level_db));
+            let level = view.holder(s).map(|p| round1(p.level_db));
             json!({"slot": s.slot.to_string(), "level_db": level})
         })
         .collect();

@@ -219,6 +219,29 @@ fn avahi_and_mdns_sd_find_the_box_and_see_its_goodbye() {
     );
 }
 
+/// A self-signed P-256 certificate and key made by openssl (an older version's pair,
+/// or an operator's own).
+fn self_signed(cert: &Path, key: &Path, subject: &str, extra: &[&str]) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "30", "-subj", subject])
+        .args(extra)
+        .arg("-keyout")
+        .arg(key)
+        .arg("-out")
+        .arg(cert)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run openssl ({e}): {INSTALL_HINT}"));
+    assert!(out.status.success(), "openssl req: {out:?}");
+}
+
 /// `openssl s_client` from the phones' namespace: whether the chain verified, and the
 /// whole output for a failure message.
 fn s_client(lan: &Lan, ca: &Path, connect: Ipv4Addr, check: &[&str]) -> (bool, String) {
@@ -255,22 +278,12 @@ fn the_certificate_verifies_for_the_local_name_and_the_ip_and_follows_a_new_addr
     let state = dir.join("box/state");
     std::fs::create_dir_all(&state).expect("state dir");
     // An older version's self-signed pair: replaced, not kept.
-    let old = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=old", "-keyout"])
-        .arg(state.join("https-key.pem"))
-        .arg("-out")
-        .arg(state.join("https-cert.pem"))
-        .output()
-        .expect("openssl req");
-    assert!(old.status.success(), "{old:?}");
+    self_signed(
+        &state.join("https-cert.pem"),
+        &state.join("https-key.pem"),
+        "/CN=old",
+        &[],
+    );
     let old_pem = std::fs::read_to_string(state.join("https-cert.pem")).unwrap();
 
     let the_box = start_box(&lan, &dir.join("box"));
@@ -404,27 +417,15 @@ fn the_ca_cannot_vouch_for_a_public_name_or_address() {
 fn an_operators_own_certificate_is_served_and_no_ca_is_offered() {
     let dir = scratch_dir("onb-own");
     let (cert, key) = (dir.join("own-cert.pem"), dir.join("own-key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-days", "30", "-subj", "/CN=karaoke.example.org"])
-        .args([
+    self_signed(
+        &cert,
+        &key,
+        "/CN=karaoke.example.org",
+        &[
             "-addext",
             "subjectAltName=DNS:karaoke.example.org,IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl req");
-    assert!(made.status.success(), "{made:?}");
+        ],
+    );
     let (https_port, http_port) = (crate::support::free_port(), crate::support::free_port());
     let config = format!(
         "[http]\nbind = \"127.0.0.1\"\nhttps_port = {https_port}\nhttp_port = {http_port}\n\

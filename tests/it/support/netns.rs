@@ -30,7 +30,8 @@ pub struct Netns {
     pub host_ip: Ipv4Addr,
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, panicking with its error output when it fails.
+pub(super) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()
