@@ -466,6 +466,8 @@ fn an_operators_own_certificate_is_served_and_no_ca_is_offered() {
 
 #[test]
 fn the_landing_page_shows_the_join_qr_code_and_serves_the_ca() {
+    // Its Chromium takes a core for a second: not while a real-time test measures.
+    let _serial = crate::support::SERIAL.blocking_lock();
     let lan = Lan::create();
     let dir = scratch_dir("onb-landing");
     let the_box = start_box(&lan, &dir.join("box"));
