@@ -29,5 +29,6 @@ pub mod mqtt;
 pub mod output;
 pub mod rtc;
 pub mod service;
+pub mod songs;
 pub mod telemetry;
 pub mod trust;
