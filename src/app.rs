@@ -176,7 +176,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         name => name.to_string(),
     };
     let mut dns_names = vec![format!("{mdns_host}.local")];
-    if is_dns_label(&hostname) && hostname != mdns_host {
+    if discovery::is_host_label(&hostname) && hostname != "localhost" && hostname != mdns_host {
         // avahi-daemon's name for the machine, where it runs.
         dns_names.push(format!("{hostname}.local"));
     }
@@ -354,15 +354,6 @@ pub async fn shutdown_signal() {
 /// How often the LAN addresses are read for changes.
 const LAN_POLL: Duration = Duration::from_secs(2);
 
-/// Whether `name` is one DNS label (a host name that can take `.local`).
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name != "localhost"
-        && !name.starts_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
-
 /// The served certificate and, unless the operator brought one, the CA that issues it.
 struct Certificates {
     identity: Identity,
@@ -380,7 +371,12 @@ impl Certificates {
         dns_names: Vec<String>,
         lan_now: &[LanAddr],
     ) -> anyhow::Result<Certificates> {
-        if !config.http.cert_file.is_empty() {
+        let (identity, authority) = if config.http.cert_file.is_empty() {
+            let authority = Authority::load_or_create(state_dir, box_id)
+                .with_context(|| format!("the box's CA in {}", state_dir.display()))?;
+            // Issued below, from the LAN addresses.
+            (Identity::default(), Some(authority))
+        } else {
             let identity = trust::load_own(
                 config.http.cert_file.as_ref(),
                 config.http.key_file.as_ref(),
@@ -390,22 +386,11 @@ impl Certificates {
                 cert = config.http.cert_file,
                 "serving the operator's certificate"
             );
-            return Ok(Certificates {
-                identity,
-                authority: None,
-                dns_names,
-                names: Names::default(),
-                state_dir: state_dir.to_path_buf(),
-            });
-        }
-        let authority = Authority::load_or_create(state_dir, box_id)
-            .with_context(|| format!("the box's CA in {}", state_dir.display()))?;
+            (identity, None)
+        };
         let mut cert = Certificates {
-            identity: Identity {
-                cert_pem: String::new(),
-                key_pem: String::new(),
-            },
-            authority: Some(authority),
+            identity,
+            authority,
             dns_names,
             names: Names::default(),
             state_dir: state_dir.to_path_buf(),

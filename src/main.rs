@@ -80,13 +80,16 @@ fn find(seconds: f64, first: bool, goodbyes: bool, interfaces: Vec<String>) -> E
     filter.only = interfaces;
     let duration = std::time::Duration::from_secs_f64(seconds.clamp(0.1, 3600.0));
     let has_v4 = |f: &duetbox::discovery::Found| f.addresses.iter().any(|a| a.is_ipv4());
-    let mut printed = 0;
+    let mut printed: Vec<String> = Vec::new();
     let seen = duetbox::discovery::browse(&filter, duration, |seen| {
         if goodbyes {
-            // Say what is found as it is found (a caller waits for it before the goodbye).
-            for found in seen.found.iter().skip(printed).filter(|f| has_v4(f)) {
-                print(&describe(found));
-                printed += 1;
+            // Say what is found as it is found (a caller waits for it before the goodbye),
+            // each box once, when it has an IPv4 address.
+            for found in seen.found.iter().filter(|f| has_v4(f)) {
+                if !printed.contains(&found.fullname) {
+                    print(&describe(found));
+                    printed.push(found.fullname.clone());
+                }
             }
             return !seen.removed.is_empty();
         }

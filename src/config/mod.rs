@@ -821,11 +821,7 @@ impl Config {
             })
         };
         let host = &self.discovery.host_name;
-        let label_ok = host.len() <= 63
-            && !host.starts_with('-')
-            && !host.ends_with('-')
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !label_ok {
+        if !host.is_empty() && !crate::discovery::is_host_label(host) {
             return bad(
                 "discovery.host_name",
                 host,

@@ -73,6 +73,16 @@ pub fn default_host_name(box_id: &str) -> String {
     format!("duetbox-{}", &box_id[..box_id.len().min(6)])
 }
 
+/// Whether `name` is one DNS label that can take `.local`: letters, digits and '-',
+/// 1 to 63 of them, no '-' at either end.
+pub fn is_host_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 fn interfaces(filter: &LanFilter) -> IfKind {
     let filter = filter.clone();
     IfKind::Predicate(IfPredicate::new(move |intf| {
@@ -246,6 +256,10 @@ mod tests {
     #[test]
     fn the_default_host_name_is_short_and_from_the_id() {
         assert_eq!(default_host_name("3f2a9c0b1d2e"), "duetbox-3f2a9c");
+        assert!(is_host_label(&default_host_name("3f2a9c0b1d2e")));
+        for bad in ["", "-a", "a-", "a.b", "a b", &"a".repeat(64)] {
+            assert!(!is_host_label(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -41,6 +41,15 @@ pub(crate) struct Landing {
     pub(crate) http_port: u16,
 }
 
+impl Landing {
+    /// The box address for a visitor's join URL ([`join_ip`] over the current LAN
+    /// addresses); `None` while the box has none to give.
+    pub(crate) fn join_ip_for(&self, headers: &HeaderMap, visitor: SocketAddr) -> Option<IpAddr> {
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        join_ip(host, visitor.ip(), &self.site.lan.borrow())
+    }
+}
+
 /// The host part of a Host header (without port or IPv6 brackets).
 fn host_of(header: &str) -> &str {
     if let Some(rest) = header.strip_prefix('[') {
@@ -144,9 +153,7 @@ pub(crate) async fn page(
     ConnectInfo(visitor): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let lan = state.site.lan.borrow().clone();
-    let Some(ip) = join_ip(host, visitor.ip(), &lan) else {
+    let Some(ip) = state.join_ip_for(&headers, visitor) else {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "the box has no LAN address yet; try again in a few seconds",

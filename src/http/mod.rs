@@ -100,10 +100,10 @@ pub(crate) struct AppState {
 pub struct Server {
     /// Where HTTPS listens.
     pub https_addr: SocketAddr,
-    /// Where the redirect listens.
+    /// Where the plain-HTTP side (landing page, CA, screen, redirect) listens.
     pub http_addr: Option<SocketAddr>,
     handle: axum_server::Handle,
-    redirect: Option<tokio::task::JoinHandle<()>>,
+    plain: Option<tokio::task::JoinHandle<()>>,
     https: tokio::task::JoinHandle<()>,
     tls: axum_server::tls_rustls::RustlsConfig,
 }
@@ -134,14 +134,14 @@ impl Server {
     /// Stops accepting, lets requests in flight finish (up to `grace`), and waits.
     pub async fn stop(self, grace: Duration) {
         self.handle.graceful_shutdown(Some(grace));
-        if let Some(r) = self.redirect {
+        if let Some(r) = self.plain {
             r.abort();
         }
         let _ = self.https.await;
     }
 }
 
-/// Binds and starts the HTTPS server (and the redirect).
+/// Binds and starts the HTTPS server (and the plain-HTTP side).
 #[allow(clippy::too_many_arguments)]
 pub async fn start(
     settings: HttpSettings,
@@ -197,7 +197,7 @@ pub async fn start(
         (Some(_), configured) => Some(configured.unwrap_or(settings.https)),
         (None, configured) => configured,
     };
-    let (redirect, http_addr) = match plain_addr {
+    let (plain_task, http_addr) = match plain_addr {
         Some(addr) => {
             let listener = listener(inherited_http, addr)?;
             let local = listener
@@ -242,7 +242,7 @@ pub async fn start(
         https_addr,
         http_addr,
         handle,
-        redirect,
+        plain: plain_task,
         https,
         tls,
     })

@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
-use super::landing::{join_ip, qr_svg, url, Landing};
+use super::landing::{qr_svg, url, Landing};
 use crate::control::{Presence, RoomView};
 
 const SCREEN_HTML: &str = include_str!("../../web/screen.html");
@@ -42,9 +42,9 @@ pub(crate) async fn script() -> Response {
 
 /// The join URL for a visitor, or `None` when the box has no address to give.
 fn join_url(state: &Landing, headers: &HeaderMap, visitor: SocketAddr) -> Option<String> {
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let lan = state.site.lan.borrow().clone();
-    join_ip(host, visitor.ip(), &lan).map(|ip| url("https", ip, state.https_port, "/"))
+    state
+        .join_ip_for(headers, visitor)
+        .map(|ip| url("https", ip, state.https_port, "/"))
 }
 
 /// `GET /screen/qr.svg`: the join QR code for the address the screen reached.

@@ -81,7 +81,7 @@ pub const LEAF_CERT_FILE: &str = "https-cert.pem";
 const LEAF_KEY_FILE: &str = "https-key.pem";
 
 /// PEM text of a server certificate and its private key.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct Identity {
     /// Certificate, PEM.
     pub cert_pem: String,

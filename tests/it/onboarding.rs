@@ -32,15 +32,7 @@ fn start_box(lan: &Lan, dir: &Path) -> BoxProcess {
          [rtc]\nudp_bind = [\"0.0.0.0\"]\n[box]\nname = \"{NAME}\"\n"
     );
     let the_box = BoxProcess::start_with(dir, &[], &config, HTTPS_PORT, &Lan::exec(&lan.box_ns));
-    let begin = Instant::now();
-    while !the_box.log_text().contains("duetbox is ready") {
-        assert!(
-            begin.elapsed() < Duration::from_secs(20),
-            "the box did not start:\n{}",
-            the_box.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    the_box.wait_logged("duetbox is ready", Duration::from_secs(20));
     the_box
 }
 
@@ -52,18 +44,10 @@ fn box_id(the_box: &BoxProcess) -> String {
 }
 
 /// Retries `f` every 200 ms until it gives `Some` or `deadline` passes.
-fn poll<T>(what: &str, deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let begin = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            begin.elapsed() < deadline,
-            "{what}: not within {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn poll<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
+    crate::support::poll(deadline, Duration::from_millis(200), f, || {
+        format!("{what}: not within {deadline:?}")
+    })
 }
 
 #[test]
@@ -434,12 +418,7 @@ fn an_operators_own_certificate_is_served_and_no_ca_is_offered() {
         key.display()
     );
     let the_box = BoxProcess::start_with(&dir.join("box"), &[], &config, https_port, &[]);
-    poll("the box answers", Duration::from_secs(20), || {
-        the_box
-            .log_text()
-            .contains("duetbox is ready")
-            .then_some(())
-    });
+    the_box.wait_logged("duetbox is ready", Duration::from_secs(20));
     let out = Command::new("openssl")
         .args(["s_client", "-connect", &format!("127.0.0.1:{https_port}")])
         .arg("-CAfile")

@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::netns::ip;
 use super::INSTALL_HINT;
@@ -208,15 +208,17 @@ impl Avahi {
             _daemon: Killed(daemon),
             dbus_pid,
         };
-        let begin = Instant::now();
-        while !avahi.log_text().contains("Server startup complete") {
-            assert!(
-                begin.elapsed() < Duration::from_secs(10),
-                "avahi-daemon did not start:\n{}",
-                avahi.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        super::poll(
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || {
+                avahi
+                    .log_text()
+                    .contains("Server startup complete")
+                    .then_some(())
+            },
+            || format!("avahi-daemon did not start:\n{}", avahi.log_text()),
+        );
         avahi
     }
 

@@ -231,6 +231,24 @@ pub fn scratch_dir(area: &str) -> PathBuf {
     dir
 }
 
+/// Calls `f` every `every` until it gives `Some`; after `deadline`, panics with
+/// `failure()` (which may read a log at that moment).
+pub fn poll<T>(
+    deadline: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+    failure: impl Fn() -> String,
+) -> T {
+    let begin = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(begin.elapsed() < deadline, "{}", failure());
+        thread::sleep(every);
+    }
+}
+
 /// Runs `f` on its own thread and waits at most `deadline` for it: device writes block,
 /// and a hung device must fail the test, not hang it. A panic in `f` is re-raised here.
 pub fn within<T: Send + 'static>(
@@ -634,6 +652,17 @@ impl BoxProcess {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the box has logged `text`; panics with its log after `deadline`
+    /// (for a box whose port the test cannot reach, e.g. in another namespace).
+    pub fn wait_logged(&self, text: &str, deadline: Duration) {
+        poll(
+            deadline,
+            Duration::from_millis(50),
+            || self.log_text().contains(text).then_some(()),
+            || format!("the box did not log {text:?}:\n{}", self.log_text()),
+        );
     }
 
     /// Exited already?
