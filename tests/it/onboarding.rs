@@ -510,7 +510,58 @@ fn the_landing_page_shows_the_join_qr_code_and_serves_the_ca() {
         codes.contains(&format!("http://{ip}:{HTTP_PORT}/ca.crt")),
         "the CA QR code: {codes:?}"
     );
-    eprintln!("landing: QR codes {codes:?}; screenshot {}", shot.display());
+    // A stranger's inputs: a lying Host header changes nothing but the address choice
+    // among the box's own (nothing of it is echoed), a body is refused, the state the
+    // screen polls carries no ids or secrets.
+    let landing_url = format!("http://{ip}:{HTTP_PORT}/");
+    let hostile = Lan::run(
+        &lan.phone_ns,
+        "curl",
+        &["-sS", "-H", "Host: <script>alert(1)</script>", &landing_url],
+    );
+    let page = String::from_utf8_lossy(&hostile.stdout);
+    assert!(!page.contains("<script>"), "the Host header was echoed");
+    assert!(
+        page.contains(&format!("https://{ip}:{HTTPS_PORT}/")),
+        "{page}"
+    );
+    let big = "x".repeat(64 * 1024);
+    let posted = Lan::run(
+        &lan.phone_ns,
+        "curl",
+        &[
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data",
+            &big,
+            &landing_url,
+        ],
+    );
+    let status = String::from_utf8_lossy(&posted.stdout).into_owned();
+    assert!(
+        status == "405" || status == "413",
+        "a 64 KiB POST got {status}"
+    );
+    let state = Lan::run(
+        &lan.phone_ns,
+        "curl",
+        &["-sS", &format!("http://{ip}:{HTTP_PORT}/screen/state")],
+    );
+    let state = String::from_utf8_lossy(&state.stdout);
+    assert!(state.contains("\"slots\""), "{state}");
+    for secret in ["token", "\"peer\"", "pin"] {
+        assert!(
+            !state.contains(secret),
+            "{secret} in the screen's state: {state}"
+        );
+    }
+    eprintln!(
+        "landing: QR codes {codes:?}; a 64 KiB POST got {status}; screenshot {}",
+        shot.display()
+    );
 }
 
 /// A headless Chromium screenshot of `url`, taken from the phones' namespace.
