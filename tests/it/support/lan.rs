@@ -17,7 +17,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use super::netns::ip;
+use super::netns::{ip, wait_settled};
 use super::INSTALL_HINT;
 
 static NEXT: AtomicU8 = AtomicU8::new(0);
@@ -79,6 +79,8 @@ impl Lan {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev]);
             ip(&["-n", ns, "link", "set", dev, "up"]);
         }
+        wait_settled(Some(&lan.box_ns), &lan.box_if);
+        wait_settled(Some(&lan.phone_ns), &lan.phone_if);
         lan
     }
 

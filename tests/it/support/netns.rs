@@ -44,6 +44,35 @@ pub(super) fn ip(args: &[&str]) {
     );
 }
 
+/// Waits until `dev` (in namespace `ns`, or the machine's) has carrier and a link-local
+/// IPv6 address that is past duplicate-address detection. The kernel adds that address
+/// about two seconds after the link comes up; a browser already running in the
+/// namespace sees it as a network change and fails its requests in flight with
+/// ERR_NETWORK_CHANGED (seen once in CI), so phones start only on a settled link.
+pub(super) fn wait_settled(ns: Option<&str>, dev: &str) {
+    if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+        return;
+    }
+    let mut args: Vec<&str> = Vec::new();
+    if let Some(ns) = ns {
+        args.extend(["-n", ns]);
+    }
+    args.extend(["-6", "addr", "show", "dev", dev, "scope", "link"]);
+    super::poll(
+        std::time::Duration::from_secs(15),
+        std::time::Duration::from_millis(50),
+        || {
+            let out = Command::new("ip").args(&args).output().ok()?;
+            let text = String::from_utf8_lossy(&out.stdout);
+            let settled = text.contains("inet6")
+                && !text.contains("tentative")
+                && !text.contains("NO-CARRIER");
+            settled.then_some(())
+        },
+        || format!("{dev} in {ns:?}: no settled link-local address within 15 s"),
+    )
+}
+
 impl Netns {
     /// Creates a namespace with loopback up and a veth link to the machine, both ends
     /// up and addressed.
@@ -92,6 +121,8 @@ impl Netns {
             &ns.ns_if,
         ]);
         ip(&["-n", &ns.name, "link", "set", &ns.ns_if, "up"]);
+        wait_settled(None, &ns.host_if);
+        wait_settled(Some(&ns.name), &ns.ns_if);
         ns
     }
 
