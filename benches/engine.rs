@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use duetbox::engine::receiver::{Receiver, ReceiverConfig};
 use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
 use duetbox::engine::{
-    Command, Engine, EngineConfig, JitterConfig, Output, RtpAudio, SingerId, SingerSettings,
+    BackingAudio, Command, Engine, EngineConfig, JitterConfig, Output, RtpAudio, SingerId,
+    SingerSettings,
 };
 
 const PERIOD_SAMPLES: usize = 240;
@@ -81,7 +82,12 @@ fn bench_engine(singers: usize, listeners: u32) -> (Duration, Duration) {
             sent += 1;
         }
         if engine.backing_queued() < 8 * PERIOD_SAMPLES {
-            engine.push_backing(&backing[..8 * PERIOD_SAMPLES]);
+            engine.push_backing(BackingAudio {
+                generation: 0,
+                position: 0,
+                samples: &backing[..8 * PERIOD_SAMPLES],
+                last: false,
+            });
         }
         engine.render_period(now, &mut venue);
         while let Some(out) = engine.poll_output() {

@@ -30,9 +30,11 @@ deb_pkgs=(dpkg-dev file systemd)
 # systemd-container: .ci/boot-test boots this system under a real systemd (nspawn).
 # firefox-esr: the second browser engine of the phone tests. jackd2: a JACK server on
 # its dummy driver, whose ALSA plugin (libasound2-plugins) grants only its own period.
+# lame, opus-tools and ffmpeg make the test songs sox cannot (mp3, opus, m4a/aac).
 test_pkgs=(chromium chromium-driver firefox-esr pulseaudio libasound2-plugins alsa-utils
            sox jackd2 mosquitto mosquitto-clients iproute2 systemd systemd-container
-           procps nodejs npm avahi-daemon avahi-utils zbar-tools libnss3-tools openssl dbus)
+           procps nodejs npm avahi-daemon avahi-utils zbar-tools libnss3-tools openssl dbus
+           lame opus-tools ffmpeg)
 
 want=("${run_pkgs[@]}")
 case "$profile" in

@@ -124,11 +124,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         packets_per_s: config.limits.packets_per_s,
         packets_burst: f64::from(config.limits.packets_burst),
     };
+    let state_dir = config.state_dir(std::env::var("STATE_DIRECTORY").ok());
+    let library_dir = config.library_dir(&state_dir);
+    if config.songs.library.is_empty() {
+        // The default library lives in the state directory: make it so songs can be
+        // copied in (a configured folder is the operator's to make).
+        let _ = std::fs::create_dir_all(&library_dir);
+    }
+    tracing::info!(library = %library_dir.display(), "song library");
+    let library = crate::songs::library::spawn_indexer(
+        library_dir,
+        state_dir.join("library.json"),
+        Duration::from_secs(config.songs.rescan_s),
+    )
+    .context("starting the library indexer")?;
     let (control, control_task) = control::start(
         RoomConfig {
             max_singers: config.room.max_singers,
             max_listeners: config.room.max_listeners,
             pin: config.room.pin.clone(),
+            host_pin: host_pin(&config.room.host_pin, &state_dir)?,
             rejoin_grace: Duration::from_millis(config.room.rejoin_grace_ms),
             join_deadline: Duration::from_millis(config.room.join_deadline_ms),
             master_gain_db: config.audio.master_gain_db,
@@ -136,11 +151,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         },
         rtc,
         audio.clone(),
+        library,
         cancel.clone(),
-    );
+    )
+    .context("starting the song player")?;
     let mut tasks = vec![tokio::spawn(control_task.run())];
 
-    let state_dir = config.state_dir(std::env::var("STATE_DIRECTORY").ok());
     let hostname = std::fs::read_to_string("/etc/hostname")
         .unwrap_or_default()
         .trim()
@@ -498,4 +514,35 @@ async fn watch_lan(
         join.log(&now);
         lan_tx.send_replace(now);
     }
+}
+
+/// The host page's PIN: the configured one, else the one kept in the state directory,
+/// else a new 6-digit one kept there (0600). Logged at every start: the venue's
+/// installer reads it in the journal (or sets `room.host_pin`).
+fn host_pin(configured: &str, state_dir: &std::path::Path) -> anyhow::Result<String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_string());
+    }
+    let file = state_dir.join("host-pin");
+    let pin = match std::fs::read_to_string(&file) {
+        Ok(text) if text.trim().chars().count() >= 4 => text.trim().to_string(),
+        _ => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let pin = format!("{:06}", rand::random::<u32>() % 1_000_000);
+            std::fs::create_dir_all(state_dir).context("the state directory")?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&file)
+                .with_context(|| format!("writing {}", file.display()))?;
+            f.write_all(pin.as_bytes())
+                .with_context(|| format!("writing {}", file.display()))?;
+            pin
+        }
+    };
+    tracing::info!(pin, file = %file.display(), "host page PIN (https://<box>/host)");
+    Ok(pin)
 }

@@ -9,6 +9,8 @@
 import { PhoneAudio } from './audio.js';
 import { checkName, mixMessage } from './protocol.js';
 import { Session } from './session.js';
+import { SongsPanel } from './songs.js';
+import { LyricsView } from './lyrics.js';
 import { View, explain } from './view.js';
 
 /** Minimum gap (ms) between `mix` messages while a slider is dragged. */
@@ -77,6 +79,8 @@ const app = {
   wakeLock: null,
   mixTimer: 0,
   mixSentAt: 0,
+  songClock: null,
+  song: null,
 };
 
 function httpsAddress() {
@@ -133,7 +137,19 @@ const session = new Session({
   hooks: {
     state: (state, code, note) => setState(state, code, note),
     welcome: onWelcome,
+    songs: (msg) => {
+      if (msg.type === 'song_clock') app.songClock = { ...msg, at: performance.now() };
+      else if (msg.type === 'songs') songs.onSongs(msg);
+      else if (msg.type === 'queued') songs.onQueued(msg);
+      else if (msg.type === 'queue') {
+        songs.onQueue(msg);
+        lyrics.load(msg.song ? msg.song.song : null);
+        app.song = msg.song || null;
+      }
+      else if (msg.type === 'error') songs.onRefused(msg.message || msg.code);
+    },
     room: (peers, listeners) => {
+      songs.onRoom(peers);
       const me = view.room(peers, app.peer, listeners);
       app.boxDelayMs = me && typeof me.delay_ms === 'number' && app.role === 'singer' ? me.delay_ms : null;
       app.lossPct = me && typeof me.loss_pct === 'number' && app.role === 'singer' ? me.loss_pct : null;
@@ -175,6 +191,43 @@ const session = new Session({
   },
 });
 
+const songs = new SongsPanel(document, (msg) => session.send(msg));
+const lyrics = new LyricsView(document.getElementById('lyric-current'), document.getElementById('lyric-next'));
+
+/**
+ * The song position (ms) of what this phone is playing now, or null. The box said
+ * which RTP timestamp of the return mix carries which song frame (`song_clock`); the
+ * receiver says which timestamp it played last, and when. So the lyrics follow the
+ * audio this phone plays, whatever its network and jitter buffer add. Without
+ * `rtpTimestamp` (older browsers) the clock message's arrival stands in.
+ */
+function heardSongMs() {
+  const c = app.songClock;
+  const song = app.song;
+  if (!c || !song || c.generation !== song.generation) return null;
+  if (!c.playing) return c.position / 48;
+  const pc = session.peerConnection();
+  const receiver = pc && pc.getReceivers().find((r) => r.track && r.track.kind === 'audio');
+  const sources = receiver && receiver.getSynchronizationSources ? receiver.getSynchronizationSources() : [];
+  const src = sources && sources[0];
+  if (src && typeof src.rtpTimestamp === 'number') {
+    // 32-bit wrap: the signed difference of the two timestamps.
+    const delta = (src.rtpTimestamp - c.rtp) | 0;
+    // Chromium stamps `timestamp` on the Date clock, the spec on performance's.
+    const now = src.timestamp > 1e12 ? Date.now() : performance.now();
+    const frames = c.position + delta + Math.max(0, now - src.timestamp) * 48;
+    return frames / 48;
+  }
+  return c.position / 48 + (performance.now() - c.at);
+}
+
+function lyricsFrame() {
+  lyrics.slot = app.slot;
+  lyrics.show(app.state === 'live' ? heardSongMs() : null);
+  requestAnimationFrame(lyricsFrame);
+}
+requestAnimationFrame(lyricsFrame);
+
 audio.onMicEnded = () => {
   const l = session.link;
   if (l && !l.done) session.lost(l, 'mic_lost');
@@ -186,6 +239,7 @@ function onWelcome(w) {
   app.peer = w.peer;
   app.slot = w.slot;
   view.slot(w.slot);
+  songs.joined(w.peer);
   if (app.role !== 'singer') return;
   if (w.rejoined && w.mix) {
     if (w.mix.monitor !== null) view.setSlider(ui.monitor, ui.monitorOut, Math.round(w.mix.monitor * 100));
@@ -423,6 +477,14 @@ window.duetboxTest = {
   localSdp: () => session.localSdp(),
   /** Who this phone is to the box: { peer, slot }. */
   identity: () => ({ peer: app.peer, slot: app.slot }),
+  /** When each lyric line appeared: [{ line, at (performance.now()), ms }]. */
+  lyricsAppeared: () => lyrics.appeared,
+  /** The song position (ms) of what this phone plays now, or null. */
+  heardSongMs: () => heardSongMs(),
+  /** The last `queue` message (entries, song), or null. */
+  queue: () => songs.queue,
+  /** The song search results shown. */
+  songs: () => songs.results,
   /** The singer's own mix sliders, 0–100. */
   mix: () => ({ monitor: Number(ui.monitor.value), reverb: Number(ui.reverb.value) }),
 };

@@ -76,6 +76,8 @@ function saveToken(storage, token) {
  *   stopped(code, detail)      the session ended for good (code null after Leave)
  *   mic()                      async: the microphone { stream, track } or null (a
  *                              singer's; called before every link; null stops)
+ *   songs(msg)                 the `songs`, `queued` and `queue` messages, and the
+ *                              box's refusals of song requests (`refused`)
  * }
  */
 export class Session {
@@ -267,8 +269,19 @@ export class Session {
       case 'pong':
         if (typeof msg.t === 'number') this.hooks.rtt(Math.max(0, performance.now() - msg.t));
         break;
+      case 'songs':
+      case 'queued':
+      case 'queue':
+      case 'song_clock':
+        if (this.hooks.songs) this.hooks.songs(msg);
+        break;
       case 'error': {
         const code = typeof msg.code === 'string' ? msg.code : 'internal';
+        if ((code === 'refused' || code === 'bad_field') && l.answered && this.hooks.songs) {
+          // A refused song request (queue full, not yours, …): the song panel says so.
+          this.hooks.songs(msg);
+          break;
+        }
         const action = errorAction(code, l.answered);
         if (action === 'stop') this.stop(code, msg.message);
         else if (action === 'retry') this.lost(l, code);

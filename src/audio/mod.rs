@@ -21,8 +21,8 @@ use crossbeam_queue::ArrayQueue;
 use crate::engine::codec::MAX_ENCODED_BYTES;
 use crate::engine::jitter::MAX_PAYLOAD_BYTES;
 use crate::engine::{
-    Command, Engine, EngineConfig, Event, Level, MixId, Output, ReceiverStats, RtpAudio, SingerId,
-    Tap, SAMPLE_RATE_HZ,
+    BackingAudio, BackingPosition, Command, Engine, EngineConfig, Event, Level, MixId, Output,
+    ReceiverStats, RtpAudio, SingerId, Tap, SAMPLE_RATE_HZ,
 };
 
 pub mod bridge;
@@ -107,21 +107,46 @@ impl PacketSlot {
 /// Interleaved stereo samples in one [`BackingChunk`] (20 ms).
 pub const BACKING_CHUNK_SAMPLES: usize = 1920;
 
-/// Up to 20 ms of backing-track audio, by value so queueing never allocates.
+/// Up to 20 ms of backing-track audio, by value so queueing never allocates; tagged as
+/// [`BackingAudio`] is (generation, song frame, last).
 #[derive(Clone)]
 pub struct BackingChunk {
+    generation: u32,
+    position: u64,
+    last: bool,
     len: usize,
     data: [f32; BACKING_CHUNK_SAMPLES],
 }
 
 impl BackingChunk {
     /// A chunk of up to [`BACKING_CHUNK_SAMPLES`] interleaved stereo samples (the rest
-    /// of `stereo` is ignored; the caller splits long buffers).
-    pub fn new(stereo: &[f32]) -> BackingChunk {
+    /// of `stereo` is ignored; the caller splits long buffers) of `generation`, whose
+    /// first frame is song frame `position`; `last` if it ends the song.
+    pub fn new(generation: u32, position: u64, stereo: &[f32], last: bool) -> BackingChunk {
         let len = stereo.len().min(BACKING_CHUNK_SAMPLES) & !1;
         let mut data = [0.0; BACKING_CHUNK_SAMPLES];
         data[..len].copy_from_slice(&stereo[..len]);
-        BackingChunk { len, data }
+        BackingChunk {
+            generation,
+            position,
+            last: last && len == stereo.len(),
+            len,
+            data,
+        }
+    }
+
+    /// Its generation.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    fn audio(&self) -> BackingAudio<'_> {
+        BackingAudio {
+            generation: self.generation,
+            position: self.position,
+            samples: &self.data[..self.len],
+            last: self.last,
+        }
     }
 }
 
@@ -165,6 +190,16 @@ pub enum Report {
     Singer(SingerReport),
     /// The venue output level since the last report.
     Venue(Level),
+    /// Where the backing was at the start of the period that begins playing at `at`
+    /// (on the [`AudioClock`]; the device's own buffer comes on top).
+    Backing {
+        /// Generation, song frame and mix time.
+        position: BackingPosition,
+        /// When the period was rendered.
+        at: Duration,
+        /// How much later the outputs carry it (the limiter's look-ahead), frames.
+        latency_frames: u32,
+    },
 }
 
 /// Counters the thread keeps in atomics (read by anyone, any time).
@@ -347,6 +382,16 @@ where
             if now >= next_report {
                 next_report = now + STATS_INTERVAL;
                 report_levels(&mut engine, &handle);
+                let position = engine.backing_position();
+                let latency_frames = engine.output_latency_frames() as u32;
+                report(
+                    &handle,
+                    Report::Backing {
+                        position,
+                        at: now,
+                        latency_frames,
+                    },
+                );
             }
         }
         sink.write(bridge.device_period())?;
@@ -373,11 +418,12 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
         engine.handle_command(command);
     }
     let period = engine.config().period_samples;
+    // The engine's queue holds 2 s, far more than 4 periods plus a chunk: all fits.
     while engine.backing_queued() < 4 * 2 * period {
         let Some(chunk) = handle.backing.pop() else {
             break;
         };
-        engine.push_backing(&chunk.data[..chunk.len]);
+        engine.push_backing(chunk.audio());
     }
     engine.render_period(now, venue);
     while let Some(output) = engine.poll_output() {

@@ -122,6 +122,9 @@ pub struct RoomConfig {
     pub max_listeners: usize,
     /// PIN ("" = none).
     pub pin: String,
+    /// The host page's PIN ("" = made at the first start and kept in the state
+    /// directory as `host-pin`).
+    pub host_pin: String,
     /// WebSocket idle timeout, ms.
     pub idle_timeout_ms: u64,
     /// How long a phone whose connection dropped keeps its place, ms.
@@ -136,6 +139,7 @@ impl Default for RoomConfig {
             max_singers: 2,
             max_listeners: 100,
             pin: String::new(),
+            host_pin: String::new(),
             idle_timeout_ms: 20_000,
             rejoin_grace_ms: 30_000,
             join_deadline_ms: 10_000,
@@ -294,6 +298,25 @@ pub struct StateConfig {
     pub dir: String,
 }
 
+/// `[songs]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SongsConfig {
+    /// The library folder ("" = `songs` in the state directory).
+    pub library: String,
+    /// How often the library is walked for new, changed and removed files, seconds.
+    pub rescan_s: u64,
+}
+
+impl Default for SongsConfig {
+    fn default() -> Self {
+        SongsConfig {
+            library: String::new(),
+            rescan_s: 60,
+        }
+    }
+}
+
 /// `[box]`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -447,6 +470,8 @@ pub struct Config {
     pub discovery: DiscoveryConfig,
     /// The venue panel's broker.
     pub mqtt: MqttConfig,
+    /// The song library.
+    pub songs: SongsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -655,6 +680,17 @@ impl Config {
         if r.pin.chars().count() > 64 {
             return bad("room.pin", "(hidden)", "must be at most 64 characters");
         }
+        let host_chars = r.host_pin.chars().count();
+        if host_chars > 64 || (host_chars > 0 && host_chars < 4) {
+            return bad("room.host_pin", "(hidden)", "must be 4 to 64 characters");
+        }
+        if !r.host_pin.is_empty() && r.host_pin == r.pin {
+            return bad(
+                "room.host_pin",
+                "(hidden)",
+                "must differ from room.pin: singers must not be able to run the night",
+            );
+        }
         if r.idle_timeout_ms < 6_000 {
             return bad(
                 "room.idle_timeout_ms",
@@ -802,6 +838,13 @@ impl Config {
             );
         }
         self.validate_discovery()?;
+        if !(5..=86_400).contains(&self.songs.rescan_s) {
+            return bad(
+                "songs.rescan_s",
+                self.songs.rescan_s,
+                "must be 5 to 86400 seconds",
+            );
+        }
         if self.http.cert_file.is_empty() != self.http.key_file.is_empty() {
             return bad(
                 "http.cert_file",
@@ -913,6 +956,9 @@ impl Config {
         if !shown.room.pin.is_empty() {
             shown.room.pin = "(set, hidden)".into();
         }
+        if !shown.room.host_pin.is_empty() {
+            shown.room.host_pin = "(set, hidden)".into();
+        }
         if !shown.mqtt.password.is_empty() {
             shown.mqtt.password = "(set, hidden)".into();
         }
@@ -965,6 +1011,15 @@ impl Config {
             limiter_ceiling_db: self.audio.limiter_ceiling_db,
             limiter_lookahead: ms(self.audio.limiter_lookahead_ms),
             limiter_release: ms(self.audio.limiter_release_ms),
+        }
+    }
+
+    /// The song library folder: the configured one, or `songs` in `state_dir`.
+    pub fn library_dir(&self, state_dir: &Path) -> PathBuf {
+        if self.songs.library.is_empty() {
+            state_dir.join("songs")
+        } else {
+            PathBuf::from(&self.songs.library)
         }
     }
 

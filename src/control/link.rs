@@ -8,7 +8,9 @@
 //! and goes before the thread saw either cancels out. So what waits is bounded by the
 //! state it describes, not by how many commands were sent: at most three per seat
 //! (add, settings, and a removal of the seat's previous singer) plus one each for the
-//! master, the backing track and the listener count.
+//! master, the backing level, the backing transport and the listener count (a newer
+//! transport command names the newest generation, which flushes whatever an older one
+//! would have).
 //!
 //! Pure: the caller hands in a push function (the real queue, or a test's).
 
@@ -56,7 +58,10 @@ impl EngineLink {
                     return;
                 }
             }
-            Command::SetMaster { .. } | Command::SetBacking { .. } | Command::SetListeners(_) => {
+            Command::SetMaster { .. }
+            | Command::SetBacking { .. }
+            | Command::SetListeners(_)
+            | Command::Backing { .. } => {
                 let same = std::mem::discriminant(&command);
                 if let Some(slot) = self
                     .waiting

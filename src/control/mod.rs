@@ -18,6 +18,7 @@
 //! nothing of `http` (adapters map the room's refusals to their wire's codes).
 
 pub mod link;
+pub mod night;
 pub mod room;
 pub mod throttle;
 
@@ -35,6 +36,9 @@ use tracing::Instrument;
 use crate::audio::{AudioHandle, Report};
 use crate::engine::{Event, MixId, SingerId};
 use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings};
+use crate::songs::library::Library;
+use crate::songs::player::{Player, PlayerEvent};
+use night::SongFeedback;
 
 pub use room::{
     ByeReason, ConnId, Input, JoinRequest, MediaState, PeerId, Presence, Refusal, Reply, Role,
@@ -65,6 +69,41 @@ pub const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// How long shutdown waits for the peer connections to close.
 const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Where the backing is: the audio thread's latest report (every 100 ms). Not part of
+/// the room's view (it changes ten times a second); the venue screen and the phones
+/// follow the song with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SongClock {
+    /// The transport's generation.
+    pub generation: u32,
+    /// The song frame (48 kHz) the reported period started with.
+    pub position: u64,
+    /// That period's mix time.
+    pub mix_time: u64,
+    /// When it was rendered, on the audio clock.
+    pub at: Duration,
+    /// Whether the backing advanced in it.
+    pub playing: bool,
+    /// How much later than the mix time the outputs carry it (the limiter), frames.
+    pub latency_frames: u32,
+}
+
+impl SongClock {
+    /// The song frame rendered at `now` (audio clock): the report moved on by the time
+    /// since, while playing.
+    /// The song frame the outputs carry at `now` (audio clock): the report moved on by
+    /// the time since, while playing, less the outputs' latency.
+    pub fn position_at(&self, now: Duration) -> u64 {
+        if !self.playing {
+            return self.position;
+        }
+        let since = now.saturating_sub(self.at);
+        let moved =
+            (since.as_nanos() * u128::from(crate::engine::SAMPLE_RATE_HZ) / 1_000_000_000) as u64;
+        (self.position + moved).saturating_sub(u64::from(self.latency_frames))
+    }
+}
 
 /// The media of one connection, for its owner (the WebSocket session or WHIP handler).
 pub struct Media {
@@ -101,9 +140,26 @@ pub struct Control {
     rtc: Arc<RtcSettings>,
     audio: AudioHandle,
     max_singers: usize,
+    library: watch::Receiver<Arc<Library>>,
+    song_clock: watch::Receiver<SongClock>,
 }
 
 impl Control {
+    /// Where the backing is (the audio thread's latest report).
+    pub fn song_clock(&self) -> SongClock {
+        *self.song_clock.borrow()
+    }
+
+    /// The audio clock's now (the clock [`SongClock::at`] is on).
+    pub fn audio_now(&self) -> Duration {
+        self.audio.clock.now()
+    }
+
+    /// The song library as indexed now.
+    pub fn library(&self) -> Arc<Library> {
+        self.library.borrow().clone()
+    }
+
     /// A fresh connection id (one per WebSocket session or WHIP/WHEP resource).
     pub fn conn(&self) -> ConnId {
         ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed))
@@ -136,7 +192,9 @@ impl Control {
             .await?
         {
             Reply::Joined(welcome) => Ok((welcome, bye_rx)),
-            Reply::Done => unreachable!("the room answers a join with a welcome"),
+            Reply::Done | Reply::Queued(_) => {
+                unreachable!("the room answers a join with a welcome")
+            }
         }
     }
 
@@ -250,16 +308,24 @@ pub struct ControlTask {
     shutdown: CancellationToken,
     xruns_logged: u64,
     xruns_logged_at: Option<Duration>,
+    player: Player,
+    player_events: mpsc::UnboundedReceiver<PlayerEvent>,
+    song_clock: watch::Sender<SongClock>,
 }
 
-/// Builds the room, its task and the handle. Run the task with [`ControlTask::run`].
+/// Builds the room, its task, the song player's thread and the handle. Run the task
+/// with [`ControlTask::run`].
 pub fn start(
     config: RoomConfig,
     rtc: RtcSettings,
     audio: AudioHandle,
+    library: watch::Receiver<Arc<Library>>,
     shutdown: CancellationToken,
-) -> (Control, ControlTask) {
+) -> std::io::Result<(Control, ControlTask)> {
+    let (player_tx, player_events) = mpsc::unbounded_channel();
+    let player = Player::spawn(audio.backing.clone(), player_tx)?;
     let room = Room::new(config);
+    let (song_clock_tx, song_clock) = watch::channel(SongClock::default());
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let (view_tx, view) = watch::channel(Arc::new(room.view()));
     let venue_level_db = Arc::new(AtomicU32::new((-120.0f32).to_bits()));
@@ -271,6 +337,8 @@ pub fn start(
         rtc: Arc::new(rtc),
         audio: audio.clone(),
         max_singers: room.max_singers(),
+        library,
+        song_clock,
     };
     let task = ControlTask {
         room,
@@ -285,8 +353,11 @@ pub fn start(
         shutdown,
         xruns_logged: 0,
         xruns_logged_at: None,
+        player,
+        player_events,
+        song_clock: song_clock_tx,
     };
-    (control, task)
+    Ok((control, task))
 }
 
 impl ControlTask {
@@ -312,6 +383,7 @@ impl ControlTask {
                 },
                 _ = fanout_tick.tick() => self.fan_out(),
                 _ = report_tick.tick() => self.reports(),
+                Some(event) = self.player_events.recv() => self.player_event(event),
                 _ = sleep_until(deadline) => {
                     self.input(Input::Tick, tracing::Span::none());
                 }
@@ -384,6 +456,7 @@ impl ControlTask {
         while let Some(action) = self.room.poll_action() {
             match action {
                 Action::Engine(command) => self.link.queue(command),
+                Action::Player(command) => self.player.send(command),
                 Action::Route { conn, mix } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.mix = Some(mix);
@@ -408,6 +481,43 @@ impl ControlTask {
         if view_changed {
             self.view.send_replace(Arc::new(self.room.view()));
         }
+    }
+
+    fn player_event(&mut self, event: PlayerEvent) {
+        let news = match event {
+            PlayerEvent::Started {
+                generation, info, ..
+            } => SongFeedback::Opened {
+                generation,
+                duration: info.duration,
+            },
+            PlayerEvent::Failed {
+                generation,
+                kind,
+                detail,
+            } => {
+                tracing::warn!(generation, kind, detail, "song failed");
+                SongFeedback::Failed {
+                    generation,
+                    kind: kind.to_string(),
+                    detail,
+                }
+            }
+            PlayerEvent::Decoded {
+                generation,
+                bad_packets,
+                busy,
+            } => {
+                tracing::info!(
+                    generation,
+                    bad_packets,
+                    decode_ms = busy.as_secs_f64() * 1e3,
+                    "song decoded"
+                );
+                return;
+            }
+        };
+        self.input(Input::Song(news), tracing::Span::none());
     }
 
     fn bye(&mut self, mut conn: Conn, reason: ByeReason) {
@@ -516,6 +626,34 @@ impl ControlTask {
                 Report::Event(Event::Rejected { singer, reason }) => {
                     // The room and the engine disagree about a seat: a bug, not input.
                     tracing::error!(singer = %singer, reason = ?reason, "engine refused a command");
+                }
+                Report::Event(Event::BackingEnded { generation }) => {
+                    tracing::info!(generation, "song ended");
+                    let _ = self
+                        .room
+                        .handle(self.now(), Input::Song(SongFeedback::Ended { generation }));
+                    changed = true;
+                }
+                Report::Backing {
+                    position,
+                    at,
+                    latency_frames,
+                } => {
+                    self.song_clock.send_replace(SongClock {
+                        generation: position.generation,
+                        position: position.position,
+                        mix_time: position.mix_time,
+                        at,
+                        playing: position.playing,
+                        latency_frames,
+                    });
+                    let _ = self.room.handle(
+                        self.now(),
+                        Input::Song(SongFeedback::Position {
+                            generation: position.generation,
+                            position: position.position,
+                        }),
+                    );
                 }
             }
         }

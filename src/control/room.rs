@@ -51,8 +51,12 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::night::{
+    Effect, EntryId, Night, NightRefusal, NowPlaying, Problem, SongFeedback, SongRef, Transport,
+};
 use super::throttle::PinThrottle;
 use crate::engine::{Command, MixId, SingerId, SingerSettings};
+use crate::songs::player::PlayerCommand;
 
 /// Bytes of a session token: 128 random bits.
 pub const TOKEN_BYTES: usize = 16;
@@ -78,6 +82,15 @@ impl fmt::Display for PeerId {
 }
 
 impl PeerId {
+    /// Parses what [`fmt::Display`] writes (`p7`).
+    pub fn parse(text: &str) -> Option<PeerId> {
+        let digits = text.strip_prefix('p')?;
+        if digits.is_empty() || digits.len() > 9 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(PeerId)
+    }
+
     /// The engine's id for this participant's voice (same number, so logs line up).
     pub fn singer(self) -> SingerId {
         SingerId(self.0)
@@ -294,6 +307,8 @@ pub enum Refusal {
     EmptySlot,
     /// A value is out of its range; names the field.
     OutOfRange(&'static str),
+    /// The queue or the transport refused.
+    Night(NightRefusal),
 }
 
 impl fmt::Display for Refusal {
@@ -314,6 +329,16 @@ impl fmt::Display for Refusal {
             Refusal::UnknownSlot => f.write_str("no such slot"),
             Refusal::EmptySlot => f.write_str("nobody holds that slot"),
             Refusal::OutOfRange(field) => write!(f, "`{field}` is out of range"),
+            Refusal::Night(n) => f.write_str(match n {
+                NightRefusal::QueueFull => "the queue is full",
+                NightRefusal::TooManyEntries => "you already have the most songs waiting",
+                NightRefusal::AlreadyQueued => "you already queued this song",
+                NightRefusal::UnknownEntry => "no such queue entry",
+                NightRefusal::NotYours => "that entry is not yours",
+                NightRefusal::NothingQueued => "the queue is empty",
+                NightRefusal::NothingPlaying => "no song is playing",
+                NightRefusal::BeyondTheEnd => "that is past the end of the song",
+            }),
         }
     }
 }
@@ -456,6 +481,46 @@ pub enum Input {
         /// Its figures.
         figures: SingerFigures,
     },
+    /// The host page logs in (its PIN is checked like a join's, and guesses slowed down
+    /// by the same throttle).
+    HostLogin {
+        /// The PIN given.
+        pin: String,
+        /// The client's address.
+        from: Option<IpAddr>,
+    },
+    /// A singer adds a song to the queue, alone or with a partner from the room.
+    QueueAdd {
+        /// The singer's connection.
+        conn: ConnId,
+        /// The song (the surface found it in the library).
+        song: SongRef,
+        /// A second singer (a participant who sings).
+        partner: Option<PeerId>,
+    },
+    /// A singer named by an entry withdraws from it (the one who added it removes it).
+    QueueWithdraw {
+        /// The singer's connection.
+        conn: ConnId,
+        /// The entry.
+        entry: EntryId,
+    },
+    /// The host removes an entry.
+    QueueRemove {
+        /// The entry.
+        entry: EntryId,
+    },
+    /// The host moves an entry (0 is next).
+    QueueMove {
+        /// The entry.
+        entry: EntryId,
+        /// Its new place.
+        to: usize,
+    },
+    /// The host's (or panel's) transport.
+    Transport(Transport),
+    /// News from the player or the engine about the song.
+    Song(SongFeedback),
     /// Time passed: expire what is due ([`Room::next_deadline`]).
     Tick,
     /// The box is stopping: every connection ends, no more joins.
@@ -467,6 +532,8 @@ pub enum Input {
 pub enum Reply {
     /// Admitted (or readmitted).
     Joined(Welcome),
+    /// A queue entry was made.
+    Queued(EntryId),
     /// Done.
     Done,
 }
@@ -491,10 +558,12 @@ pub struct Welcome {
 }
 
 /// What the caller must do.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// Deliver this command to the audio thread (never drop it).
     Engine(Command),
+    /// Hand this to the song player.
+    Player(PlayerCommand),
     /// From now on this connection's media hears `mix`.
     Route {
         /// The connection.
@@ -529,6 +598,8 @@ pub struct RoomConfig {
     pub max_listeners: usize,
     /// PIN ("" = none).
     pub pin: String,
+    /// The host page's PIN ("" = no host page).
+    pub host_pin: String,
     /// How long a participant whose connection dropped keeps its place.
     pub rejoin_grace: Duration,
     /// How long a connection may take from its join to live media; a join that never
@@ -572,9 +643,35 @@ pub struct SlotView {
     pub settings: SingerSettings,
 }
 
+/// One queue entry as everyone may see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EntryView {
+    /// Its id.
+    pub id: EntryId,
+    /// The song.
+    pub song: SongRef,
+    /// Its singers and their names.
+    pub singers: Vec<(PeerId, String)>,
+}
+
+/// The song playing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SongView {
+    /// The entry.
+    pub entry: EntryView,
+    /// Where the transport is, and the generation, length and position.
+    pub now: NowPlaying,
+}
+
 /// A snapshot of the room.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoomView {
+    /// The song queue, in order.
+    pub queue: Vec<EntryView>,
+    /// The song playing.
+    pub song: Option<SongView>,
+    /// Songs that could not play, newest last.
+    pub problems: Vec<Problem>,
     /// Participants by id.
     pub participants: Vec<ParticipantView>,
     /// Slots A, B, ….
@@ -647,6 +744,7 @@ pub struct Room {
     next_peer: u32,
     shutting_down: bool,
     throttle: PinThrottle,
+    night: Night,
     actions: VecDeque<Action>,
     changed: bool,
 }
@@ -672,6 +770,7 @@ impl Room {
             next_peer: 1,
             shutting_down: false,
             throttle: PinThrottle::new(),
+            night: Night::default(),
             actions: VecDeque::new(),
             changed: false,
         }
@@ -779,6 +878,74 @@ impl Room {
                 self.figures(singer, figures);
                 Ok(Reply::Done)
             }
+            Input::HostLogin { pin, from } => {
+                if let Some(from) = from {
+                    self.throttle.check(from, now).map_err(Refusal::SlowDown)?;
+                }
+                let host_pin = &self.config.host_pin;
+                if host_pin.is_empty() || !constant_time_eq(pin.as_bytes(), host_pin.as_bytes()) {
+                    if let Some(from) = from {
+                        self.throttle.failed(from, now);
+                    }
+                    return Err(Refusal::WrongPin);
+                }
+                if let Some(from) = from {
+                    self.throttle.succeeded(from);
+                }
+                Ok(Reply::Done)
+            }
+            Input::QueueAdd {
+                conn,
+                song,
+                partner,
+            } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                if self.participants[&peer].role != Role::Singer {
+                    return Err(Refusal::NotASinger);
+                }
+                let mut singers = vec![peer];
+                if let Some(partner) = partner.filter(|&p| p != peer) {
+                    let p = self
+                        .participants
+                        .get(&partner)
+                        .ok_or(Refusal::UnknownPeer)?;
+                    if p.role != Role::Singer {
+                        return Err(Refusal::NotASinger);
+                    }
+                    singers.push(partner);
+                }
+                let id = self.night.add(song, singers).map_err(Refusal::Night)?;
+                self.changed = true;
+                Ok(Reply::Queued(id))
+            }
+            Input::QueueWithdraw { conn, entry } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                self.night.withdraw(peer, entry).map_err(Refusal::Night)?;
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::QueueRemove { entry } => {
+                self.night.remove(entry).map_err(Refusal::Night)?;
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::QueueMove { entry, to } => {
+                self.night.move_to(entry, to).map_err(Refusal::Night)?;
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::Transport(command) => {
+                let effects = self.night.transport(command).map_err(Refusal::Night)?;
+                self.carry_out(effects);
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::Song(news) => {
+                let (effects, changed) = self.night.feedback(news);
+                self.carry_out(effects);
+                self.changed |= changed;
+                Ok(Reply::Done)
+            }
             Input::Tick => {
                 self.expire(now);
                 Ok(Reply::Done)
@@ -822,7 +989,22 @@ impl Room {
 
     /// A snapshot for the phones, the host and the panel.
     pub fn view(&self) -> RoomView {
+        let entry_view = |e: &super::night::Entry| EntryView {
+            id: e.id,
+            song: e.song.clone(),
+            singers: e
+                .singers
+                .iter()
+                .filter_map(|p| Some((*p, self.participants.get(p)?.name.clone())))
+                .collect(),
+        };
         RoomView {
+            queue: self.night.queue().iter().map(entry_view).collect(),
+            song: self.night.now_playing().map(|now| SongView {
+                entry: entry_view(&now.entry),
+                now: now.clone(),
+            }),
+            problems: self.night.problems().cloned().collect(),
             participants: self
                 .participants
                 .iter()
@@ -866,6 +1048,79 @@ impl Room {
 
     fn emit(&mut self, action: Action) {
         self.actions.push_back(action);
+    }
+
+    /// Turns the night's effects into actions (and stage moves).
+    fn carry_out(&mut self, effects: Vec<Effect>) {
+        for effect in effects {
+            match effect {
+                Effect::Play {
+                    generation,
+                    path,
+                    from,
+                } => self.emit(Action::Player(PlayerCommand::Play {
+                    generation,
+                    path,
+                    from,
+                })),
+                Effect::Seek { generation, to } => {
+                    self.emit(Action::Player(PlayerCommand::Seek { generation, to }))
+                }
+                Effect::Stop => self.emit(Action::Player(PlayerCommand::Stop)),
+                Effect::Engine { generation, paused } => {
+                    self.emit(Action::Engine(Command::Backing { generation, paused }))
+                }
+                Effect::Stage(singers) => self.stage(&singers),
+            }
+        }
+    }
+
+    /// Puts `singers` (those still here) into slots A, B, … in order, swapping with
+    /// whoever held those slots.
+    fn stage(&mut self, singers: &[PeerId]) {
+        for (k, peer) in singers.iter().enumerate() {
+            let Some(from) = self.participants.get(peer).and_then(|p| p.slot) else {
+                continue;
+            };
+            if k < self.slots.len() && from != SlotId(k) {
+                self.swap_slots(from, SlotId(k));
+            }
+        }
+    }
+
+    /// Swaps the holders of two slots. The host's settings (gain, mute, pan) stay with
+    /// the slots; each singer's own (monitor, reverb) go with the singer.
+    fn swap_slots(&mut self, x: SlotId, y: SlotId) {
+        let own = |s: &Slot| {
+            s.holder
+                .map(|_| (s.settings.monitor, s.settings.reverb_wet))
+        };
+        let (own_x, own_y) = (own(&self.slots[x.0]), own(&self.slots[y.0]));
+        let (holder_x, holder_y) = (self.slots[x.0].holder, self.slots[y.0].holder);
+        for (slot, holder, own) in [(x, holder_y, own_y), (y, holder_x, own_x)] {
+            let s = &mut self.slots[slot.0];
+            s.holder = holder;
+            let (monitor, reverb) = own.unwrap_or((0.0, 0.0));
+            s.settings.monitor = monitor;
+            s.settings.reverb_wet = reverb;
+            let settings = s.settings;
+            let Some(peer) = holder else { continue };
+            let p = self
+                .participants
+                .get_mut(&peer)
+                .expect("a holder is a participant");
+            p.slot = Some(slot);
+            self.emit(Action::Engine(Command::SetSinger {
+                singer: peer.singer(),
+                settings,
+            }));
+            let p = &self.participants[&peer];
+            if let Some(conn) = p.conn {
+                let mix = self.route_of(p, peer);
+                self.emit(Action::Route { conn, mix });
+            }
+        }
+        self.changed = true;
     }
 
     fn by_conn(&self, conn: ConnId) -> Option<PeerId> {
@@ -1074,6 +1329,7 @@ impl Room {
             self.emit(Action::Bye { conn, reason });
         }
         self.emit(Action::Left { peer, reason });
+        self.night.forget(peer);
         match p.slot {
             Some(slot) => {
                 self.slots[slot.0].holder = None;

@@ -120,6 +120,11 @@ impl Default for EncoderConfig {
     }
 }
 
+/// How far the return mix's decoded audio lags its RTP timestamps: libopus' lookahead
+/// in its low-delay mode (2.5 ms). A phone that follows the song by the timestamps it
+/// plays adds it.
+pub const ENCODER_LOOKAHEAD_FRAMES: u64 = 120;
+
 /// A stereo Opus encoder for one distinct mix.
 pub struct Encoder {
     inner: opus::Encoder,
@@ -159,6 +164,15 @@ impl Encoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mix_encoder_lookahead_is_the_documented_one() {
+        let mut enc = Encoder::new(&EncoderConfig::default());
+        assert_eq!(
+            enc.inner.get_lookahead().expect("lookahead") as u64,
+            ENCODER_LOOKAHEAD_FRAMES
+        );
+    }
 
     #[test]
     fn garbage_payloads_are_not_opus() {

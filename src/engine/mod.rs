@@ -6,7 +6,7 @@
 //! The engine holds a fixed number of *seats*, each a singer's receive pipeline
 //! ([`receiver::Receiver`]: adaptive jitter buffer, Opus decoder, concealment, time-scale
 //! control), personal mix, limiter and encoder; one backing source (stereo, pushed by the
-//! caller); and the venue mix, which is also what listeners hear. Everything is allocated
+//! caller, see *Backing* below); and the venue mix, which is also what listeners hear. Everything is allocated
 //! in [`Engine::new`]; seats are reused.
 //!
 //! # Call order
@@ -26,6 +26,16 @@
 //! `now`) is the caller's monotonic clock, passed in as a [`Duration`] since any epoch
 //! the caller likes, the same epoch for both. The engine never reads a clock, never
 //! sleeps and never spawns: ten simulated minutes run in seconds in the tests.
+//!
+//! # Backing
+//!
+//! Backing audio comes in tagged with a *generation* (one per song, seek or stop, from
+//! the control plane) and the song frame of its first sample. Audio of a newer
+//! generation, or [`Command::Backing`] naming one, flushes whatever is still queued, so a
+//! seek or a next never plays stale audio; audio of an older generation is dropped. A
+//! paused backing holds its place. [`Engine::backing_position`] says which frame of which
+//! generation the last period started with, at which mix time; [`Event::BackingEnded`]
+//! comes when the last frame of a song has been rendered.
 //!
 //! # Real time
 //!
@@ -150,6 +160,40 @@ pub enum Command {
     },
     /// How many listeners receive the venue mix (0 stops its encode).
     SetListeners(u32),
+    /// The backing transport: a newer `generation` than the one playing flushes what is
+    /// queued (a new song, a seek, a stop); `paused` holds the backing where it is.
+    Backing {
+        /// The generation that may play from now on.
+        generation: u32,
+        /// Holds the backing in place (it renders silence and keeps its queue).
+        paused: bool,
+    },
+}
+
+/// Backing-track audio for [`Engine::push_backing`].
+#[derive(Clone, Copy, Debug)]
+pub struct BackingAudio<'a> {
+    /// The song, seek or stop it belongs to (see the module docs).
+    pub generation: u32,
+    /// The song frame (48 kHz) of its first sample.
+    pub position: u64,
+    /// Interleaved stereo samples at 48 kHz.
+    pub samples: &'a [f32],
+    /// Its last sample is the song's last.
+    pub last: bool,
+}
+
+/// Where the backing was when the last period started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackingPosition {
+    /// The generation playing (or last flushed to).
+    pub generation: u32,
+    /// The song frame the period started with (48 kHz).
+    pub position: u64,
+    /// The mix time of the period's first frame.
+    pub mix_time: u64,
+    /// Whether the backing advanced in that period (false: paused, or nothing queued).
+    pub playing: bool,
 }
 
 /// Why a command was refused.
@@ -173,6 +217,11 @@ pub enum Event {
         singer: SingerId,
         /// Why.
         reason: Reject,
+    },
+    /// The last frame of a song was rendered.
+    BackingEnded {
+        /// The song's generation.
+        generation: u32,
     },
 }
 
@@ -288,6 +337,13 @@ pub struct Engine {
     backing_gain: f32,
     backing_muted: bool,
     backing_meter: Meter,
+    backing_generation: u32,
+    backing_paused: bool,
+    /// The song frame at the read head.
+    backing_head: u64,
+    /// The song frame after the song's last, once its last audio is queued.
+    backing_end: Option<u64>,
+    backing_last: BackingPosition,
     master: f32,
     listeners: u32,
     bus: Vec<f32>,
@@ -354,6 +410,16 @@ impl Engine {
             backing_gain: mixer::db_to_gain(config.backing_gain_db),
             backing_muted: false,
             backing_meter: Meter::new(),
+            backing_generation: 0,
+            backing_paused: false,
+            backing_head: 0,
+            backing_end: None,
+            backing_last: BackingPosition {
+                generation: 0,
+                position: 0,
+                mix_time: 0,
+                playing: false,
+            },
             master: mixer::db_to_gain(config.master_gain_db),
             listeners: 0,
             bus: vec![0.0; 2 * period],
@@ -427,6 +493,14 @@ impl Engine {
             }
             Command::SetMaster { gain_db } => self.master = mixer::db_to_gain(gain_db),
             Command::SetListeners(n) => self.listeners = n,
+            Command::Backing { generation, paused } => {
+                if is_newer(generation, self.backing_generation) {
+                    self.flush_backing(generation);
+                }
+                if generation == self.backing_generation {
+                    self.backing_paused = paused;
+                }
+            }
         }
     }
 
@@ -445,16 +519,35 @@ impl Engine {
         }
     }
 
-    /// Queues interleaved stereo backing audio; returns how many samples fit (the rest
-    /// should be offered again later).
-    pub fn push_backing(&mut self, stereo: &[f32]) -> usize {
+    /// Queues backing audio; returns how many samples were taken: all of them, or as
+    /// many as fit (offer the rest again later), or none of an older generation (those
+    /// count as taken: they are dropped). Audio of a newer generation flushes the queue
+    /// first. Within a generation the caller sends consecutive frames; the first frame
+    /// queued after the queue ran empty sets the position.
+    pub fn push_backing(&mut self, audio: BackingAudio<'_>) -> usize {
+        if is_newer(audio.generation, self.backing_generation) {
+            self.flush_backing(audio.generation);
+        } else if audio.generation != self.backing_generation {
+            return audio.samples.len();
+        }
+        if self.backing_len == 0 {
+            self.backing_head = audio.position;
+        }
         let cap = self.backing.len();
-        let n = (stereo.len() & !1).min(cap - self.backing_len);
-        for (k, &v) in stereo[..n].iter().enumerate() {
+        let n = (audio.samples.len() & !1).min(cap - self.backing_len);
+        for (k, &v) in audio.samples[..n].iter().enumerate() {
             self.backing[(self.backing_read + self.backing_len + k) % cap] = v;
         }
         self.backing_len += n;
+        if audio.last && n == audio.samples.len() {
+            self.backing_end = Some(self.backing_head + (self.backing_len / 2) as u64);
+        }
         n
+    }
+
+    /// Where the backing was when the last period started.
+    pub fn backing_position(&self) -> BackingPosition {
+        self.backing_last
     }
 
     /// Backing samples queued and not yet played.
@@ -659,10 +752,27 @@ impl Engine {
         seat.route = mix;
     }
 
+    fn flush_backing(&mut self, generation: u32) {
+        self.backing_generation = generation;
+        self.backing_len = 0;
+        self.backing_head = 0;
+        self.backing_end = None;
+    }
+
     fn render_backing(&mut self) {
         let cap = self.backing.len();
         let want = self.bus.len();
-        let have = want.min(self.backing_len);
+        let have = if self.backing_paused {
+            0
+        } else {
+            want.min(self.backing_len)
+        };
+        self.backing_last = BackingPosition {
+            generation: self.backing_generation,
+            position: self.backing_head,
+            mix_time: self.mix_time,
+            playing: have > 0,
+        };
         let gain = if self.backing_muted {
             0.0
         } else {
@@ -674,8 +784,15 @@ impl Engine {
         self.bus[have..].fill(0.0);
         self.backing_read = (self.backing_read + have) % cap;
         self.backing_len -= have;
-        // Only a track that ran dry mid-period is an underrun; no track at all is silence.
-        if have > 0 && have < want {
+        self.backing_head += (have / 2) as u64;
+        if self.backing_end.is_some_and(|end| self.backing_head >= end) {
+            self.backing_end = None;
+            self.push_event(Event::BackingEnded {
+                generation: self.backing_generation,
+            });
+        } else if have > 0 && have < want {
+            // Only a track that ran dry mid-period is an underrun; no track at all (or
+            // a song's end) is silence.
             self.stats.backing_underrun_frames += ((want - have) / 2) as u64;
         }
         self.backing_meter.add_stereo(&self.bus);
@@ -699,6 +816,11 @@ impl Engine {
         self.events_len -= 1;
         event
     }
+}
+
+/// Whether generation `a` came after `b` (they wrap; half the range apart is the limit).
+fn is_newer(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
 }
 
 #[cfg(test)]

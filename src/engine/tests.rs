@@ -904,3 +904,200 @@ fn looped_phone_packets_sound_like_live_ones() {
     assert!(looped_step <= step_bound(440.0), "step {looped_step}");
     assert_eq!(looped_stats.concealed_samples, live_stats.concealed_samples);
 }
+
+// ---- Backing transport -----------------------------------------------------------
+
+/// A backing sample that names its song frame (mod 4096); exact through a 0 dB backing,
+/// master and the limiter (bit-identical below its ceiling).
+fn frame_code(frame: u64) -> f32 {
+    ((frame % 4096) as f32 + 1.0) / 8192.0
+}
+
+fn decode_frame(v: f32) -> Option<u64> {
+    (v != 0.0).then(|| (v * 8192.0 - 1.0).round() as u64)
+}
+
+fn ramp(from: u64, frames: usize) -> Vec<f32> {
+    (from..from + frames as u64)
+        .flat_map(|f| [frame_code(f), frame_code(f)])
+        .collect()
+}
+
+/// An engine with a 0 dB backing and what it has played (left channel, bus time: the
+/// limiter's look-ahead taken off).
+struct Deck {
+    engine: Engine,
+    played: Vec<f32>,
+    events: Vec<Event>,
+    periods: u64,
+}
+
+impl Deck {
+    fn new() -> Deck {
+        Deck {
+            engine: Engine::new(EngineConfig {
+                backing_gain_db: 0.0,
+                ..config()
+            }),
+            played: Vec::new(),
+            events: Vec::new(),
+            periods: 0,
+        }
+    }
+
+    fn push(&mut self, generation: u32, position: u64, frames: usize, last: bool) -> usize {
+        let samples = ramp(position, frames);
+        self.engine.push_backing(BackingAudio {
+            generation,
+            position,
+            samples: &samples,
+            last,
+        })
+    }
+
+    fn render(&mut self, periods: usize) {
+        let period = self.engine.config().period_samples;
+        let mut venue = vec![0.0; 2 * period];
+        for _ in 0..periods {
+            let now = Duration::from_micros(self.periods * 5_000);
+            self.engine.render_period(now, &mut venue);
+            self.periods += 1;
+            self.played.extend(left(&venue));
+            while let Some(out) = self.engine.poll_output() {
+                if let Output::Event(e) = out {
+                    self.events.push(e);
+                }
+            }
+        }
+    }
+
+    /// Song frames heard (mod 4096) from bus frame `from` on, `None` for silence.
+    fn heard(&self, from: usize) -> Vec<Option<u64>> {
+        let latency = self.engine.output_latency_frames();
+        self.played[from + latency..]
+            .iter()
+            .map(|&v| decode_frame(v))
+            .collect()
+    }
+}
+
+fn expected(from: u64, frames: usize) -> Vec<Option<u64>> {
+    (from..from + frames as u64)
+        .map(|f| Some(f % 4096))
+        .collect()
+}
+
+#[test]
+fn a_seek_flushes_what_was_queued_and_the_next_period_plays_the_new_position() {
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    assert_eq!(d.push(1, 0, 24_000, false), 48_000);
+    d.render(10);
+    // Seek: the command first, then the audio from the new position; a late chunk of
+    // the old generation is dropped (taken, not queued).
+    d.engine.handle_command(Command::Backing {
+        generation: 2,
+        paused: false,
+    });
+    assert_eq!(d.push(2, 100_000, 24_000, false), 48_000);
+    assert_eq!(d.push(1, 24_000, 1_000, false), 2_000);
+    d.render(10);
+    let heard = d.heard(0);
+    let before = 10 * period;
+    let after = heard.len() - before;
+    assert_eq!(heard[..before], expected(0, before)[..], "before the seek");
+    assert_eq!(
+        heard[before..],
+        expected(100_000, after)[..],
+        "from the first period after the seek on: the new position, nothing stale"
+    );
+    assert_eq!(
+        d.engine.backing_position(),
+        BackingPosition {
+            generation: 2,
+            position: 100_000 + 9 * period as u64,
+            mix_time: 19 * period as u64,
+            playing: true,
+        }
+    );
+    assert_eq!(d.engine.stats().backing_underrun_frames, 0);
+}
+
+#[test]
+fn audio_of_a_newer_generation_flushes_even_before_its_command_arrives() {
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    d.push(7, 0, 24_000, false);
+    d.render(4);
+    d.push(8, 50_000, 24_000, false);
+    // The command comes a period late, and an older generation's command changes nothing.
+    d.render(1);
+    d.engine.handle_command(Command::Backing {
+        generation: 8,
+        paused: false,
+    });
+    d.engine.handle_command(Command::Backing {
+        generation: 7,
+        paused: true,
+    });
+    d.render(3);
+    let heard = d.heard(4 * period);
+    assert_eq!(heard, expected(50_000, heard.len()));
+    assert_eq!(d.engine.backing_position().generation, 8);
+    // Generations wrap.
+    assert!(is_newer(3, u32::MAX - 2) && !is_newer(u32::MAX - 2, 3));
+}
+
+#[test]
+fn a_pause_holds_the_song_frame_and_play_continues_from_it() {
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    d.push(1, 0, 24_000, false);
+    d.render(5);
+    let pause = |d: &mut Deck, paused| {
+        d.engine.handle_command(Command::Backing {
+            generation: 1,
+            paused,
+        })
+    };
+    pause(&mut d, true);
+    d.render(6);
+    let held = d.engine.backing_position();
+    assert_eq!((held.position, held.playing), (5 * period as u64, false));
+    pause(&mut d, false);
+    d.render(5);
+    let heard = d.heard(0);
+    assert_eq!(heard[..5 * period], expected(0, 5 * period)[..]);
+    assert!(
+        heard[5 * period..11 * period].iter().all(Option::is_none),
+        "silence while paused"
+    );
+    assert_eq!(
+        heard[11 * period..],
+        expected(5 * period as u64, heard.len() - 11 * period)[..],
+        "play resumes at the frame it paused on"
+    );
+    assert_eq!(d.engine.stats().backing_underrun_frames, 0);
+}
+
+#[test]
+fn a_songs_end_is_reported_once_when_its_last_frame_plays_and_is_no_underrun() {
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    // 3.5 periods in two pushes, the second marked last.
+    d.push(4, 0, 2 * period, false);
+    d.push(4, 2 * period as u64, period + period / 2, true);
+    d.render(3);
+    assert!(d.events.is_empty(), "{:?}", d.events);
+    d.render(3);
+    assert_eq!(d.events, vec![Event::BackingEnded { generation: 4 }]);
+    assert_eq!(d.engine.stats().backing_underrun_frames, 0);
+    // The same shortfall without `last` is an underrun.
+    d.push(5, 0, period + period / 2, false);
+    d.render(3);
+    assert_eq!(
+        d.engine.stats().backing_underrun_frames,
+        (period / 2) as u64
+    );
+    assert_eq!(d.events.len(), 1);
+}

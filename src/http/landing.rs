@@ -36,6 +36,7 @@ pub struct Site {
 #[derive(Clone)]
 pub(crate) struct Landing {
     pub(crate) site: Site,
+    pub(crate) lyrics: super::songs::LyricsCache,
     pub(crate) control: crate::control::Control,
     pub(crate) https_port: u16,
     pub(crate) http_port: u16,

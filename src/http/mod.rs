@@ -10,6 +10,7 @@ mod connections;
 pub mod landing;
 mod screen;
 pub mod signaling;
+mod songs;
 pub mod whip;
 mod ws;
 
@@ -34,13 +35,14 @@ use signaling::ErrorCode;
 
 /// The phone page, embedded so the box is one file to deploy.
 const INDEX_HTML: &str = include_str!("../../web/index.html");
+const HOST_HTML: &str = include_str!("../../web/host.html");
 
 /// JavaScript's MIME type: browsers load ES modules only with it.
 const JS: &str = "text/javascript; charset=utf-8";
 
 /// The page's other files: path, body, content type. `/` and `/index.html` serve
 /// [`INDEX_HTML`]; nothing else is served.
-const ASSETS: [(&str, &str, &str); 6] = [
+const ASSETS: [(&str, &str, &str); 9] = [
     (
         "/style.css",
         include_str!("../../web/style.css"),
@@ -51,6 +53,9 @@ const ASSETS: [(&str, &str, &str); 6] = [
     ("/audio.js", include_str!("../../web/audio.js"), JS),
     ("/view.js", include_str!("../../web/view.js"), JS),
     ("/protocol.js", include_str!("../../web/protocol.js"), JS),
+    ("/host.js", include_str!("../../web/host.js"), JS),
+    ("/songs.js", include_str!("../../web/songs.js"), JS),
+    ("/lyrics.js", screen::LYRICS_JS, JS),
 ];
 
 /// An HTTP server problem at start-up.
@@ -94,6 +99,7 @@ pub(crate) struct AppState {
     pub(crate) settings: HttpSettings,
     pub(crate) shutdown: CancellationToken,
     pub(crate) connections: ConnectionLimiter,
+    pub(crate) lyrics: songs::LyricsCache,
 }
 
 /// The running servers.
@@ -164,6 +170,7 @@ pub async fn start(
         addr: settings.https,
         source,
     })?;
+    let lyrics = songs::LyricsCache::default();
     let limiter = ConnectionLimiter::new(
         settings.limits.connections_per_address,
         settings.limits.connections_total,
@@ -176,6 +183,7 @@ pub async fn start(
         settings: settings.clone(),
         shutdown,
         connections: limiter.clone(),
+        lyrics: lyrics.clone(),
     };
     let app = router(state, settings.max_message_bytes);
     let handle = axum_server::Handle::new();
@@ -206,6 +214,7 @@ pub async fn start(
             let https_port = https_addr.port();
             let landing = landing::Landing {
                 site,
+                lyrics: lyrics.clone(),
                 control: control.clone(),
                 https_port,
                 http_port: local.port(),
@@ -216,8 +225,10 @@ pub async fn start(
                 .route("/duetbox.mobileconfig", get(landing::mobileconfig))
                 .route("/screen", get(screen::page))
                 .route("/screen.js", get(screen::script))
+                .route("/lyrics.js", get(screen::lyrics_script))
                 .route("/screen/qr.svg", get(screen::qr))
                 .route("/screen/state", get(screen::state))
+                .route("/songs/{id}/lyrics", get(songs::lyrics_plain))
                 .fallback(move |headers: axum::http::HeaderMap, uri: Uri| async move {
                     landing::redirect_to_https(&headers, &uri, https_port)
                 })
@@ -298,6 +309,8 @@ fn router(state: AppState, max_bytes: usize) -> Router {
     }
     router
         .route("/health", get(health))
+        .route("/host", get(host_html))
+        .route("/songs/{id}/lyrics", get(songs::lyrics_https))
         .route("/ws", get(ws::upgrade))
         .route("/whip", post(whip::whip_post))
         .route("/whip/{id}", delete(whip::delete_session))
@@ -305,6 +318,11 @@ fn router(state: AppState, max_bytes: usize) -> Router {
         .route("/whep/{id}", delete(whip::delete_session))
         .layer(DefaultBodyLimit::max(max_bytes))
         .with_state(state)
+}
+
+/// The host page.
+async fn host_html() -> Response {
+    asset(HOST_HTML, "text/html; charset=utf-8")
 }
 
 /// The phone page, served at `/` and `/index.html`.
@@ -356,5 +374,6 @@ pub(crate) fn refusal_code(refusal: Refusal) -> ErrorCode {
         | Refusal::UnknownSlot
         | Refusal::EmptySlot
         | Refusal::OutOfRange(_) => ErrorCode::BadField,
+        Refusal::Night(_) => ErrorCode::Refused,
     }
 }

@@ -14,10 +14,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use super::landing::{qr_svg, url, Landing};
-use crate::control::{Presence, RoomView};
+use crate::control::{Presence, RoomView, SongClock};
 
 const SCREEN_HTML: &str = include_str!("../../web/screen.html");
 const SCREEN_JS: &str = include_str!("../../web/screen.js");
+/// The lyrics module, shared by the screen and the phone page.
+pub(crate) const LYRICS_JS: &str = include_str!("../../web/lyrics.js");
 
 fn with_type(body: impl IntoResponse, content_type: &'static str) -> Response {
     (
@@ -38,6 +40,11 @@ pub(crate) async fn page() -> Response {
 /// `GET /screen.js`.
 pub(crate) async fn script() -> Response {
     with_type(SCREEN_JS, "text/javascript; charset=utf-8")
+}
+
+/// `GET /lyrics.js` (plain side; the HTTPS side serves it with the phone page).
+pub(crate) async fn lyrics_script() -> Response {
+    with_type(LYRICS_JS, "text/javascript; charset=utf-8")
 }
 
 /// The join URL for a visitor, or `None` when the box has no address to give.
@@ -66,13 +73,39 @@ pub(crate) async fn state(
     headers: HeaderMap,
 ) -> Response {
     let view = state.control.view();
-    let body = state_json(
+    let mut body = state_json(
         &state.site.name,
         join_url(&state, &headers, visitor).as_deref(),
         &view,
         state.control.venue_level_db(),
     );
+    body["song"] = song_json(&view, state.control.song_clock(), state.control.audio_now());
     with_type(axum::Json(body), "application/json")
+}
+
+/// The song playing, for the screen: what it is, who sings it, and where the speakers
+/// are in it now (`position_ms`, from the audio thread's latest report moved on to this
+/// instant), or `null`.
+pub(crate) fn song_json(view: &RoomView, clock: SongClock, now: std::time::Duration) -> Value {
+    let Some(song) = view.song.as_ref() else {
+        return Value::Null;
+    };
+    let frames = if clock.generation == song.now.generation {
+        clock.position_at(now)
+    } else {
+        song.now.position
+    };
+    let rate = u64::from(crate::engine::SAMPLE_RATE_HZ);
+    json!({
+        "id": song.entry.song.id.to_string(),
+        "title": song.entry.song.title,
+        "artist": song.entry.song.artist,
+        "singers": song.entry.singers.iter().map(|(_, name)| name.clone()).collect::<Vec<_>>(),
+        "state": song.now.state.as_str(),
+        "generation": song.now.generation,
+        "position_ms": frames * 1000 / rate,
+        "duration_ms": song.now.duration.map(|d| d.as_millis() as u64),
+    })
 }
 
 /// The screen's state: the box name, the join URL, each slot and who is in it.
@@ -126,6 +159,9 @@ mod tests {
             loss_pct: 1.0,
         };
         let view = RoomView {
+            queue: Vec::new(),
+            song: None,
+            problems: Vec::new(),
             participants: vec![
                 singer(7, "Mia", 0, Presence::Live),
                 singer(9, "Theo", 1, Presence::Reconnecting),

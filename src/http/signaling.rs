@@ -7,7 +7,9 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::{PeerId, Role, RoomView, Token};
+use crate::control::night::{EntryId, Transport};
+use crate::control::{PeerId, Role, RoomView, SlotChange, SlotId, Token};
+use crate::songs::library::{LibrarySong, SongId};
 
 /// Protocol version spoken here.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -17,6 +19,12 @@ pub const MAX_NAME_CHARS: usize = 32;
 
 /// Longest SDP accepted, bytes.
 pub const MAX_SDP_BYTES: usize = 64 * 1024;
+
+/// Longest song search accepted, characters.
+pub const MAX_QUERY_CHARS: usize = crate::songs::library::MAX_QUERY_CHARS;
+
+/// Furthest a song search pages.
+pub const MAX_OFFSET: u64 = 1_000_000;
 
 /// What a phone sends.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +66,123 @@ pub enum ClientMessage {
     },
     /// Leave now.
     Leave,
+    /// Search the song library.
+    Songs {
+        /// Words that must all appear in the artist or title ("" lists everything).
+        query: String,
+        /// How many results to skip (paging).
+        offset: usize,
+    },
+    /// Add a song to the queue.
+    QueueAdd {
+        /// The song.
+        song: SongId,
+        /// A second singer for a duet.
+        partner: Option<PeerId>,
+    },
+    /// Take oneself off a queue entry (the one who added it removes it).
+    QueueWithdraw {
+        /// The entry.
+        entry: EntryId,
+    },
+    /// The host page logs in (instead of joining).
+    HostLogin {
+        /// Protocol version.
+        v: u64,
+        /// The host PIN.
+        pin: String,
+    },
+    /// Host: the transport.
+    Transport(Transport),
+    /// Host: remove a queue entry.
+    QueueRemove {
+        /// The entry.
+        entry: EntryId,
+    },
+    /// Host: move a queue entry (0 is next).
+    QueueMove {
+        /// The entry.
+        entry: EntryId,
+        /// Its new place.
+        to: usize,
+    },
+    /// Host: a slot's settings (only the fields given).
+    Slot {
+        /// The slot.
+        slot: SlotId,
+        /// The change.
+        change: SlotChange,
+    },
+    /// Host: the master level.
+    Master {
+        /// Gain, dB.
+        gain_db: f32,
+    },
+    /// Host: the backing level and mute (only the fields given).
+    Backing {
+        /// Gain, dB.
+        gain_db: Option<f32>,
+        /// Silenced.
+        muted: Option<bool>,
+    },
+    /// Host: send a participant away.
+    Kick {
+        /// Who.
+        peer: PeerId,
+    },
+}
+
+impl ClientMessage {
+    /// Whether only a host session may send it.
+    pub fn is_host_only(&self) -> bool {
+        matches!(
+            self,
+            ClientMessage::Transport(_)
+                | ClientMessage::QueueRemove { .. }
+                | ClientMessage::QueueMove { .. }
+                | ClientMessage::Slot { .. }
+                | ClientMessage::Master { .. }
+                | ClientMessage::Backing { .. }
+                | ClientMessage::Kick { .. }
+        )
+    }
+}
+
+/// A finite number field, if present.
+fn number_field(
+    obj: &serde_json::Map<String, Value>,
+    name: &str,
+) -> Result<Option<f64>, WireError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .filter(|x| x.is_finite())
+            .map(Some)
+            .ok_or_else(|| {
+                WireError::new(ErrorCode::BadField, format!("`{name}` must be a number"))
+            }),
+    }
+}
+
+/// A boolean field, if present.
+fn bool_field(obj: &serde_json::Map<String, Value>, name: &str) -> Result<Option<bool>, WireError> {
+    match obj.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(WireError::new(
+            ErrorCode::BadField,
+            format!("`{name}` must be true or false"),
+        )),
+    }
+}
+
+fn entry_field(obj: &serde_json::Map<String, Value>) -> Result<EntryId, WireError> {
+    field(obj, "entry")?
+        .as_u64()
+        .and_then(|e| u32::try_from(e).ok())
+        .map(EntryId)
+        .ok_or_else(|| WireError::new(ErrorCode::BadField, "`entry` must be an entry id"))
 }
 
 /// Error codes of the protocol.
@@ -90,6 +215,10 @@ pub enum ErrorCode {
     RateLimited,
     /// The box failed.
     Internal,
+    /// The queue or the transport said no (full, not yours, nothing playing, …).
+    Refused,
+    /// Only the host page may send this.
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -252,6 +381,133 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
             Ok(ClientMessage::Ping { t })
         }
         "leave" => Ok(ClientMessage::Leave),
+        "songs" => {
+            let query = match obj.get("query") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(q)) if q.chars().count() <= MAX_QUERY_CHARS => q.clone(),
+                Some(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        format!("`query` must be a string of at most {MAX_QUERY_CHARS} characters"),
+                    ))
+                }
+            };
+            let offset = match obj.get("offset") {
+                None | Some(Value::Null) => 0,
+                Some(v) => v.as_u64().filter(|&o| o <= MAX_OFFSET).ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        format!("`offset` must be an integer from 0 to {MAX_OFFSET}"),
+                    )
+                })? as usize,
+            };
+            Ok(ClientMessage::Songs { query, offset })
+        }
+        "queue_add" => {
+            let song = SongId::parse(&string_field(&obj, "song")?).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::BadField,
+                    "`song` must be a song id (16 hex digits)",
+                )
+            })?;
+            let partner = match obj.get("partner") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(p)) => Some(PeerId::parse(p).ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        "`partner` must be a peer id like \"p7\"",
+                    )
+                })?),
+                Some(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`partner` must be a string",
+                    ))
+                }
+            };
+            Ok(ClientMessage::QueueAdd { song, partner })
+        }
+        "queue_withdraw" => Ok(ClientMessage::QueueWithdraw {
+            entry: entry_field(&obj)?,
+        }),
+        "host" => {
+            let v = field(&obj, "v")?
+                .as_u64()
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "`v` must be an integer"))?;
+            let pin = string_field(&obj, "pin")?;
+            if pin.chars().count() > 64 {
+                return Err(WireError::new(ErrorCode::BadField, "`pin` is too long"));
+            }
+            Ok(ClientMessage::HostLogin { v, pin })
+        }
+        "transport" => {
+            let command = match string_field(&obj, "do")?.as_str() {
+                "play" => Transport::Play,
+                "pause" => Transport::Pause,
+                "stop" => Transport::Stop,
+                "next" => Transport::Next,
+                "seek" => {
+                    let ms = number_field(&obj, "ms")?
+                        .filter(|ms| (0.0..=86_400_000.0).contains(ms))
+                        .ok_or_else(|| {
+                            WireError::new(
+                                ErrorCode::BadField,
+                                "`ms` must be a time in the song, ms",
+                            )
+                        })?;
+                    Transport::Seek(std::time::Duration::from_millis(ms as u64))
+                }
+                "start" => Transport::Start(entry_field(&obj)?),
+                _ => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`do` must be play, pause, stop, next, seek or start",
+                    ))
+                }
+            };
+            Ok(ClientMessage::Transport(command))
+        }
+        "queue_remove" => Ok(ClientMessage::QueueRemove {
+            entry: entry_field(&obj)?,
+        }),
+        "queue_move" => {
+            let to = field(&obj, "to")?
+                .as_u64()
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "`to` must be a position"))?;
+            Ok(ClientMessage::QueueMove {
+                entry: entry_field(&obj)?,
+                to: to.min(u64::from(u32::MAX)) as usize,
+            })
+        }
+        "slot" => {
+            let slot = SlotId::parse(&string_field(&obj, "slot")?).ok_or_else(|| {
+                WireError::new(ErrorCode::BadField, "`slot` must be a slot letter")
+            })?;
+            let f32_of = |x: Option<f64>| x.map(|v| v as f32);
+            Ok(ClientMessage::Slot {
+                slot,
+                change: SlotChange {
+                    gain_db: f32_of(number_field(&obj, "gain_db")?),
+                    muted: bool_field(&obj, "muted")?,
+                    pan: f32_of(number_field(&obj, "pan")?),
+                    monitor: None,
+                    reverb: None,
+                },
+            })
+        }
+        "master" => Ok(ClientMessage::Master {
+            gain_db: number_field(&obj, "gain_db")?
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "missing field `gain_db`"))?
+                as f32,
+        }),
+        "backing" => Ok(ClientMessage::Backing {
+            gain_db: number_field(&obj, "gain_db")?.map(|v| v as f32),
+            muted: bool_field(&obj, "muted")?,
+        }),
+        "kick" => Ok(ClientMessage::Kick {
+            peer: PeerId::parse(&string_field(&obj, "peer")?)
+                .ok_or_else(|| WireError::new(ErrorCode::BadField, "`peer` must be a peer id"))?,
+        }),
         other => {
             let shown: String = other.chars().take(32).collect();
             Err(WireError::new(
@@ -302,17 +558,22 @@ impl PeerView {
         view.participants
             .iter()
             .filter(|p| p.role == Role::Singer || Some(p.peer) == me)
-            .map(|p| PeerView {
-                peer: p.peer.to_string(),
-                name: p.name.clone(),
-                role: p.role.as_str(),
-                slot: p.slot.map(|s| s.to_string()),
-                level_db: round1(p.level_db),
-                delay_ms: round1(p.delay_ms),
-                loss_pct: round1(p.loss_pct),
-                state: p.presence.as_str(),
-            })
+            .map(PeerView::of)
             .collect()
+    }
+
+    /// One participant.
+    pub fn of(p: &crate::control::room::ParticipantView) -> PeerView {
+        PeerView {
+            peer: p.peer.to_string(),
+            name: p.name.clone(),
+            role: p.role.as_str(),
+            slot: p.slot.map(|s| s.to_string()),
+            level_db: round1(p.level_db),
+            delay_ms: round1(p.delay_ms),
+            loss_pct: round1(p.loss_pct),
+            state: p.presence.as_str(),
+        }
     }
 }
 
@@ -389,6 +650,229 @@ pub enum ServerMessage {
         /// left | kicked | shutdown | replaced | timeout.
         reason: &'static str,
     },
+    /// Search results.
+    Songs {
+        /// The query answered.
+        query: String,
+        /// Results skipped.
+        offset: usize,
+        /// Songs that matched in all.
+        total: usize,
+        /// This page.
+        songs: Vec<SongItem>,
+    },
+    /// A queue entry was made.
+    Queued {
+        /// Its id.
+        entry: u32,
+    },
+    /// The queue and the song playing (sent when either changes).
+    Queue(QueueView),
+    /// The host page is logged in.
+    #[serde(rename = "host_welcome")]
+    HostWelcome {
+        /// Protocol version.
+        v: u64,
+        /// Stage slots.
+        max_singers: usize,
+    },
+    /// Everything the host page shows of the room (instead of `room`).
+    #[serde(rename = "host_room")]
+    HostRoom(HostRoomView),
+    /// Which RTP timestamp of this phone's return mix carries which song frame.
+    #[serde(rename = "song_clock")]
+    SongClock {
+        /// The transport's generation (matches the `queue` message's song).
+        generation: u32,
+        /// The song frame (48 kHz)...
+        position: u64,
+        /// ...that the return mix's audio at this RTP timestamp carries.
+        rtp: u32,
+        /// Whether the song advances (false: paused, stopped, not started).
+        playing: bool,
+    },
+}
+
+/// A slot as the host sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostSlot {
+    /// "A", "B", ….
+    pub slot: String,
+    /// Its holder's peer id.
+    pub peer: Option<String>,
+    /// Voice gain, dB.
+    pub gain_db: f32,
+    /// Muted.
+    pub muted: bool,
+    /// Pan, -1..=1.
+    pub pan: f32,
+}
+
+/// The `host_room` message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRoomView {
+    /// Everyone: singers and listeners.
+    pub peers: Vec<PeerView>,
+    /// The stage slots.
+    pub slots: Vec<HostSlot>,
+    /// Master level, dB.
+    pub master_gain_db: f32,
+    /// Backing level, dB.
+    pub backing_gain_db: f32,
+    /// Backing silenced.
+    pub backing_muted: bool,
+}
+
+impl HostRoomView {
+    /// From the room's view.
+    pub fn of(view: &RoomView) -> HostRoomView {
+        HostRoomView {
+            peers: view.participants.iter().map(PeerView::of).collect(),
+            slots: view
+                .slots
+                .iter()
+                .map(|s| HostSlot {
+                    slot: s.slot.to_string(),
+                    peer: s.peer.map(|p| p.to_string()),
+                    gain_db: s.settings.gain_db,
+                    muted: s.settings.muted,
+                    pan: s.settings.pan,
+                })
+                .collect(),
+            master_gain_db: view.master_gain_db,
+            backing_gain_db: view.backing_gain_db,
+            backing_muted: view.backing_muted,
+        }
+    }
+}
+
+/// A library song as phones see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SongItem {
+    /// Id (16 hex digits).
+    pub id: String,
+    /// Title.
+    pub title: String,
+    /// Artist.
+    pub artist: Option<String>,
+    /// Length, ms.
+    pub duration_ms: Option<u64>,
+    /// Whether it has timed lyrics.
+    pub lyrics: bool,
+}
+
+impl SongItem {
+    /// From the library's record.
+    pub fn of(song: &LibrarySong) -> SongItem {
+        SongItem {
+            id: song.id.to_string(),
+            title: song.title.clone(),
+            artist: song.artist.clone(),
+            duration_ms: song.duration_ms,
+            lyrics: song.lyrics.is_some(),
+        }
+    }
+}
+
+/// A singer on a queue entry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntrySinger {
+    /// Peer id.
+    pub peer: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One queue entry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EntryItem {
+    /// Entry id.
+    pub entry: u32,
+    /// Song id.
+    pub song: String,
+    /// Title.
+    pub title: String,
+    /// Artist.
+    pub artist: Option<String>,
+    /// Singers, the one who added it first.
+    pub singers: Vec<EntrySinger>,
+}
+
+/// The song playing.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct NowItem {
+    /// The entry it came from.
+    #[serde(flatten)]
+    pub entry: EntryItem,
+    /// loading | playing | paused.
+    pub state: &'static str,
+    /// The transport's generation: a new one on every start, seek and stop.
+    pub generation: u32,
+    /// Length, ms.
+    pub duration_ms: Option<u64>,
+    /// Where the speakers were at the last change, ms.
+    pub position_ms: u64,
+}
+
+/// A song that could not play.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ProblemItem {
+    /// Its title.
+    pub title: String,
+    /// unreadable | unsupported | corrupt.
+    pub kind: String,
+    /// The details.
+    pub detail: String,
+}
+
+/// The `queue` message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct QueueView {
+    /// The entries, next first.
+    pub entries: Vec<EntryItem>,
+    /// The song playing.
+    pub song: Option<NowItem>,
+    /// Songs that could not play, newest last.
+    pub problems: Vec<ProblemItem>,
+}
+
+impl QueueView {
+    /// The queue part of `view`.
+    pub fn of(view: &RoomView) -> QueueView {
+        let entry = |e: &crate::control::room::EntryView| EntryItem {
+            entry: e.id.0,
+            song: e.song.id.to_string(),
+            title: e.song.title.clone(),
+            artist: e.song.artist.clone(),
+            singers: e
+                .singers
+                .iter()
+                .map(|(peer, name)| EntrySinger {
+                    peer: peer.to_string(),
+                    name: name.clone(),
+                })
+                .collect(),
+        };
+        QueueView {
+            entries: view.queue.iter().map(entry).collect(),
+            song: view.song.as_ref().map(|s| NowItem {
+                entry: entry(&s.entry),
+                state: s.now.state.as_str(),
+                generation: s.now.generation,
+                duration_ms: s.now.duration.map(|d| d.as_millis() as u64),
+                position_ms: s.now.position * 1000 / u64::from(crate::engine::SAMPLE_RATE_HZ),
+            }),
+            problems: view
+                .problems
+                .iter()
+                .map(|p| ProblemItem {
+                    title: p.title.clone(),
+                    kind: p.kind.clone(),
+                    detail: p.detail.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl ServerMessage {

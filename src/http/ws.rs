@@ -26,12 +26,19 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::signaling::{
-    self, ClientMessage, ErrorCode, MixView, ServerMessage, WireError, PROTOCOL_VERSION,
+    self, ClientMessage, ErrorCode, HostRoomView, MixView, QueueView, ServerMessage, SongItem,
+    WireError, PROTOCOL_VERSION,
 };
 use super::{refusal_code, AppState};
-use crate::control::{ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Role};
+use crate::control::night::SongRef;
+use crate::control::{
+    ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Reply, Role,
+};
 use crate::limits::{Limits, TokenBucket};
 use crate::rtc::{Peer, PeerEvent};
+
+/// A phone with media gets the song clock at least this often.
+const SONG_CLOCK_EVERY: Duration = Duration::from_secs(1);
 
 /// Close code for an oversize frame (RFC 6455 §7.4.1).
 const CLOSE_TOO_BIG: u16 = 1009;
@@ -84,6 +91,12 @@ struct Session {
     joined: Option<Joined>,
     media: Option<Arc<Peer>>,
     events: Option<mpsc::UnboundedReceiver<PeerEvent>>,
+    /// The queue as last sent (it goes out again only when it changes).
+    queue_sent: Option<QueueView>,
+    /// Logged in as the host page.
+    host: bool,
+    /// The song clock as last sent: generation, playing, when.
+    clock_sent: Option<(u32, bool, Instant)>,
 }
 
 impl Session {
@@ -123,7 +136,74 @@ impl Session {
                 return true;
             }
         };
+        let host_only = msg.is_host_only();
+        let for_hosts = host_only
+            || matches!(
+                msg,
+                ClientMessage::Songs { .. }
+                    | ClientMessage::Ping { .. }
+                    | ClientMessage::HostLogin { .. }
+            );
         match msg {
+            ClientMessage::HostLogin { v, pin } => {
+                if self.joined.is_some() || self.host {
+                    self.error(ErrorCode::AlreadyJoined, "already joined");
+                    return true;
+                }
+                if v != PROTOCOL_VERSION {
+                    return self.fatal(ErrorCode::Version, &format!("protocol version {v} is not supported; this box speaks {PROTOCOL_VERSION}"));
+                }
+                let login = Input::HostLogin {
+                    pin,
+                    from: Some(self.client),
+                };
+                match self.control.handle(login).await {
+                    Ok(_) => {
+                        tracing::Span::current().record("role", "host");
+                        tracing::info!(client = %self.client, "host page logged in");
+                        self.host = true;
+                        self.send(ServerMessage::HostWelcome {
+                            v: PROTOCOL_VERSION,
+                            max_singers: self.control.max_singers(),
+                        });
+                        let view = self.control.view();
+                        self.send_host_view(&view);
+                        true
+                    }
+                    Err(refusal) => {
+                        tracing::info!(client = %self.client, "host page PIN refused");
+                        self.fatal(refusal_code(refusal), &refusal.to_string())
+                    }
+                }
+            }
+            _ if host_only && !self.host => {
+                self.error(ErrorCode::Forbidden, "only the host page may do this");
+                true
+            }
+            _ if self.host && !for_hosts => {
+                self.error(
+                    ErrorCode::Forbidden,
+                    "the host page neither sings nor listens",
+                );
+                true
+            }
+            ClientMessage::Transport(command) => self.host_input(Input::Transport(command)).await,
+            ClientMessage::QueueRemove { entry } => {
+                self.host_input(Input::QueueRemove { entry }).await
+            }
+            ClientMessage::QueueMove { entry, to } => {
+                self.host_input(Input::QueueMove { entry, to }).await
+            }
+            ClientMessage::Slot { slot, change } => {
+                self.host_input(Input::SetSlot { slot, change }).await
+            }
+            ClientMessage::Master { gain_db } => {
+                self.host_input(Input::SetMaster { gain_db }).await
+            }
+            ClientMessage::Backing { gain_db, muted } => {
+                self.host_input(Input::SetBacking { gain_db, muted }).await
+            }
+            ClientMessage::Kick { peer } => self.host_input(Input::Kick { peer }).await,
             ClientMessage::Join {
                 v,
                 name,
@@ -131,7 +211,7 @@ impl Session {
                 pin,
                 token,
             } => {
-                if self.joined.is_some() {
+                if self.joined.is_some() || self.host {
                     self.error(ErrorCode::AlreadyJoined, "already joined");
                     return true;
                 }
@@ -172,10 +252,9 @@ impl Session {
                                 reverb: s.reverb_wet,
                             }),
                         });
-                        self.send(ServerMessage::room(
-                            &self.control.view(),
-                            Some(welcome.peer),
-                        ));
+                        let view = self.control.view();
+                        self.send(ServerMessage::room(&view, Some(welcome.peer)));
+                        self.send_queue(&view);
                         true
                     }
                     Err(refusal) => {
@@ -189,7 +268,7 @@ impl Session {
                     }
                 }
             }
-            _ if self.joined.is_none() => {
+            _ if self.joined.is_none() && !self.host => {
                 self.error(ErrorCode::NotJoined, "send join first");
                 true
             }
@@ -266,6 +345,109 @@ impl Session {
                 }
                 true
             }
+            ClientMessage::Songs { query, offset } => {
+                let library = self.control.library();
+                let (page, total) = library.search(&query, offset);
+                let songs = page.into_iter().map(SongItem::of).collect();
+                self.send(ServerMessage::Songs {
+                    query,
+                    offset,
+                    total,
+                    songs,
+                });
+                true
+            }
+            ClientMessage::QueueAdd { song, partner } => {
+                let library = self.control.library();
+                let Some(found) = library.get(song) else {
+                    self.error(ErrorCode::BadField, "no such song in the library");
+                    return true;
+                };
+                let song = SongRef {
+                    id: found.id,
+                    title: found.title.clone(),
+                    artist: found.artist.clone(),
+                    path: library.full_path(&found.path),
+                    duration: found.duration_ms.map(Duration::from_millis),
+                };
+                let input = Input::QueueAdd {
+                    conn: self.conn,
+                    song,
+                    partner,
+                };
+                match self.control.handle(input).await {
+                    Ok(Reply::Queued(entry)) => self.send(ServerMessage::Queued { entry: entry.0 }),
+                    Ok(_) => {}
+                    Err(refusal) => self.error(refusal_code(refusal), refusal.to_string()),
+                }
+                true
+            }
+            ClientMessage::QueueWithdraw { entry } => {
+                let input = Input::QueueWithdraw {
+                    conn: self.conn,
+                    entry,
+                };
+                if let Err(refusal) = self.control.handle(input).await {
+                    self.error(refusal_code(refusal), refusal.to_string());
+                }
+                true
+            }
+        }
+    }
+
+    /// A host command: its refusal goes back to the host page.
+    async fn host_input(&mut self, input: Input) -> bool {
+        if let Err(refusal) = self.control.handle(input).await {
+            self.error(refusal_code(refusal), refusal.to_string());
+        }
+        true
+    }
+
+    /// The host page's picture of the room, and the queue when it changed.
+    fn send_host_view(&mut self, view: &crate::control::RoomView) {
+        self.send(ServerMessage::HostRoom(HostRoomView::of(view)));
+        self.send_queue(view);
+    }
+
+    /// Tells a phone with media which RTP timestamp of its return mix carries which song
+    /// frame: when the song, a seek or a pause changes it, and every second (so a phone
+    /// joining mid-song catches up). A phone turns the timestamp it is playing into the
+    /// song position with it, and shows the lyrics of what it hears.
+    fn send_song_clock(&mut self) {
+        let Some(media) = self.media.as_ref() else {
+            return;
+        };
+        let clock = self.control.song_clock();
+        let now = Instant::now();
+        let due = match self.clock_sent {
+            Some((generation, playing, at)) => {
+                generation != clock.generation
+                    || playing != clock.playing
+                    || now.duration_since(at) >= SONG_CLOCK_EVERY
+            }
+            None => true,
+        };
+        if !due {
+            return;
+        }
+        let heard_at = clock.mix_time
+            + u64::from(clock.latency_frames)
+            + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
+        let rtp = media.timestamp_offset().wrapping_add(heard_at as u32);
+        self.clock_sent = Some((clock.generation, clock.playing, now));
+        self.send(ServerMessage::SongClock {
+            generation: clock.generation,
+            position: clock.position,
+            rtp,
+            playing: clock.playing,
+        });
+    }
+
+    fn send_queue(&mut self, view: &crate::control::RoomView) {
+        let queue = QueueView::of(view);
+        if self.queue_sent.as_ref() != Some(&queue) {
+            self.send(ServerMessage::Queue(queue.clone()));
+            self.queue_sent = Some(queue);
         }
     }
 
@@ -317,6 +499,9 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
         joined: None,
         media: None,
         events: None,
+        queue_sent: None,
+        host: false,
+        clock_sent: None,
     };
     let mut room_updates = s.control.subscribe();
     let mut room_tick =
@@ -406,11 +591,18 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
                 room_dirty = !room_gone;
             }
             _ = room_tick.tick() => {
-                if let (true, Some(joined)) = (room_dirty, s.joined.as_ref()) {
+                if room_dirty && s.host {
                     room_dirty = false;
-                    let message = ServerMessage::room(&room_updates.borrow_and_update(), Some(joined.peer));
-                    s.send(message);
+                    let view = room_updates.borrow_and_update().clone();
+                    s.send_host_view(&view);
+                } else if let (true, Some(joined)) = (room_dirty, s.joined.as_ref()) {
+                    room_dirty = false;
+                    let me = joined.peer;
+                    let view = room_updates.borrow_and_update().clone();
+                    s.send(ServerMessage::room(&view, Some(me)));
+                    s.send_queue(&view);
                 }
+                s.send_song_clock();
             }
             _ = state.shutdown.cancelled(), if s.joined.is_none() => {
                 s.send(ServerMessage::Bye { reason: ByeReason::Shutdown.as_str() });

@@ -186,6 +186,9 @@ mod tests {
 
     fn view() -> RoomView {
         RoomView {
+            queue: Vec::new(),
+            song: None,
+            problems: Vec::new(),
             participants: vec![
                 ParticipantView {
                     peer: PeerId(3),

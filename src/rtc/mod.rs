@@ -142,6 +142,12 @@ pub struct Peer {
 }
 
 impl Peer {
+    /// What this peer's RTP timestamps add to the mix time (random, fixed for the
+    /// connection): a phone turns the timestamp it plays back into mix time with it.
+    pub fn timestamp_offset(&self) -> u32 {
+        self.outgoing.timestamp_offset
+    }
+
     /// Sends one encoded frame; the RTP timestamp is the frame's mix time plus this
     /// peer's random offset (RFC 3550 §5.1), so every peer's stream is continuous.
     pub async fn send(&self, frame: OutFrame) {

@@ -12,6 +12,11 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod decode;
+pub mod library;
+pub mod lyrics;
+pub mod player;
+
 /// The file extensions taken as songs (lower case).
 pub const AUDIO_EXTENSIONS: [&str; 8] = ["mp3", "ogg", "oga", "opus", "flac", "wav", "m4a", "aac"];
 /// Folder levels below the library root that are walked.

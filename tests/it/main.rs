@@ -12,6 +12,7 @@ mod phones;
 mod realtime;
 mod rejoin;
 mod signaling;
+mod songs;
 mod strangers;
 mod support;
 mod systemd;

@@ -9,7 +9,9 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use duetbox::engine::testkit::{phone_packets, Signal, PHONE_FRAME_SAMPLES};
-use duetbox::engine::{Command, Engine, EngineConfig, RtpAudio, SingerId, SingerSettings};
+use duetbox::engine::{
+    BackingAudio, Command, Engine, EngineConfig, RtpAudio, SingerId, SingerSettings,
+};
 
 struct Counting;
 
@@ -147,7 +149,12 @@ fn steady_state_audio_path_allocates_nothing() {
                 next += 1;
             }
             if engine.backing_queued() < 4 * period {
-                engine.push_backing(&backing[..2 * 4 * period]);
+                engine.push_backing(BackingAudio {
+                    generation: 0,
+                    position: 0,
+                    samples: &backing[..2 * 4 * period],
+                    last: false,
+                });
             }
             engine.render_period(now, &mut venue);
             while let Some(out) = engine.poll_output() {

@@ -15,6 +15,7 @@ fn config() -> RoomConfig {
         max_singers: 2,
         max_listeners: 3,
         pin: String::new(),
+        host_pin: "host".into(),
         rejoin_grace: GRACE,
         join_deadline: JOIN_DEADLINE,
         master_gain_db: 0.0,
@@ -92,7 +93,7 @@ impl Harness {
             },
         )? {
             Reply::Joined(w) => Ok(w),
-            Reply::Done => panic!("a join answers with a welcome"),
+            Reply::Done | Reply::Queued(_) => panic!("a join answers with a welcome"),
         }
     }
 

@@ -13,6 +13,7 @@ pub mod lan;
 pub mod latency;
 pub mod mqtt;
 pub mod netns;
+pub mod songs;
 pub mod whip_client;
 pub mod wss;
 

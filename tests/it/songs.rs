@@ -1,0 +1,330 @@
+//! The karaoke night against a real box (in-process, venue output to a real-time WAV):
+//! songs made by the real encoders in every format the box plays, queued by a singer
+//! over the WebSocket and started by the host desk (the host PIN's WebSocket session);
+//! what the venue output holds is read back and checked window by window.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::support::songs::{song, tones_by_window};
+use crate::support::wss::{Phone, Received};
+use crate::support::{box_dir, loopback_box_config, read_wav_left, start_box, SERIAL};
+
+const HOST_PIN: &str = "2468";
+/// 100 ms windows at 48 kHz.
+const WINDOW: usize = 4_800;
+
+/// A joined singer (no media: the test only queues songs) and the host desk.
+struct Night {
+    singer: Phone,
+    host: Phone,
+    queue: Value,
+}
+
+impl Night {
+    async fn open(addr: std::net::SocketAddr) -> Night {
+        let mut singer = Phone::connect(addr).await;
+        singer
+            .send(json!({"type": "join", "v": 1, "name": "Ana", "role": "singer"}))
+            .await;
+        singer.expect("welcome").await;
+        let mut host = Phone::connect(addr).await;
+        host.send(json!({"type": "host", "v": 1, "pin": HOST_PIN}))
+            .await;
+        host.expect("host_welcome").await;
+        let queue = host.expect("queue").await;
+        Night {
+            singer,
+            host,
+            queue,
+        }
+    }
+
+    /// The library's songs, once the indexer has listed `count` of them.
+    async fn songs(&mut self, count: usize) -> Vec<Value> {
+        let begin = Instant::now();
+        loop {
+            self.singer
+                .send(json!({"type": "songs", "query": ""}))
+                .await;
+            let reply = self.singer.expect("songs").await;
+            if reply["total"].as_u64() == Some(count as u64) {
+                return reply["songs"].as_array().expect("songs").clone();
+            }
+            assert!(
+                begin.elapsed() < Duration::from_secs(30),
+                "the library never listed {count} songs: {reply}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn add(&mut self, song_id: &str) -> u64 {
+        self.singer
+            .send(json!({"type": "queue_add", "song": song_id}))
+            .await;
+        loop {
+            match self.singer.next().await {
+                Received::Json(v) if v["type"] == "queued" => {
+                    return v["entry"].as_u64().expect("entry")
+                }
+                Received::Json(v) if v["type"] == "error" => panic!("queue_add refused: {v}"),
+                Received::Json(_) => {}
+                Received::Closed(c) => panic!("closed {c:?}"),
+            }
+        }
+    }
+
+    async fn transport(&mut self, command: Value) {
+        let mut msg = command;
+        msg["type"] = "transport".into();
+        self.host.send(msg).await;
+    }
+
+    /// Waits (reading the host's messages) until the queue message satisfies `ok`.
+    async fn until(&mut self, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+        let begin = Instant::now();
+        while !ok(&self.queue) {
+            assert!(
+                begin.elapsed() < Duration::from_secs(20),
+                "{what}: the queue stayed {}",
+                self.queue
+            );
+            match tokio::time::timeout(Duration::from_millis(500), self.host.next()).await {
+                Ok(Received::Json(v)) if v["type"] == "queue" => self.queue = v,
+                Ok(Received::Json(v)) if v["type"] == "error" => panic!("{what}: refused {v}"),
+                Ok(Received::Closed(c)) => panic!("{what}: host closed {c:?}"),
+                _ => {}
+            }
+        }
+        self.queue.clone()
+    }
+
+    /// Starts `entry` and waits until it plays.
+    async fn start(&mut self, entry: u64) {
+        self.transport(json!({"do": "start", "entry": entry})).await;
+        self.until("the song plays", |q| {
+            q["song"]["entry"] == entry && q["song"]["state"] == "playing"
+        })
+        .await;
+    }
+
+    /// Waits until no song plays (it ended or failed with nothing after it).
+    async fn ended(&mut self) {
+        self.until("the song ends", |q| q["song"].is_null()).await;
+    }
+}
+
+fn id_of(songs: &[Value], title: &str) -> String {
+    songs
+        .iter()
+        .find(|s| s["title"] == title)
+        .unwrap_or_else(|| panic!("no song titled {title} in {songs:?}"))["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
+fn config(dir: &Path, library: &Path, out: &Path) -> duetbox::config::Config {
+    let mut config = loopback_box_config(&dir.join("state"));
+    config.audio.output = format!("wav:{}", out.display());
+    config.songs.library = library.display().to_string();
+    config.room.host_pin = HOST_PIN.into();
+    // The test's singer never sends media: keep its place for the whole test.
+    config.room.join_deadline_ms = 60_000;
+    config
+}
+
+/// Runs of the same dominant tone: (Hz or 0 for none, windows).
+fn runs(tones: &[Option<(f32, f32)>]) -> Vec<(f32, usize)> {
+    let mut out: Vec<(f32, usize)> = Vec::new();
+    for t in tones {
+        let hz = t.map_or(0.0, |t| t.0);
+        match out.last_mut() {
+            Some((last, n)) if *last == hz => *n += 1,
+            _ => out.push((hz, 1)),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn songs_in_every_format_play_at_the_backing_level_one_after_another() {
+    let _serial = SERIAL.lock().await;
+    let dir = box_dir("songs-formats");
+    let library = dir.join("library");
+    // One tone per format, sources at the rates such files come at.
+    let formats: [(&str, u32, f32); 7] = [
+        ("Tones - Wave.wav", 44_100, 440.0),
+        ("Tones - Flac.flac", 48_000, 550.0),
+        ("Tones - Vorbis.ogg", 44_100, 660.0),
+        ("Tones - Opus.opus", 48_000, 770.0),
+        ("Tones - Mpeg.mp3", 44_100, 880.0),
+        ("Tones - Mpeg4.m4a", 48_000, 990.0),
+        ("Tones - Adts.aac", 44_100, 1_100.0),
+    ];
+    for (file, rate, hz) in formats {
+        song(&library, file, rate, &[(hz, 1.5)]);
+    }
+    let out = dir.join("venue.wav");
+    let (running, _) = start_box(config(&dir, &library, &out)).await;
+    let mut night = Night::open(running.https_addr).await;
+    let songs = night.songs(formats.len()).await;
+    for (file, _, _) in formats {
+        let title = file
+            .split_once(" - ")
+            .and_then(|(_, t)| t.rsplit_once('.'))
+            .map(|(t, _)| t)
+            .expect("a title");
+        let entry = night.add(&id_of(&songs, title)).await;
+        night.start(entry).await;
+        night.ended().await;
+    }
+    assert!(
+        night.queue["problems"]
+            .as_array()
+            .is_some_and(Vec::is_empty),
+        "{}",
+        night.queue
+    );
+    drop(night);
+    running.stop().await.expect("the box stops");
+
+    let left = read_wav_left(&out);
+    let candidates: Vec<f32> = formats.iter().map(|f| f.2).collect();
+    let tones = tones_by_window(&left, &candidates, WINDOW, 0.05);
+    let played: Vec<(f32, usize)> = runs(&tones).into_iter().filter(|r| r.0 > 0.0).collect();
+    let order: Vec<f32> = played.iter().map(|r| r.0).collect();
+    assert_eq!(order, candidates, "each song once, in order: {played:?}");
+    for (hz, windows) in &played {
+        // 1.5 s = 15 windows; a run may lose a window at each edge to the split.
+        assert!(
+            (13..=16).contains(windows),
+            "{hz} Hz played for {windows} windows"
+        );
+    }
+    // The backing plays at -6 dB (the default): 0.5 × 0.501, through lossy codecs.
+    for (k, t) in tones.iter().enumerate() {
+        if let Some((hz, level)) = t {
+            let whole = k > 0
+                && tones[k - 1].is_some_and(|p| p.0 == *hz)
+                && tones
+                    .get(k + 1)
+                    .is_some_and(|n| n.is_some_and(|n| n.0 == *hz));
+            if whole {
+                assert!(
+                    (0.22..=0.28).contains(level),
+                    "{hz} Hz at {level} in window {k}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seek_and_a_next_leave_no_stale_audio_and_bad_files_are_skipped() {
+    let _serial = SERIAL.lock().await;
+    let dir = box_dir("songs-transport");
+    let library = dir.join("library");
+    // Halves: 500 Hz for 3 s, then 1000 Hz for 3 s.
+    song(
+        &library,
+        "A - Halves.flac",
+        44_100,
+        &[(500.0, 3.0), (1_000.0, 3.0)],
+    );
+    song(&library, "A - Long.ogg", 48_000, &[(1_500.0, 10.0)]);
+    song(&library, "A - After.mp3", 44_100, &[(2_000.0, 1.5)]);
+    std::fs::write(library.join("A - Broken.mp3"), pseudo_random(50_000)).expect("junk");
+    song(&library, "A - Apple.alac.m4a", 44_100, &[(300.0, 1.0)]);
+    song(&library, "A - Good.wav", 48_000, &[(2_500.0, 1.0)]);
+    let out = dir.join("venue.wav");
+    let (running, _) = start_box(config(&dir, &library, &out)).await;
+    let mut night = Night::open(running.https_addr).await;
+    let songs = night.songs(6).await;
+
+    // Seek from about 1 s to 4.5 s: the 500 Hz half must stop at once.
+    let halves = night.add(&id_of(&songs, "Halves")).await;
+    night.start(halves).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    night.transport(json!({"do": "seek", "ms": 4_500})).await;
+    night.ended().await;
+
+    // Next from the long song to the short one.
+    let long = night.add(&id_of(&songs, "Long")).await;
+    let after = night.add(&id_of(&songs, "After")).await;
+    night.start(long).await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    night.transport(json!({"do": "next"})).await;
+    night
+        .until("the next song plays", |q| q["song"]["entry"] == after)
+        .await;
+    night.ended().await;
+
+    // A corrupt file and an unsupported one, then a good one: two problems, the good
+    // one plays.
+    let broken = night.add(&id_of(&songs, "Broken")).await;
+    night.add(&id_of(&songs, "Apple.alac")).await;
+    let good = night.add(&id_of(&songs, "Good")).await;
+    night
+        .transport(json!({"do": "start", "entry": broken}))
+        .await;
+    let q = night
+        .until("the good song after two bad ones", |q| {
+            q["song"]["entry"] == good || q["problems"].as_array().is_some_and(|p| p.len() >= 2)
+        })
+        .await;
+    night.ended().await;
+    let problems = night.queue["problems"]
+        .as_array()
+        .expect("problems")
+        .clone();
+    let kinds: Vec<&str> = problems
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(kinds.len(), 2, "{q}");
+    assert!(
+        kinds.contains(&"corrupt") || kinds.contains(&"unsupported"),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&"unsupported"),
+        "ALAC is not decoded: {problems:?}"
+    );
+    drop(night);
+    running.stop().await.expect("the box stops");
+
+    let left = read_wav_left(&out);
+    let tones = tones_by_window(
+        &left,
+        &[500.0, 1_000.0, 1_500.0, 2_000.0, 2_500.0, 300.0],
+        WINDOW,
+        0.05,
+    );
+    let played: Vec<(f32, usize)> = runs(&tones).into_iter().filter(|r| r.0 > 0.0).collect();
+    let order: Vec<f32> = played.iter().map(|r| r.0).collect();
+    assert_eq!(
+        order,
+        [500.0, 1_000.0, 1_500.0, 2_000.0, 2_500.0],
+        "no stale audio after the seek or the next, nothing of the bad files: {played:?}"
+    );
+    // About 1 s of 500 Hz before the seek, then 1.5 s (4.5 to 6 s) of 1000 Hz.
+    assert!((8..=13).contains(&played[0].1), "{played:?}");
+    assert!((13..=16).contains(&played[1].1), "{played:?}");
+}
+
+/// Bytes that are no audio format.
+fn pseudo_random(n: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect()
+}

@@ -1,0 +1,113 @@
+// duetbox lyrics, for the phone page and the venue screen: which line is sung at a
+// given moment of the song, and a small view that shows the current line (sung
+// syllables lit) and the next one. The moment comes from the page: a phone from the
+// audio it is playing, the screen from the speakers' position (docs/protocol.md).
+//
+// Pure functions first (tested under node in web/test), the DOM part after.
+
+/** A line stays shown this long after its end when no line follows at once. */
+export const HOLD_MS = 1500;
+
+/**
+ * The lines at `ms`: `current` (index of the line being sung, -1 for none), `next`
+ * (index of the line after it, -1 for none) and `sung` (syllables of the current line
+ * already reached). Lines are sorted by start (the box sorts them).
+ */
+export function lyricAt(lines, ms) {
+  let current = -1;
+  // Binary search: the last line that has started.
+  let lo = 0;
+  let hi = lines.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (lines[mid].start_ms <= ms) {
+      current = mid;
+      lo = mid + 1;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  if (current >= 0 && ms > lines[current].end_ms + HOLD_MS) current = -1;
+  const next = current >= 0
+    ? (current + 1 < lines.length ? current + 1 : -1)
+    : lines.findIndex((l) => l.start_ms > ms);
+  let sung = 0;
+  if (current >= 0) {
+    for (const s of lines[current].syllables) if (s.at_ms <= ms) sung += 1;
+  }
+  return { current, next, sung };
+}
+
+/** Whether a line of `part` ("all", "p1", "p2") is for the singer in `slot` ("A", "B"). */
+export function isMine(part, slot) {
+  if (part === 'all' || !slot) return true;
+  return (part === 'p1' && slot === 'A') || (part === 'p2' && slot === 'B');
+}
+
+/** Shows lyrics in two elements; remembers when each line appeared (for tests). */
+export class LyricsView {
+  constructor(currentEl, nextEl) {
+    this.currentEl = currentEl;
+    this.nextEl = nextEl;
+    this.song = null;
+    this.lines = [];
+    this.shown = { current: -2, next: -2, sung: -1 };
+    this.slot = null;
+    /** [{ line, at (performance.now()), ms (song position the page computed) }] */
+    this.appeared = [];
+  }
+
+  /** Loads the lyrics of song `id` (null: none). */
+  async load(id) {
+    if (id === this.song) return;
+    this.song = id;
+    this.lines = [];
+    this.appeared = [];
+    this.render(-1, -1, 0);
+    if (!id) return;
+    try {
+      const r = await fetch(`/songs/${id}/lyrics`, { cache: 'no-store' });
+      if (!r.ok || this.song !== id) return;
+      const lyrics = await r.json();
+      if (this.song === id && Array.isArray(lyrics.lines)) this.lines = lyrics.lines;
+    } catch (_) {
+      // No lyrics is a song without lyrics.
+    }
+  }
+
+  /** Shows what is sung at `ms` of the song (null: nothing plays). */
+  show(ms) {
+    if (ms === null || !this.lines.length) {
+      this.render(-1, -1, 0);
+      return;
+    }
+    const { current, next, sung } = lyricAt(this.lines, ms);
+    if (current !== this.shown.current && current >= 0) {
+      this.appeared.push({ line: current, at: performance.now(), ms });
+    }
+    this.render(current, next, sung);
+  }
+
+  render(current, next, sung) {
+    const s = this.shown;
+    if (s.current === current && s.next === next && s.sung === sung) return;
+    this.shown = { current, next, sung };
+    const el = this.currentEl;
+    el.replaceChildren();
+    if (current >= 0) {
+      const line = this.lines[current];
+      line.syllables.forEach((syl, k) => {
+        const span = document.createElement('span');
+        span.textContent = syl.text;
+        if (k < sung) span.className = 'sung';
+        el.append(span);
+      });
+      el.dataset.line = String(current);
+      el.dataset.part = line.part;
+      el.classList.toggle('not-mine', !isMine(line.part, this.slot));
+    } else {
+      delete el.dataset.line;
+    }
+    this.nextEl.textContent = next >= 0 ? this.lines[next].text : '';
+  }
+}
