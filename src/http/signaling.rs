@@ -933,6 +933,94 @@ mod tests {
     }
 
     #[test]
+    fn song_and_host_messages_parse_or_name_their_fault() {
+        check(
+            r#"{"type":"songs","query":"abba","offset":50}"#,
+            r#"Songs { query: "abba", offset: 50 }"#,
+        );
+        check(r#"{"type":"songs"}"#, r#"Songs { query: "", offset: 0 }"#);
+        let long = format!(r#"{{"type":"songs","query":"{}"}}"#, "a".repeat(101));
+        check(
+            &long,
+            "error BadField: `query` must be a string of at most 100 characters",
+        );
+        check(
+            r#"{"type":"songs","offset":-1}"#,
+            "error BadField: `offset` must be an integer from 0 to 1000000",
+        );
+        check(
+            r#"{"type":"songs","offset":1e12}"#,
+            "error BadField: `offset` must be an integer from 0 to 1000000",
+        );
+        check(
+            r#"{"type":"queue_add","song":"af63dc4c8601ec8c","partner":"p3"}"#,
+            "QueueAdd { song: SongId(12638187200555641996), partner: Some(PeerId(3)) }",
+        );
+        for bad in [r#""../../etc/passwd""#, r#""AF63""#, "7", "null"] {
+            check(
+                &format!(r#"{{"type":"queue_add","song":{bad}}}"#),
+                if bad == "7" || bad == "null" {
+                    "error BadField: `song` must be a string"
+                } else {
+                    "error BadField: `song` must be a song id (16 hex digits)"
+                },
+            );
+        }
+        check(
+            r#"{"type":"queue_add","song":"af63dc4c8601ec8c","partner":"p99999999999"}"#,
+            r#"error BadField: `partner` must be a peer id like "p7""#,
+        );
+        check(
+            r#"{"type":"queue_withdraw","entry":4294967296}"#,
+            "error BadField: `entry` must be an entry id",
+        );
+        check(
+            r#"{"type":"host","v":1,"pin":"9876"}"#,
+            r#"HostLogin { v: 1, pin: "9876" }"#,
+        );
+        check(
+            &format!(r#"{{"type":"host","v":1,"pin":"{}"}}"#, "9".repeat(65)),
+            "error BadField: `pin` is too long",
+        );
+        check(
+            r#"{"type":"transport","do":"seek","ms":61000}"#,
+            "Transport(Seek(61s))",
+        );
+        check(
+            r#"{"type":"transport","do":"seek","ms":-5}"#,
+            "error BadField: `ms` must be a time in the song, ms",
+        );
+        check(
+            r#"{"type":"transport","do":"rewind"}"#,
+            "error BadField: `do` must be play, pause, stop, next, seek or start",
+        );
+        check(
+            r#"{"type":"transport","do":"start","entry":3}"#,
+            "Transport(Start(EntryId(3)))",
+        );
+        check(
+            r#"{"type":"slot","slot":"B","gain_db":-3,"muted":true}"#,
+            "Slot { slot: SlotId(1), change: SlotChange { gain_db: Some(-3.0), muted: Some(true), pan: None, monitor: None, reverb: None } }",
+        );
+        check(
+            r#"{"type":"slot","slot":"B","pan":"left"}"#,
+            "error BadField: `pan` must be a number",
+        );
+        check(
+            r#"{"type":"backing","muted":1}"#,
+            "error BadField: `muted` must be true or false",
+        );
+        check(
+            r#"{"type":"kick","peer":"7"}"#,
+            "error BadField: `peer` must be a peer id",
+        );
+        assert!(parse(r#"{"type":"kick","peer":"p7"}"#)
+            .unwrap()
+            .is_host_only());
+        assert!(!parse(r#"{"type":"songs"}"#).unwrap().is_host_only());
+    }
+
+    #[test]
     fn messages_parse_or_name_their_fault() {
         check(
             r#"{"type":"join","v":1,"name":" Ana ","role":"singer"}"#,

@@ -162,7 +162,11 @@ pub fn parse_lrc(text: &str) -> Lyrics {
             syllables
                 .iter()
                 .map(|s| Syllable {
-                    at_ms: shift(s.at_ms),
+                    at_ms: if s.at_ms == LINE_START {
+                        start
+                    } else {
+                        shift(s.at_ms)
+                    },
                     text: s.text.clone(),
                 })
                 .collect()
@@ -186,11 +190,15 @@ pub fn parse_lrc(text: &str) -> Lyrics {
     }
 }
 
-/// A line's text and its enhanced-LRC word times (`<mm:ss.xx>word`), if any.
+/// Stands for "the line's own start" in [`lrc_words`]' syllables.
+const LINE_START: u64 = u64::MAX;
+
+/// A line's text and its enhanced-LRC word times (`<mm:ss.xx>word`), if any; words
+/// before the first time start with the line ([`LINE_START`]).
 fn lrc_words(rest: &str) -> (String, Vec<Syllable>) {
     let mut syllables = Vec::new();
     let mut text = String::new();
-    let mut current: Option<(u64, String)> = None;
+    let mut current: Option<(u64, String)> = Some((LINE_START, String::new()));
     let mut s = rest;
     while !s.is_empty() {
         if let Some(tail) = s.strip_prefix('<') {
@@ -218,6 +226,10 @@ fn lrc_words(rest: &str) -> (String, Vec<Syllable>) {
         if !t.is_empty() {
             syllables.push(Syllable { at_ms: at, text: t });
         }
+    }
+    if syllables.iter().all(|s| s.at_ms == LINE_START) {
+        // No word is timed: the line is one syllable (made by the caller).
+        syllables.clear();
     }
     let text = clip(text.trim());
     (text, syllables)
@@ -388,10 +400,11 @@ mod tests {
     fn lrc_lines_repeat_tags_offset_and_words() {
         let l = parse_lrc(
             "[ti:Song]\n[offset:500]\n[00:12.00]First line\n[00:05.5][01:00.250]Chorus\n\
-             [00:20.00]<00:20.00>Word <00:20.50>by <00:21.00>word\n[00:25.00]\nnot timed\n",
+             [00:20.00]<00:20.00>Word <00:20.50>by <00:21.00>word\n[00:25.00]\nnot timed\n\
+             [01:10.00]Lead <01:10.40>in\n",
         );
         let starts: Vec<u64> = l.lines.iter().map(|x| x.start_ms).collect();
-        assert_eq!(starts, [5_000, 11_500, 19_500, 59_750]);
+        assert_eq!(starts, [5_000, 11_500, 19_500, 59_750, 69_500]);
         assert_eq!(l.lines[0].text, "Chorus");
         assert_eq!(l.lines[0].end_ms, 11_500, "ends where the next starts");
         let words = &l.lines[2].syllables;
@@ -404,6 +417,16 @@ mod tests {
         );
         assert_eq!(l.lines[2].text, "Word by word");
         assert_eq!(l.lines[2].end_ms, 24_500, "the empty line at 25 s ends it");
+        let lead: Vec<(u64, &str)> = l.lines[4]
+            .syllables
+            .iter()
+            .map(|s| (s.at_ms, s.text.as_str()))
+            .collect();
+        assert_eq!(
+            lead,
+            [(69_500, "Lead "), (69_900, "in")],
+            "untimed first words start with the line"
+        );
     }
 
     #[test]

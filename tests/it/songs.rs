@@ -328,3 +328,117 @@ fn pseudo_random(n: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+fn curl(url: &str) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sk", "--path-as-is", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_string(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_run_the_night_and_lyrics_come_only_from_the_index() {
+    let dir = box_dir("songs-strangers");
+    let library = dir.join("library");
+    song(&library, "A - Lyrics.wav", 48_000, &[(440.0, 0.5)]);
+    std::fs::write(
+        library.join("A - Lyrics.lrc"),
+        "[00:00.50]First <00:00.75>line\n[00:01.00]Second\n",
+    )
+    .expect("lrc");
+    let mut config = config(&dir, &library, &dir.join("venue.wav"));
+    config.audio.output = "null".into();
+    config.http.http_port = crate::support::free_port();
+    let plain = config.http.http_port;
+    let (running, base) = start_box(config).await;
+    let addr = running.https_addr;
+    let mut night = Night::open(addr).await;
+    let songs = night.songs(1).await;
+    let id = id_of(&songs, "Lyrics");
+    assert_eq!(songs[0]["lyrics"], true);
+
+    // A phone sending the host's commands is refused, and nothing happens.
+    let entry = night.add(&id).await;
+    for msg in [
+        json!({"type": "transport", "do": "start", "entry": entry}),
+        json!({"type": "queue_remove", "entry": entry}),
+        json!({"type": "kick", "peer": "p1"}),
+        json!({"type": "master", "gain_db": 12}),
+    ] {
+        night.singer.send(msg).await;
+        let error = night.singer.expect("error").await;
+        assert_eq!(error["code"], "forbidden", "{error}");
+    }
+    // A song id that is not in the index is refused.
+    night
+        .singer
+        .send(json!({"type": "queue_add", "song": "0000000000000000"}))
+        .await;
+    assert_eq!(night.singer.expect("error").await["code"], "bad_field");
+    // A singer cannot log in as the host on the same connection.
+    night
+        .singer
+        .send(json!({"type": "host", "v": 1, "pin": HOST_PIN}))
+        .await;
+    assert_eq!(night.singer.expect("error").await["code"], "already_joined");
+    night
+        .until("nothing started", |q| {
+            q["song"].is_null() && q["entries"][0]["entry"] == entry
+        })
+        .await;
+
+    // Guessing the host PIN: refused and closed; the sixth guess from this address
+    // waits even with the right PIN.
+    for _ in 0..5 {
+        let mut guesser = Phone::connect(addr).await;
+        guesser
+            .send(json!({"type": "host", "v": 1, "pin": "0000"}))
+            .await;
+        assert_eq!(guesser.expect("error").await["code"], "wrong_pin");
+        assert!(guesser.expect_close().await.is_some());
+    }
+    let mut late = Phone::connect(addr).await;
+    late.send(json!({"type": "host", "v": 1, "pin": HOST_PIN}))
+        .await;
+    let error = late.expect("error").await;
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("try again"),
+        "{error}"
+    );
+    // The desk that was already open is not disturbed.
+    night
+        .transport(json!({"do": "start", "entry": entry}))
+        .await;
+    night
+        .until("the host still runs the night", |q| {
+            q["song"]["entry"] == entry
+        })
+        .await;
+
+    // Lyrics: by id, from the index's file, on both sides; nothing else.
+    let (code, body) = curl(&format!("{base}/songs/{id}/lyrics"));
+    assert_eq!(code, "200", "{body}");
+    let lyrics: Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(lyrics["lines"][0]["start_ms"], 500);
+    assert_eq!(lyrics["lines"][0]["syllables"][1]["at_ms"], 750);
+    let (code, _) = curl(&format!("http://127.0.0.1:{plain}/songs/{id}/lyrics"));
+    assert_eq!(code, "200");
+    for bad in [
+        "0000000000000000",
+        "..%2F..%2Fetc%2Fpasswd",
+        "../../../../etc/passwd",
+        "AF63DC4C8601EC8",
+    ] {
+        let (code, body) = curl(&format!("{base}/songs/{bad}/lyrics"));
+        assert!(code == "404", "{bad}: {code} {body}");
+        assert!(!body.contains("root:"), "{bad}: {body}");
+    }
+    drop(night);
+    running.stop().await.expect("the box stops");
+}

@@ -6,6 +6,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
+use crate::control::night::{NightRefusal, SongFeedback, SongRef, Transport};
+use crate::songs::player::PlayerCommand;
 
 const GRACE: Duration = Duration::from_secs(30);
 const JOIN_DEADLINE: Duration = Duration::from_secs(10);
@@ -1172,4 +1174,246 @@ proptest! {
             }
         }
     }
+}
+
+// ---- The night: queue, transport, stage --------------------------------------------
+
+fn song(n: u64) -> SongRef {
+    SongRef {
+        id: crate::songs::library::SongId(n),
+        title: format!("Song {n}"),
+        artist: None,
+        path: format!("/songs/{n}.ogg").into(),
+        duration: Some(Duration::from_secs(180)),
+    }
+}
+
+fn queue_add(
+    h: &mut Harness,
+    conn: u64,
+    n: u64,
+    partner: Option<PeerId>,
+) -> Result<EntryId, Refusal> {
+    let input = Input::QueueAdd {
+        conn: ConnId(conn),
+        song: song(n),
+        partner,
+    };
+    match h.handle(secs(1.0), input)? {
+        Reply::Queued(id) => Ok(id),
+        other => panic!("a queue_add answers with the entry: {other:?}"),
+    }
+}
+
+fn players(actions: &[Action]) -> Vec<PlayerCommand> {
+    pick(actions, |a| match a {
+        Action::Player(c) => Some(c.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn starting_an_entry_puts_its_singers_on_a_and_b_and_plays_it() {
+    let mut h = Harness::new(RoomConfig {
+        max_singers: 3,
+        ..config()
+    });
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    let cleo = h.join(secs(0.0), 3, "Cleo", Role::Singer);
+    assert_eq!(cleo.slot, Some(SlotId(2)));
+    // Ana's and Cleo's own mix settings, and the host's on slot A.
+    h.mix(secs(0.5), 3, Some(0.4), Some(0.2));
+    h.mix(secs(0.5), 1, Some(0.1), None);
+    h.handle(
+        secs(0.5),
+        Input::SetSlot {
+            slot: SlotId(0),
+            change: SlotChange {
+                pan: Some(-0.5),
+                ..SlotChange::default()
+            },
+        },
+    )
+    .unwrap();
+    // Cleo sings a duet with Ana: Cleo goes to A, Ana to B, Ben to C.
+    let entry = queue_add(&mut h, 3, 7, Some(ana.peer)).unwrap();
+    h.take();
+    h.handle(secs(2.0), Input::Transport(Transport::Start(entry)))
+        .unwrap();
+    let actions = h.take();
+    assert_eq!(h.participant(cleo.peer).unwrap().slot, Some(SlotId(0)));
+    assert_eq!(h.participant(ana.peer).unwrap().slot, Some(SlotId(1)));
+    assert_eq!(h.participant(ben.peer).unwrap().slot, Some(SlotId(2)));
+    // The host's pan stays with slot A; each singer's monitor and reverb go with them.
+    let a = h.slot(0);
+    assert_eq!((a.peer, a.settings.pan), (Some(cleo.peer), -0.5));
+    assert_eq!((a.settings.monitor, a.settings.reverb_wet), (0.4, 0.2));
+    assert_eq!(h.slot(1).settings.monitor, 0.1);
+    let commands = engine_commands(&actions);
+    assert!(commands.contains(&Command::SetSinger {
+        singer: cleo.peer.singer(),
+        settings: a.settings
+    }));
+    let generation = commands
+        .iter()
+        .find_map(|c| match c {
+            Command::Backing { generation, paused } => {
+                assert!(!paused);
+                Some(*generation)
+            }
+            _ => None,
+        })
+        .expect("the engine is told the new generation");
+    assert_eq!(
+        players(&actions),
+        vec![PlayerCommand::Play {
+            generation,
+            path: "/songs/7.ogg".into(),
+            from: Duration::ZERO
+        }]
+    );
+    let view = h.room.view();
+    assert!(view.queue.is_empty());
+    let song_view = view.song.expect("a song plays");
+    assert_eq!(song_view.entry.singers.len(), 2);
+    assert_eq!(song_view.entry.singers[0].1, "Cleo");
+}
+
+#[test]
+fn the_queue_refuses_listeners_strangers_and_floods_and_changes_nothing() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let lee = h.join(secs(0.0), 2, "Lee", Role::Listener);
+    h.take();
+    assert_eq!(queue_add(&mut h, 2, 1, None), Err(Refusal::NotASinger));
+    assert_eq!(queue_add(&mut h, 9, 1, None), Err(Refusal::NotJoined));
+    assert_eq!(
+        queue_add(&mut h, 1, 1, Some(lee.peer)),
+        Err(Refusal::NotASinger),
+        "a listener is no duet partner"
+    );
+    assert_eq!(
+        queue_add(&mut h, 1, 1, Some(PeerId(999))),
+        Err(Refusal::UnknownPeer)
+    );
+    assert!(h.take().is_empty(), "refusals change nothing");
+    let first = queue_add(&mut h, 1, 1, Some(ana.peer)).unwrap();
+    assert_eq!(
+        h.room.view().queue[0].singers.len(),
+        1,
+        "naming oneself as partner is a solo"
+    );
+    for n in 2..=3 {
+        queue_add(&mut h, 1, n, None).unwrap();
+    }
+    assert_eq!(
+        queue_add(&mut h, 1, 4, None),
+        Err(Refusal::Night(NightRefusal::TooManyEntries))
+    );
+    // Only the host removes or reorders; a singer withdraws only what names them.
+    let other = h.join(secs(2.0), 3, "Oli", Role::Listener);
+    let _ = other;
+    let input = Input::QueueWithdraw {
+        conn: ConnId(2),
+        entry: first,
+    };
+    assert_eq!(
+        h.handle(secs(2.0), input),
+        Err(Refusal::Night(NightRefusal::NotYours))
+    );
+    let input = Input::QueueWithdraw {
+        conn: ConnId(1),
+        entry: first,
+    };
+    h.handle(secs(2.0), input).unwrap();
+    assert_eq!(h.room.view().queue.len(), 2);
+}
+
+#[test]
+fn a_singer_who_leaves_for_good_goes_off_the_queue() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    queue_add(&mut h, 1, 1, Some(ben.peer)).unwrap();
+    queue_add(&mut h, 2, 2, None).unwrap();
+    h.handle(secs(1.0), Input::Kick { peer: ben.peer }).unwrap();
+    let view = h.room.view();
+    assert_eq!(view.queue.len(), 1, "Ben's solo is gone");
+    assert_eq!(view.queue[0].singers, vec![(ana.peer, "Ana".to_string())]);
+}
+
+#[test]
+fn the_host_pin_is_its_own_and_guessing_it_is_slowed() {
+    let mut h = Harness::new(RoomConfig {
+        pin: "1234".into(),
+        host_pin: "9876".into(),
+        ..config()
+    });
+    let from: IpAddr = "10.0.0.9".parse().unwrap();
+    let login = |pin: &str| Input::HostLogin {
+        pin: pin.into(),
+        from: Some(from),
+    };
+    assert_eq!(
+        h.handle(secs(0.0), login("1234")),
+        Err(Refusal::WrongPin),
+        "the singers' PIN is not the host's"
+    );
+    h.handle(secs(0.0), login("9876")).expect("the host PIN");
+    for _ in 0..5 {
+        assert_eq!(h.handle(secs(1.0), login("0000")), Err(Refusal::WrongPin));
+    }
+    assert!(
+        matches!(
+            h.handle(secs(1.0), login("9876")),
+            Err(Refusal::SlowDown(_))
+        ),
+        "after five wrong guesses even the right PIN waits"
+    );
+    h.handle(secs(3.0), login("9876")).expect("after the wait");
+    let mut none = Harness::new(config_without_host_pin());
+    assert_eq!(
+        none.handle(secs(0.0), login("")),
+        Err(Refusal::WrongPin),
+        "no host PIN, no host page"
+    );
+}
+
+fn config_without_host_pin() -> RoomConfig {
+    RoomConfig {
+        host_pin: String::new(),
+        ..config()
+    }
+}
+
+#[test]
+fn engine_feedback_moves_the_song_and_stale_news_is_ignored() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    queue_add(&mut h, 1, 1, None).unwrap();
+    queue_add(&mut h, 1, 2, None).unwrap();
+    h.handle(secs(1.0), Input::Transport(Transport::Next))
+        .unwrap();
+    let first = h.room.view().song.unwrap().now.generation;
+    h.handle(secs(1.1), Input::Transport(Transport::Next))
+        .unwrap();
+    let second = h.room.view().song.unwrap().now.generation;
+    assert_ne!(first, second);
+    h.take();
+    // The first song's end arrives late: nothing happens.
+    h.handle(
+        secs(1.2),
+        Input::Song(SongFeedback::Ended { generation: first }),
+    )
+    .unwrap();
+    assert!(h.room.view().song.is_some());
+    assert!(!h.take().contains(&Action::Changed));
+    h.handle(
+        secs(5.0),
+        Input::Song(SongFeedback::Ended { generation: second }),
+    )
+    .unwrap();
+    assert!(h.room.view().song.is_none());
+    assert!(h.take().contains(&Action::Changed));
 }
