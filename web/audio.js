@@ -118,6 +118,16 @@ export class PhoneAudio {
   }
 
   /** iOS suspends (or "interrupts") the context after a call or when backgrounded. */
+  /** How long (ms) after WebRTC hands audio to the page it is heard: the context's
+   * processing and output latency (0 where the browser does not say). */
+  outputDelayMs() {
+    const c = this.ctx;
+    if (!c) return 0;
+    const base = typeof c.baseLatency === 'number' ? c.baseLatency : 0;
+    const out = typeof c.outputLatency === 'number' ? c.outputLatency : 0;
+    return (base + out) * 1000;
+  }
+
   resume() {
     if (this.ctx && this.ctx.state !== 'running') this.ctx.resume().catch(() => {});
   }

@@ -216,9 +216,11 @@ function heardSongMs() {
     // Chromium stamps `timestamp` on the Date clock, the spec on performance's.
     const now = src.timestamp > 1e12 ? Date.now() : performance.now();
     const frames = c.position + delta + Math.max(0, now - src.timestamp) * 48;
-    return frames / 48;
+    // `timestamp` is when WebRTC handed the frame to the page's audio; the ear gets it
+    // the page's output latency later.
+    return frames / 48 - audio.outputDelayMs();
   }
-  return c.position / 48 + (performance.now() - c.at);
+  return c.position / 48 + (performance.now() - c.at) - audio.outputDelayMs();
 }
 
 function lyricsFrame() {

@@ -91,6 +91,7 @@ function reading(song, sentAt, arrivedAt) {
 function drawSong(song) {
   const box = document.getElementById('song');
   box.hidden = !song;
+  document.body.classList.toggle('singing', !!song);
   if (!song) {
     lyrics.load(null);
     return;

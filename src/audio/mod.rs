@@ -52,6 +52,11 @@ pub trait Sink: Send {
     fn xruns(&self) -> u64;
     /// A short name for logs and status ("alsa:hw:1", "null").
     fn describe(&self) -> String;
+    /// How long until a frame written now is heard, frames (ALSA's delay), if the
+    /// device says. Called once per write; must not block or allocate.
+    fn delay_frames(&mut self) -> Option<u64> {
+        None
+    }
 }
 
 /// A sink failure the thread cannot recover from.
@@ -218,6 +223,9 @@ pub struct Counters {
     /// The period the output device granted, frames (0 until it is open). The engine
     /// renders its own configured period; [`bridge::PeriodBridge`] joins the two.
     pub device_period_frames: AtomicU64,
+    /// How long until a frame written now is heard, frames, as the device said after
+    /// the last write (0 when it does not say: a timer-paced sink plays on write).
+    pub output_delay_frames: AtomicU64,
     /// Test-only fault switch: while set, the thread stalls (the watchdog must notice).
     pub stall: AtomicBool,
 }
@@ -397,6 +405,12 @@ where
         sink.write(bridge.device_period())?;
         bridge.written();
         handle.counters.xruns.store(sink.xruns(), Ordering::Relaxed);
+        if let Some(delay) = sink.delay_frames() {
+            handle
+                .counters
+                .output_delay_frames
+                .store(delay, Ordering::Relaxed);
+        }
         handle.counters.periods.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())

@@ -87,13 +87,14 @@ pub struct SongClock {
     pub playing: bool,
     /// How much later than the mix time the outputs carry it (the limiter), frames.
     pub latency_frames: u32,
+    /// How much later the speakers play what the audio thread writes (the device's
+    /// delay, as it last said), frames.
+    pub device_delay_frames: u64,
 }
 
 impl SongClock {
-    /// The song frame rendered at `now` (audio clock): the report moved on by the time
-    /// since, while playing.
-    /// The song frame the outputs carry at `now` (audio clock): the report moved on by
-    /// the time since, while playing, less the outputs' latency.
+    /// The song frame the speakers play at `now` (audio clock): the report moved on by
+    /// the time since, while playing, less the limiter's and the device's delay.
     pub fn position_at(&self, now: Duration) -> u64 {
         if !self.playing {
             return self.position;
@@ -101,7 +102,8 @@ impl SongClock {
         let since = now.saturating_sub(self.at);
         let moved =
             (since.as_nanos() * u128::from(crate::engine::SAMPLE_RATE_HZ) / 1_000_000_000) as u64;
-        (self.position + moved).saturating_sub(u64::from(self.latency_frames))
+        (self.position + moved)
+            .saturating_sub(u64::from(self.latency_frames) + self.device_delay_frames)
     }
 }
 
@@ -646,6 +648,11 @@ impl ControlTask {
                         at,
                         playing: position.playing,
                         latency_frames,
+                        device_delay_frames: self
+                            .audio
+                            .counters
+                            .output_delay_frames
+                            .load(Ordering::Relaxed),
                     });
                     let _ = self.room.handle(
                         self.now(),

@@ -351,6 +351,11 @@ impl Sink for AlsaSink {
     fn describe(&self) -> String {
         format!("alsa:{}", self.name)
     }
+
+    /// `snd_pcm_delay`: the frames between the application pointer and what is heard.
+    fn delay_frames(&mut self) -> Option<u64> {
+        self.pcm.delay().ok().map(|d| d.max(0) as u64)
+    }
 }
 
 /// The errno's text without std's " (os error N)" suffix: "Invalid argument".

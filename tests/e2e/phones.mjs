@@ -46,6 +46,18 @@
 // `mark: thawed NAME`, and `mark: measuring` (--seconds after all live).
 // Exit status: 0 when every phone reached what it should, 1 on any timeout or wrong
 // outcome (the reason on stderr), 2 on a usage error.
+//
+// The karaoke night (`--night TITLE --host-pin PIN [--screen URL] [--marker-hz F]`):
+// once all are live, the first singer searches the songs for TITLE on its page
+// (screenshot NAME-songs.png), picks the second singer as partner and taps Add; a host
+// desk (a page in the first phone's browser) logs in with the host PIN and taps Start
+// on the entry (screenshot host.png); every phone must then show the song playing
+// (mark `song playing`). With --screen, the venue screen is open from then on (in the
+// same browser; screenshot screen.png at the end). With --marker-hz, every phone taps
+// the track it receives and notes when bursts of F Hz begin (the song's lyric-line
+// markers). Each result then carries `night`: `{lyrics: [{line, at, ms}], onsets:
+// [at]}` (`at` in ms since the Unix epoch, from the page's performance clock), and a
+// `{"kind":"screen","lyrics":[{line, at}]}` line follows.
 
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
@@ -116,6 +128,7 @@ function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
     phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null,
+    night: null, hostPin: null, screen: null, markerHz: null,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -169,6 +182,19 @@ function parseArgs(argv) {
       case '--phone':
         opts.phones.push(parsePhone(value));
         break;
+      case '--night':
+        opts.night = value;
+        break;
+      case '--host-pin':
+        opts.hostPin = value;
+        break;
+      case '--screen':
+        opts.screen = new URL(value).href;
+        break;
+      case '--marker-hz':
+        opts.markerHz = Number(value);
+        if (!(opts.markerHz > 0)) throw new UsageError('--marker-hz must be a positive number');
+        break;
       case '--expect-error': {
         const last = opts.phones[opts.phones.length - 1];
         if (!last) throw new UsageError('--expect-error must follow the --phone it applies to');
@@ -191,6 +217,9 @@ function parseArgs(argv) {
   for (const m of opts.mixes) if (!names.has(m.name)) throw new UsageError(`--mix names no phone ${m.name}`);
   if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
   if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
+  if (opts.night !== null && (opts.hostPin === null || opts.phones[0].role !== 'singer' || opts.phones[0].engine !== 'chromium')) {
+    throw new UsageError('--night needs --host-pin and a Chromium singer as the first phone');
+  }
   return opts;
 }
 
@@ -539,6 +568,84 @@ class Phone {
     }
   }
 
+  /** The first singer's part of the night: search, pick the partner, add. */
+  async addSong(title, partner) {
+    const page = this.driver.page;
+    await page.fill('#song-search', title);
+    const row = page.locator('#song-results li', { hasText: title }).first();
+    await row.waitFor({ timeout: JOIN_DEADLINE_MS });
+    if (partner) {
+      await page.waitForFunction((name) => [...document.querySelectorAll('#partner option')].some((o) => o.textContent === name), partner.spec.name, { timeout: JOIN_DEADLINE_MS });
+      const value = await page.evaluate((name) => [...document.querySelectorAll('#partner option')].find((o) => o.textContent === name).value, partner.spec.name);
+      await page.selectOption('#partner', value);
+    }
+    await page.locator('#songs-card').screenshot({ path: path.join(this.opts.out, `${this.spec.name}-songs.png`) });
+    await row.locator('button').tap();
+    await page.waitForFunction((t) => {
+      const q = window.duetboxTest.queue();
+      return q && q.entries.some((e) => e.title === t);
+    }, title, { timeout: JOIN_DEADLINE_MS });
+    this.log(`added ${title}${partner ? ` with ${partner.spec.name}` : ''}`);
+  }
+
+  /** Starts tapping the received track for onsets of `hz` bursts (lyric markers). */
+  async tapMarkers(hz) {
+    await this.driver.evaluate((f) => {
+      const el = document.getElementById('remote-audio');
+      const ctx = new AudioContext();
+      const src = ctx.createMediaStreamSource(el.srcObject);
+      const block = 256;
+      const proc = ctx.createScriptProcessor(block, 1, 1);
+      const k = 2 * Math.cos((2 * Math.PI * f) / ctx.sampleRate);
+      let quiet = 0;
+      let loud = 0;
+      let candidate = 0;
+      window.__markers = { onsets: [], ctx };
+      proc.onaudioprocess = (ev) => {
+        const x = ev.inputBuffer.getChannelData(0);
+        // Goertzel over a Hann window: the amplitude of f in this block, with the
+        // backing and the voices (an octave and more away) kept out of it.
+        let s1 = 0;
+        let s2 = 0;
+        for (let i = 0; i < x.length; i++) {
+          const w = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / (x.length - 1));
+          const s0 = x[i] * w + k * s1 - s2;
+          s2 = s1;
+          s1 = s0;
+        }
+        const amp = (4 * Math.sqrt(Math.max(0, s1 * s1 + s2 * s2 - k * s1 * s2))) / x.length;
+        // A burst lasts 120 ms (22 blocks): four loud blocks in a row after 200 ms of
+        // quiet are one, and its onset is the first of them.
+        if (amp > 0.08) {
+          if (loud === 0) {
+            // This block's samples are heard two blocks before ev.playbackTime (the
+            // processor's double buffer); the context's output timestamp maps context
+            // time to performance time at the speaker.
+            const ts = ctx.getOutputTimestamp();
+            const ctxTime = ev.playbackTime - (2 * block) / ctx.sampleRate;
+            candidate = performance.timeOrigin + ts.performanceTime + (ctxTime - ts.contextTime) * 1000;
+          }
+          loud += 1;
+          if (loud === 4 && quiet >= 40) window.__markers.onsets.push(candidate);
+          if (loud >= 4) quiet = 0;
+        } else {
+          if (loud < 4) quiet += loud;
+          loud = 0;
+          quiet += 1;
+        }
+      };
+      src.connect(proc);
+      proc.connect(ctx.destination);
+    }, hz);
+  }
+
+  async nightReport() {
+    return this.driver.evaluate(() => ({
+      lyrics: window.duetboxTest.lyricsAppeared().map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })),
+      onsets: window.__markers ? window.__markers.onsets : [],
+    }));
+  }
+
   /** Sends `signal` to every process of this phone's browser. */
   signal(signal) {
     process.kill(-this.driver.pid(), signal);
@@ -564,6 +671,48 @@ async function freeze(phone, { afterMs, forMs }) {
   phone.signal('SIGCONT');
   phone.frozen = false;
   log(`mark: thawed ${phone.spec.name}`);
+}
+
+/** The host's part: open the desk in `phone`'s browser, log in, start the entry. */
+async function hostStarts(phone, opts) {
+  const context = await phone.driver.browser.newContext({ viewport: { width: 1280, height: 900 }, ignoreHTTPSErrors: !opts.strictTls });
+  const desk = await context.newPage();
+  desk.on('pageerror', (err) => log(`[host] page error: ${err.message}`));
+  await desk.goto(new URL('host', opts.url).href, { timeout: LAUNCH_DEADLINE_MS });
+  await desk.fill('#pin', opts.hostPin);
+  await desk.click('#login-button');
+  await desk.waitForFunction(() => window.duetboxHost.state === 'desk' && window.duetboxHost.queue, null, { timeout: JOIN_DEADLINE_MS });
+  const start = desk.locator('#queue li', { hasText: opts.night }).first().locator('button.primary');
+  await start.click({ timeout: JOIN_DEADLINE_MS });
+  await desk.waitForFunction(() => {
+    const q = window.duetboxHost.queue;
+    return q && q.song && q.song.state === 'playing';
+  }, null, { timeout: JOIN_DEADLINE_MS });
+  log('[host] started the song');
+  return desk;
+}
+
+async function night(opts, singers) {
+  const [first, partner] = singers;
+  await first.addSong(opts.night, partner || null);
+  const desk = await hostStarts(first, opts);
+  if (opts.markerHz) await Promise.all(singers.map((p) => p.tapMarkers(opts.markerHz)));
+  await Promise.all(singers.map((p) => p.driver.waitFor(() => {
+    const q = window.duetboxTest.queue();
+    return q && q.song && q.song.state === 'playing';
+  }, null, JOIN_DEADLINE_MS)));
+  let screen = null;
+  if (opts.screen) {
+    const context = await first.driver.browser.newContext({ viewport: { width: 1280, height: 720 } });
+    screen = await context.newPage();
+    screen.on('pageerror', (err) => log(`[screen] page error: ${err.message}`));
+    await screen.goto(opts.screen, { timeout: LAUNCH_DEADLINE_MS });
+  }
+  log('mark: song playing');
+  // The desk as the host sees it with the song playing.
+  await sleep(1500);
+  await desk.screenshot({ path: path.join(opts.out, 'host.png') });
+  return { desk, screen };
 }
 
 async function run(opts) {
@@ -596,6 +745,8 @@ async function run(opts) {
 
     // Markers on stderr let a caller line its own records up with this run.
     log('mark: all live');
+    const singers = seated.filter((p) => p.spec.role === 'singer');
+    const theNight = opts.night !== null ? await night(opts, singers) : null;
     const until = Date.now() + opts.seconds * 1000;
     const tasks = [];
     if (opts.freeze) tasks.push(freeze(phones.find((p) => p.spec.name === opts.freeze.name), opts.freeze));
@@ -604,6 +755,15 @@ async function run(opts) {
     await sleep(Math.max(0, until - Date.now()));
     log('mark: measuring');
     await Promise.all(seated.map((p) => p.measure()));
+    if (theNight) {
+      for (const p of singers) p.result.night = await p.nightReport();
+      if (theNight.screen) {
+        await theNight.screen.screenshot({ path: path.join(opts.out, 'screen.png') });
+        const lyrics = await theNight.screen.evaluate(() => window.duetboxScreen.lyrics.appeared
+          .map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })));
+        out({ kind: 'screen', lyrics });
+      }
+    }
     for (const p of phones) out(p.result);
     return problems;
   } finally {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duetbox::config::Config;
+use serde_json::Value;
 
 use crate::support::e2e::{
     artifacts, level_db, write_tone_wav, Driver, DriverRun, FIREFOX_TONE_HZ,
@@ -51,6 +52,9 @@ struct Recorded {
     period_frames: usize,
     periods_written: usize,
     xruns: u64,
+    /// (epoch ms, periods written by then, the device's delay in frames), every 10 ms
+    /// through the run.
+    timeline: Vec<(u64, u64, u64)>,
     /// (singers, listeners) while the phones were still there.
     room_at_end: (usize, usize),
 }
@@ -71,6 +75,20 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
     let url = format!("https://{host}:{}/", running.https_addr.port());
     let counters = running.audio.counters.clone();
     let marks: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (counters, sampling) = (counters.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let mut timeline = Vec::new();
+            while sampling.load(Ordering::Relaxed) {
+                let periods = counters.periods.load(Ordering::Relaxed);
+                let delay = counters.output_delay_frames.load(Ordering::Relaxed);
+                timeline.push((crate::support::e2e::epoch_ms(), periods, delay));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            timeline
+        })
+    };
     let run = phones(&url).run(BROWSER_DEADLINE, {
         let (counters, marks) = (counters.clone(), marks.clone());
         move |mark| {
@@ -81,6 +99,8 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
                 .push((mark.name.clone(), periods));
         }
     });
+    sampling.store(false, Ordering::Relaxed);
+    let timeline = sampler.join().expect("the sampler");
     let room_at_end = running.control.counts();
     runtime
         .block_on(running.stop())
@@ -97,6 +117,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
         // The audio thread has ended: these are final.
         periods_written: counters.periods.load(Ordering::Relaxed) as usize,
         xruns: counters.xruns.load(Ordering::Relaxed),
+        timeline,
         room_at_end,
     }
 }
@@ -280,4 +301,274 @@ fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
         0.03..=0.6,
         0.03,
     );
+}
+
+/// Seconds the night's phones sing over the song before they measure.
+const NIGHT_SECONDS: u32 = 15;
+
+/// The night's song: a 330 Hz backing at 0.4 with a 120 ms burst of 1760 Hz at the
+/// start of every lyric line (at 3, 5, 7, … 19 s), 21 s long, as Ogg Vorbis at
+/// 44.1 kHz (so it is resampled); its LRC names the lines.
+fn marked_song(library: &Path) -> Vec<u64> {
+    use crate::support::songs::encode;
+    std::fs::create_dir_all(library).expect("library");
+    let rate = 44_100usize;
+    let lines: Vec<u64> = (0..9).map(|k| 3_000 + 2_000 * k).collect();
+    let n = 21 * rate;
+    let mut samples = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let t = i as f64 / rate as f64;
+        let ms = (t * 1000.0) as u64;
+        let mut v = 0.4 * (2.0 * std::f64::consts::PI * 330.0 * t).sin();
+        if lines.iter().any(|&l| ms >= l && ms < l + 120) {
+            v += 0.4 * (2.0 * std::f64::consts::PI * 1760.0 * t).sin();
+        }
+        let s = (v * 32767.0) as i16;
+        samples.extend_from_slice(&[s, s]);
+    }
+    let wav = library.join(".marked.wav");
+    let mut b = Vec::new();
+    let data = (samples.len() * 2) as u32;
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 2] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&(rate as u32).to_le_bytes());
+    b.extend_from_slice(&(rate as u32 * 4).to_le_bytes());
+    for v in [4u16, 16] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&data.to_le_bytes());
+    for s in samples {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(&wav, b).expect("wav");
+    encode(&wav, &library.join("Duetbox - Marked.ogg"));
+    std::fs::remove_file(&wav).expect("remove the source");
+    let lrc: String = lines
+        .iter()
+        .enumerate()
+        .map(|(k, ms)| {
+            format!(
+                "[{:02}:{:02}.{:02}]Line number {}\n",
+                ms / 60_000,
+                ms / 1000 % 60,
+                ms % 1000 / 10,
+                k + 1
+            )
+        })
+        .collect();
+    std::fs::write(library.join("Duetbox - Marked.lrc"), lrc).expect("lrc");
+    lines
+}
+
+/// How far (ms) each lyric line appeared from the audible start of its marker, for the
+/// lines seen: (line, error).
+fn lyric_errors(appeared: &[Value], onsets: &[f64], lines: &[u64]) -> Vec<(usize, f64)> {
+    appeared
+        .iter()
+        .filter_map(|a| {
+            let line = a["line"].as_u64()? as usize;
+            let at = a["at"].as_f64()?;
+            // The onset nearest to when the line appeared, if it is that line's (the
+            // markers are 2 s apart).
+            let onset = onsets
+                .iter()
+                .copied()
+                .min_by(|x, y| (x - at).abs().total_cmp(&(y - at).abs()))?;
+            ((onset - at).abs() < 500.0 && line < lines.len()).then_some((line, at - onset))
+        })
+        .collect()
+}
+
+/// The night in browsers: a singer picks the song on her phone with her partner, the
+/// host desk starts it, both sing over it; the venue and the returns hold the backing,
+/// each lyric line appears on each phone within 50 ms of the line's marker as that
+/// phone plays it. Screenshots: the phone's song list, the host desk, the screen.
+#[test]
+fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() {
+    let _serial = crate::support::SERIAL.blocking_lock();
+    duetbox::telemetry::init("duetbox=info,warn");
+    let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
+    let mics = mics("night", &[("mia440.wav", 440.0), ("theo660.wav", 660.0)]);
+    let dir = alsa_config().dir.join("night");
+    let library = dir.join("library");
+    let lines = marked_song(&library);
+    let mut config = box_config(&dir.join("state"));
+    config.songs.library = library.display().to_string();
+    config.room.host_pin = "2468".into();
+    config.http.http_port = support::free_port();
+    let screen = format!("http://127.0.0.1:{}/screen", config.http.http_port);
+    for shot in ["Mia-songs.png", "host.png", "screen.png"] {
+        let _ = std::fs::remove_file(artifacts().join(shot));
+    }
+    let rec = record(config, "127.0.0.1", |url| {
+        Driver::new(url, NIGHT_SECONDS)
+            .arg("--freqs", "330,440,660")
+            .arg("--night", "Marked")
+            .arg("--host-pin", "2468")
+            .arg("--screen", screen)
+            .arg("--marker-hz", "1760")
+            .phone("Mia", "singer", Some(&mics[0]), "chromium")
+            .phone("Theo", "singer", Some(&mics[1]), "chromium")
+    });
+    let run = &rec.run;
+    let (mia, theo) = (run.result("Mia"), run.result("Theo"));
+    // Each return holds the backing and the partner, not the singer; the backing sits
+    // at its level under the voice: a 0.4 tone at -6 dB (0.2) against a 0.5 voice
+    // panned centre (0.354), 5 dB apart.
+    for (who, r, own, partner) in [("Mia", &mia, 440, 660), ("Theo", &theo, 660, 440)] {
+        let (backing, p, o) = (level_db(r, 330), level_db(r, partner), level_db(r, own));
+        assert!(
+            backing > -45.0 && p > -45.0,
+            "{who} hears the backing ({backing} dB) and the partner ({p} dB)"
+        );
+        assert!(
+            p - o >= 30.0,
+            "{who} does not hear themselves: {o} dB against {p} dB"
+        );
+        assert!(
+            (2.0..=8.0).contains(&(p - backing)),
+            "{who}: the partner {p} dB, the backing {backing} dB"
+        );
+    }
+    // The venue: backing and both voices, from the song's start to the measuring.
+    let pf = rec.period_frames;
+    let mark = |name: &str| {
+        rec.marks
+            .iter()
+            .find(|(m, _)| m == name)
+            .map(|&(_, p)| p as usize * pf)
+            .unwrap_or_else(|| panic!("no '{name}' mark:\n{}", run.stderr))
+    };
+    let (from, to) = (
+        mark("song playing") + 24_000,
+        mark("measuring").min(rec.venue.len()),
+    );
+    assert!(
+        to > from + 96_000,
+        "two seconds of the song in the recording"
+    );
+    let venue = &rec.venue[from..to];
+    support::assert_two_voices("venue", venue, [440.0, 660.0], 0.15..=0.6, 0.15);
+    let backing = duetbox::engine::testkit::tone_level(venue, 330.0);
+    assert!(
+        (0.16..=0.24).contains(&backing),
+        "the venue's backing at 0.2 (0.4 at -6 dB): {backing}"
+    );
+    // Lyrics on the phones: every line seen appeared within 50 ms of its marker as the
+    // phone played it.
+    for (who, r) in [("Mia", &mia), ("Theo", &theo)] {
+        let night = &r["night"];
+        let appeared = night["lyrics"].as_array().cloned().unwrap_or_default();
+        let onsets: Vec<f64> = night["onsets"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let errors = lyric_errors(&appeared, &onsets, &lines);
+        eprintln!("{who}: lyric line errors (line, ms): {errors:?}");
+        let gaps: Vec<f64> = onsets.windows(2).map(|w| w[1] - w[0]).collect();
+        eprintln!("{who}: marker onsets {} apart (ms): {gaps:?}", onsets.len());
+        assert!(
+            errors.len() >= 5,
+            "{who}: at least five lines timed, got {errors:?} from {appeared:?} and {onsets:?}"
+        );
+        for (line, error) in &errors {
+            assert!(
+                error.abs() <= 50.0,
+                "{who}: line {line} appeared {error:.1} ms from its marker"
+            );
+        }
+    }
+    // Lyrics on the venue screen: each line within 50 ms of its marker as the speakers
+    // played it: the marker's frame in the recording, when the audio thread wrote it
+    // (the run's timeline), plus the device's delay then (ALSA's snd_pcm_delay).
+    let screen_line = run
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["kind"] == "screen")
+        .expect("the screen's line");
+    let played = venue_marker_epochs(&rec, 1760.0);
+    let mut screen_errors = Vec::new();
+    for a in screen_line["lyrics"].as_array().expect("lyrics") {
+        let at = a["at"].as_f64().expect("at");
+        if let Some(onset) = played
+            .iter()
+            .copied()
+            .filter(|o| (o - at).abs() < 500.0)
+            .min_by(|x, y| (x - at).abs().total_cmp(&(y - at).abs()))
+        {
+            screen_errors.push((a["line"].as_u64().unwrap_or(0), at - onset));
+        }
+    }
+    eprintln!("screen: lyric line errors (line, ms): {screen_errors:?}");
+    assert!(
+        screen_errors.len() >= 5,
+        "at least five lines timed on the screen: {screen_errors:?} ({} markers in the venue)",
+        played.len()
+    );
+    for (line, error) in &screen_errors {
+        assert!(
+            error.abs() <= 50.0,
+            "screen: line {line} appeared {error:.1} ms from its marker"
+        );
+    }
+    for shot in ["Mia-songs.png", "host.png", "screen.png"] {
+        assert!(artifacts().join(shot).exists(), "screenshot {shot}");
+    }
+}
+
+/// When (epoch ms) the speakers played the start of each `hz` burst in the venue
+/// recording: the burst's first 256-frame block above 0.08, the moment the audio
+/// thread had written it (from the run's timeline), plus the device's delay then.
+fn venue_marker_epochs(rec: &Recorded, hz: f32) -> Vec<f64> {
+    const BLOCK: usize = 256;
+    let pf = rec.period_frames as f64;
+    let written_at = |frame: usize| -> Option<(f64, u64)> {
+        let f = frame as f64;
+        rec.timeline.windows(2).find_map(|w| {
+            let ((e1, p1, _), (e2, p2, d2)) = (w[0], w[1]);
+            let (a, b) = (p1 as f64 * pf, p2 as f64 * pf);
+            // The period holding `frame` was written between these two samples.
+            (f >= a && f < b).then(|| {
+                (
+                    e1 as f64 + (f + pf - a).min(b - a) / (b - a) * (e2 - e1) as f64,
+                    d2,
+                )
+            })
+        })
+    };
+    let mut epochs = Vec::new();
+    let (mut quiet, mut loud, mut candidate) = (0usize, 0usize, 0usize);
+    for (k, block) in rec.venue.chunks_exact(BLOCK).enumerate() {
+        let level = duetbox::engine::testkit::tone_level(block, hz);
+        if level > 0.08 {
+            if loud == 0 {
+                candidate = k * BLOCK;
+            }
+            loud += 1;
+            if loud == 4 && quiet >= 40 {
+                if let Some((at, delay)) = written_at(candidate) {
+                    epochs.push(at + delay as f64 / 48.0);
+                }
+            }
+            if loud >= 4 {
+                quiet = 0;
+            }
+        } else {
+            if loud < 4 {
+                quiet += loud;
+            }
+            loud = 0;
+            quiet += 1;
+        }
+    }
+    epochs
 }
