@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use super::room::PeerId;
 use crate::songs::library::SongId;
+use crate::songs::player::PlayerCommand;
 
 /// Entries the queue holds at most.
 pub const MAX_QUEUE: usize = 200;
@@ -100,8 +101,8 @@ pub struct NowPlaying {
     pub position: u64,
 }
 
-/// A song that could not play, for the host.
-#[derive(Clone, Debug, PartialEq)]
+/// A song that could not play, for the host (and, as it is, the `queue` message).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Problem {
     /// The song.
     pub title: String,
@@ -164,24 +165,8 @@ pub enum SongFeedback {
 /// What the room must carry out after a transport change.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Open `path` for `generation` and play it from `from`.
-    Play {
-        /// Generation.
-        generation: u32,
-        /// The file.
-        path: PathBuf,
-        /// Where.
-        from: Duration,
-    },
-    /// Move the open song (`generation` from now on).
-    Seek {
-        /// Generation.
-        generation: u32,
-        /// Where.
-        to: Duration,
-    },
-    /// Close the song.
-    Stop,
+    /// Hand this to the song player.
+    Player(PlayerCommand),
     /// Tell the engine the generation that may play, and whether it is held.
     Engine {
         /// Generation.
@@ -326,11 +311,11 @@ impl Night {
                 generation,
                 paused: false,
             },
-            Effect::Play {
+            Effect::Player(PlayerCommand::Play {
                 generation,
                 path: entry.song.path.clone(),
                 from: Duration::ZERO,
-            },
+            }),
         ];
         self.now = Some(NowPlaying {
             duration: entry.song.duration,
@@ -346,7 +331,7 @@ impl Night {
         self.now = None;
         let generation = self.bump();
         vec![
-            Effect::Stop,
+            Effect::Player(PlayerCommand::Stop),
             Effect::Engine {
                 generation,
                 paused: false,
@@ -409,7 +394,7 @@ impl Night {
                 now.position = (to.as_secs_f64() * 48_000.0).round() as u64;
                 Ok(vec![
                     Effect::Engine { generation, paused },
-                    Effect::Seek { generation, to },
+                    Effect::Player(PlayerCommand::Seek { generation, to }),
                 ])
             }
         }
@@ -563,7 +548,7 @@ mod tests {
         assert_eq!(fx[0], Effect::Stage(vec![a]));
         let g1 = generation_of(&fx);
         assert!(
-            matches!(&fx[2], Effect::Play { generation, from, .. } if *generation == g1 && from.is_zero())
+            matches!(&fx[2], Effect::Player(PlayerCommand::Play { generation, from, .. }) if *generation == g1 && from.is_zero())
         );
         assert_eq!(n.now_playing().unwrap().state, TransportState::Loading);
         n.feedback(SongFeedback::Opened {
@@ -588,10 +573,10 @@ mod tests {
                     generation: g2,
                     paused: true
                 },
-                Effect::Seek {
+                Effect::Player(PlayerCommand::Seek {
                     generation: g2,
                     to: Duration::from_secs(30)
-                }
+                })
             ],
             "a seek while paused stays paused"
         );
@@ -639,7 +624,7 @@ mod tests {
             kind: "unsupported".into(),
             detail: "x".into(),
         });
-        assert_eq!(fx[0], Effect::Stop);
+        assert_eq!(fx[0], Effect::Player(PlayerCommand::Stop));
         assert!(n.now_playing().is_none());
         assert_eq!(n.problems().count(), 2);
     }

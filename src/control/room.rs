@@ -1054,19 +1054,7 @@ impl Room {
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
-                Effect::Play {
-                    generation,
-                    path,
-                    from,
-                } => self.emit(Action::Player(PlayerCommand::Play {
-                    generation,
-                    path,
-                    from,
-                })),
-                Effect::Seek { generation, to } => {
-                    self.emit(Action::Player(PlayerCommand::Seek { generation, to }))
-                }
-                Effect::Stop => self.emit(Action::Player(PlayerCommand::Stop)),
+                Effect::Player(command) => self.emit(Action::Player(command)),
                 Effect::Engine { generation, paused } => {
                     self.emit(Action::Engine(Command::Backing { generation, paused }))
                 }

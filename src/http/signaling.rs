@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::night::{EntryId, Transport};
+use crate::control::night::{EntryId, Problem, Transport};
 use crate::control::{PeerId, Role, RoomView, SlotChange, SlotId, Token};
 use crate::songs::library::{LibrarySong, SongId};
 
@@ -814,17 +814,6 @@ pub struct NowItem {
     pub position_ms: u64,
 }
 
-/// A song that could not play.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct ProblemItem {
-    /// Its title.
-    pub title: String,
-    /// unreadable | unsupported | corrupt.
-    pub kind: String,
-    /// The details.
-    pub detail: String,
-}
-
 /// The `queue` message.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct QueueView {
@@ -833,7 +822,7 @@ pub struct QueueView {
     /// The song playing.
     pub song: Option<NowItem>,
     /// Songs that could not play, newest last.
-    pub problems: Vec<ProblemItem>,
+    pub problems: Vec<Problem>,
 }
 
 impl QueueView {
@@ -862,15 +851,7 @@ impl QueueView {
                 duration_ms: s.now.duration.map(|d| d.as_millis() as u64),
                 position_ms: s.now.position * 1000 / u64::from(crate::engine::SAMPLE_RATE_HZ),
             }),
-            problems: view
-                .problems
-                .iter()
-                .map(|p| ProblemItem {
-                    title: p.title.clone(),
-                    kind: p.kind.clone(),
-                    detail: p.detail.clone(),
-                })
-                .collect(),
+            problems: view.problems.clone(),
         }
     }
 }

@@ -327,28 +327,7 @@ fn marked_song(library: &Path) -> Vec<u64> {
         samples.extend_from_slice(&[s, s]);
     }
     let wav = library.join(".marked.wav");
-    let mut b = Vec::new();
-    let data = (samples.len() * 2) as u32;
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    for v in [16u32] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    for v in [1u16, 2] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    b.extend_from_slice(&(rate as u32).to_le_bytes());
-    b.extend_from_slice(&(rate as u32 * 4).to_le_bytes());
-    for v in [4u16, 16] {
-        b.extend_from_slice(&v.to_le_bytes());
-    }
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&data.to_le_bytes());
-    for s in samples {
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(&wav, b).expect("wav");
+    crate::support::songs::write_wav16(&wav, rate as u32, 2, &samples);
     encode(&wav, &library.join("Duetbox - Marked.ogg"));
     std::fs::remove_file(&wav).expect("remove the source");
     let lrc: String = lines

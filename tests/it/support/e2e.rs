@@ -37,26 +37,7 @@ pub const FIREFOX_TONE_HZ: u32 = 1000;
 /// Writes a 48 kHz mono 16-bit WAV of a tone, long enough to loop without a seam
 /// mattering (Chromium loops the fake capture file).
 pub fn write_tone_wav(path: &Path, hz: f32, amplitude: f32, seconds: u32) {
-    let n = 48_000 * seconds as usize;
-    let mut bytes = Vec::with_capacity(44 + 2 * n);
-    let data_len = (2 * n) as u32;
-    bytes.extend_from_slice(b"RIFF");
-    bytes.extend_from_slice(&(36 + data_len).to_le_bytes());
-    bytes.extend_from_slice(b"WAVEfmt ");
-    bytes.extend_from_slice(&16u32.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes());
-    bytes.extend_from_slice(&48_000u32.to_le_bytes());
-    bytes.extend_from_slice(&96_000u32.to_le_bytes());
-    bytes.extend_from_slice(&2u16.to_le_bytes());
-    bytes.extend_from_slice(&16u16.to_le_bytes());
-    bytes.extend_from_slice(b"data");
-    bytes.extend_from_slice(&data_len.to_le_bytes());
-    for k in 0..n {
-        let v = amplitude * (2.0 * std::f32::consts::PI * hz * k as f32 / 48_000.0).sin();
-        bytes.extend_from_slice(&((v * 32767.0) as i16).to_le_bytes());
-    }
-    std::fs::write(path, bytes).expect("write the fake microphone WAV");
+    super::songs::tone_wav(path, 48_000, 1, &[(hz, seconds as f32)], amplitude);
 }
 
 /// One marker line of the driver and when it was read.

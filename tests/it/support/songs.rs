@@ -29,6 +29,11 @@ pub fn tone_wav(path: &Path, rate: u32, channels: u16, segments: &[(f32, f32)], 
             n += 1;
         }
     }
+    write_wav16(path, rate, channels, &samples);
+}
+
+/// Writes interleaved 16-bit `samples` as a WAV file.
+pub fn write_wav16(path: &Path, rate: u32, channels: u16, samples: &[i16]) {
     let data_len = samples.len() * 2;
     let mut b = Vec::with_capacity(44 + data_len);
     b.extend_from_slice(b"RIFF");
