@@ -15,7 +15,7 @@ PI_CARGO := RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=$(PI_TARGET_DIR) $(CARGO)
 PI_BIN := $(PI_TARGET_DIR)/$(PI_TARGET)/release/duetbox
 
 .PHONY: run test setup-run setup-pi setup-deb setup-test setup-fuzz build lint unit bench \
-        bench-box fmt pi pi-test deb deb-test boot-test fuzz
+        bench-box bench-songs fmt pi pi-test deb deb-test boot-test fuzz
 
 setup-run:
 	bash scripts/setup.sh run
@@ -83,6 +83,10 @@ bench:
 # latency per scenario (benches/box.rs).
 bench-box:
 	$(CARGO) bench --locked --bench box
+
+# What decoding a three-minute song costs, per format (benches/songs.rs).
+bench-songs:
+	$(CARGO) bench --locked --bench songs
 
 # Coverage-guided fuzzing of every parser the network reaches (fuzz/, cargo-fuzz and
 # libFuzzer on the stable compiler through RUSTC_BOOTSTRAP=1), FUZZ_SECONDS per target.

@@ -148,6 +148,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             join_deadline: Duration::from_millis(config.room.join_deadline_ms),
             master_gain_db: config.audio.master_gain_db,
             backing_gain_db: config.audio.backing_gain_db,
+            count_in_beats: config.songs.count_in_beats,
+            count_in: config.songs.count_in(),
         },
         rtc,
         audio.clone(),

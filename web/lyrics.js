@@ -38,6 +38,17 @@ export function lyricAt(lines, ms) {
   return { current, next, sung };
 }
 
+/**
+ * The count-in number to show at `ms` of the song (negative during the count-in of
+ * `beats` clicks over `countInMs`): `beats` on the first click down to 1 on the last,
+ * null outside the count-in.
+ */
+export function countAt(ms, countInMs, beats) {
+  if (!(ms < 0) || !(countInMs > 0) || !(beats > 0) || ms < -countInMs) return null;
+  const beat = countInMs / beats;
+  return Math.min(beats, Math.ceil(-ms / beat));
+}
+
 /** Whether a line of `part` ("all", "p1", "p2") is for the singer in `slot` ("A", "B"). */
 export function isMine(part, slot) {
   if (part === 'all' || !slot) return true;
@@ -53,8 +64,12 @@ export class LyricsView {
     this.lines = [];
     this.shown = { current: -2, next: -2, sung: -1 };
     this.slot = null;
+    /** The count-in of the song playing: { ms, beats } (the `queue` message's song). */
+    this.countIn = null;
     /** [{ line, at (performance.now()), ms (song position the page computed) }] */
     this.appeared = [];
+    /** The count-in numbers as they appeared: [{ count, at, ms }]. */
+    this.counted = [];
   }
 
   /** Loads the lyrics of song `id` (null: none). */
@@ -63,6 +78,7 @@ export class LyricsView {
     this.song = id;
     this.lines = [];
     this.appeared = [];
+    this.counted = [];
     this.render(-1, -1, 0);
     if (!id) return;
     try {
@@ -77,6 +93,12 @@ export class LyricsView {
 
   /** Shows what is sung at `ms` of the song (null: nothing plays). */
   show(ms) {
+    const c = this.countIn;
+    const count = ms === null || !c ? null : countAt(ms, c.ms, c.beats);
+    if (count !== null) {
+      this.renderCount(count, ms);
+      return;
+    }
     if (ms === null || !this.lines.length) {
       this.render(-1, -1, 0);
       return;
@@ -88,12 +110,23 @@ export class LyricsView {
     this.render(current, next, sung);
   }
 
+  renderCount(count, ms) {
+    if (this.shown.count === count) return;
+    this.counted.push({ count, at: performance.now(), ms });
+    this.shown = { current: -2, next: -2, sung: -1, count };
+    this.currentEl.replaceChildren(String(count));
+    this.currentEl.dataset.count = String(count);
+    delete this.currentEl.dataset.line;
+    this.nextEl.textContent = this.lines.length ? this.lines[0].text : '';
+  }
+
   render(current, next, sung) {
     const s = this.shown;
     if (s.current === current && s.next === next && s.sung === sung) return;
     this.shown = { current, next, sung };
     const el = this.currentEl;
     el.replaceChildren();
+    delete el.dataset.count;
     if (current >= 0) {
       const line = this.lines[current];
       line.syllables.forEach((syl, k) => {

@@ -144,6 +144,7 @@ const session = new Session({
       else if (msg.type === 'queue') {
         songs.onQueue(msg);
         lyrics.load(msg.song ? msg.song.song : null);
+        lyrics.countIn = msg.song ? { ms: msg.song.count_in_ms, beats: msg.song.beats } : null;
         app.song = msg.song || null;
       }
       else if (msg.type === 'error') songs.onRefused(msg.message || msg.code);

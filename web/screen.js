@@ -99,6 +99,7 @@ function drawSong(song) {
   const who = song.singers.join(' & ');
   document.getElementById('song-title').textContent = `${song.title}${song.artist ? ` · ${song.artist}` : ''}${who ? ` — ${who}` : ''}`;
   lyrics.load(song.id);
+  lyrics.countIn = { ms: song.count_in_ms, beats: song.beats };
 }
 
 function frame() {

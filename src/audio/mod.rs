@@ -145,7 +145,8 @@ impl BackingChunk {
         self.generation
     }
 
-    fn audio(&self) -> BackingAudio<'_> {
+    /// The chunk as the engine takes it.
+    pub fn audio(&self) -> BackingAudio<'_> {
         BackingAudio {
             generation: self.generation,
             position: self.position,

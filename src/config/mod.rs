@@ -306,6 +306,10 @@ pub struct SongsConfig {
     pub library: String,
     /// How often the library is walked for new, changed and removed files, seconds.
     pub rescan_s: u64,
+    /// Clicks played (and counted on the screens) before a song starts, 0 to 8 (0: none).
+    pub count_in_beats: u32,
+    /// Their tempo, beats per minute (40 to 240).
+    pub count_in_bpm: f64,
 }
 
 impl Default for SongsConfig {
@@ -313,7 +317,18 @@ impl Default for SongsConfig {
         SongsConfig {
             library: String::new(),
             rescan_s: 60,
+            count_in_beats: 4,
+            count_in_bpm: 100.0,
         }
+    }
+}
+
+impl SongsConfig {
+    /// The count-in's length.
+    pub fn count_in(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(
+            f64::from(self.count_in_beats) * 60.0 / self.count_in_bpm,
+        )
     }
 }
 
@@ -838,6 +853,20 @@ impl Config {
             );
         }
         self.validate_discovery()?;
+        if self.songs.count_in_beats > 8 {
+            return bad(
+                "songs.count_in_beats",
+                self.songs.count_in_beats,
+                "must be 0 to 8",
+            );
+        }
+        if !(40.0..=240.0).contains(&self.songs.count_in_bpm) {
+            return bad(
+                "songs.count_in_bpm",
+                self.songs.count_in_bpm,
+                "must be 40 to 240",
+            );
+        }
         if !(5..=86_400).contains(&self.songs.rescan_s) {
             return bad(
                 "songs.rescan_s",

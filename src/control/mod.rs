@@ -105,6 +105,18 @@ impl SongClock {
         (self.position + moved)
             .saturating_sub(u64::from(self.latency_frames) + self.device_delay_frames)
     }
+
+    /// Where the speakers are in `song` at `now`, ms of the song (negative during its
+    /// count-in): by this clock when it is the song's generation, else where the room
+    /// last heard it was.
+    pub fn speakers_ms(&self, song: &night::NowPlaying, now: Duration) -> i64 {
+        let frames = if self.generation == song.generation {
+            self.position_at(now)
+        } else {
+            song.position
+        };
+        song.song_ms(frames)
+    }
 }
 
 /// The media of one connection, for its owner (the WebSocket session or WHIP handler).

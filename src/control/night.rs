@@ -97,8 +97,20 @@ pub struct NowPlaying {
     pub state: TransportState,
     /// Length (from the player once open; the library's guess before).
     pub duration: Option<Duration>,
-    /// The song frame (48 kHz) the speakers last started a period with.
+    /// Where the speakers last started a period: the song's timeline frame (48 kHz),
+    /// the count-in first, then the song (see [`NowPlaying::song_ms`]).
     pub position: u64,
+    /// The count-in before the song's first frame (zero after a seek).
+    pub count_in: Duration,
+    /// Its clicks.
+    pub beats: u32,
+}
+
+impl NowPlaying {
+    /// Timeline frame `frames` as a time in the song, ms: negative during the count-in.
+    pub fn song_ms(&self, frames: u64) -> i64 {
+        (frames * 1000 / 48_000) as i64 - self.count_in.as_millis() as i64
+    }
 }
 
 /// A song that could not play, for the host (and, as it is, the `queue` message).
@@ -207,9 +219,20 @@ pub struct Night {
     next_entry: u32,
     generation: u32,
     problems: VecDeque<Problem>,
+    count_in: Duration,
+    beats: u32,
 }
 
 impl Night {
+    /// A night whose songs start after `beats` clicks lasting `count_in` in all.
+    pub fn with_count_in(count_in: Duration, beats: u32) -> Night {
+        Night {
+            count_in: if beats == 0 { Duration::ZERO } else { count_in },
+            beats,
+            ..Night::default()
+        }
+    }
+
     /// The queue, in order.
     pub fn queue(&self) -> &[Entry] {
         &self.queue
@@ -315,6 +338,8 @@ impl Night {
                 generation,
                 path: entry.song.path.clone(),
                 from: Duration::ZERO,
+                count_in: self.count_in,
+                beats: self.beats,
             }),
         ];
         self.now = Some(NowPlaying {
@@ -323,6 +348,8 @@ impl Night {
             generation,
             state: TransportState::Loading,
             position: 0,
+            count_in: self.count_in,
+            beats: self.beats,
         });
         effects
     }
@@ -391,6 +418,8 @@ impl Night {
                 let generation = self.bump();
                 let now = self.now.as_mut().expect("checked above");
                 now.generation = generation;
+                // No count-in after a seek: the timeline is the song's own.
+                now.count_in = Duration::ZERO;
                 now.position = (to.as_secs_f64() * 48_000.0).round() as u64;
                 Ok(vec![
                     Effect::Engine { generation, paused },
@@ -595,6 +624,29 @@ mod tests {
         assert!(
             n.now_playing().is_none(),
             "an ended song stops the transport"
+        );
+    }
+
+    #[test]
+    fn a_song_starts_after_its_count_in_and_a_seek_has_none() {
+        let mut n = Night::with_count_in(Duration::from_millis(2_400), 4);
+        n.add(song(1, 60), vec![PeerId(1)]).unwrap();
+        let fx = n.transport(Transport::Play).unwrap();
+        assert!(fx.iter().any(|e| matches!(e,
+            Effect::Player(PlayerCommand::Play { count_in, beats: 4, .. })
+                if *count_in == Duration::from_millis(2_400))));
+        let now = n.now_playing().unwrap();
+        assert_eq!(now.song_ms(0), -2_400, "the count-in comes first");
+        assert_eq!(now.song_ms(115_200), 0, "the song starts 2.4 s in");
+        n.transport(Transport::Seek(Duration::from_secs(10)))
+            .unwrap();
+        let now = n.now_playing().unwrap();
+        assert_eq!(now.count_in, Duration::ZERO);
+        assert_eq!(now.song_ms(now.position), 10_000);
+        assert_eq!(
+            Night::with_count_in(Duration::from_secs(3), 0).count_in,
+            Duration::ZERO,
+            "no beats, no count-in"
         );
     }
 

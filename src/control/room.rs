@@ -609,6 +609,10 @@ pub struct RoomConfig {
     pub master_gain_db: f32,
     /// Backing level at start, dB.
     pub backing_gain_db: f32,
+    /// The clicks before every song (0: none) and how long they take in all.
+    pub count_in_beats: u32,
+    /// See `count_in_beats`.
+    pub count_in: Duration,
 }
 
 /// One participant as everyone may see it.
@@ -758,6 +762,7 @@ impl Room {
                 settings: SingerSettings::default(),
             })
             .collect();
+        let night = Night::with_count_in(config.count_in, config.count_in_beats);
         Room {
             master_gain_db: config.master_gain_db,
             backing_gain_db: config.backing_gain_db,
@@ -770,7 +775,7 @@ impl Room {
             next_peer: 1,
             shutting_down: false,
             throttle: PinThrottle::new(),
-            night: Night::default(),
+            night,
             actions: VecDeque::new(),
             changed: false,
         }

@@ -134,7 +134,7 @@ impl Limiter {
     /// frame and is written as silence (0.0) without touching the state, so
     /// the next call stays frame-aligned.
     pub fn process(&mut self, stereo: &mut [f32]) {
-        if self.is_relaxed() && stereo.len() % 2 == 0 && self.all_below_ceiling(stereo) {
+        if self.is_relaxed() && stereo.len().is_multiple_of(2) && self.all_below_ceiling(stereo) {
             // Fast path for the common case (nobody near full scale): the gain stays
             // exactly 1, so only the delay line does work. Measured: the per-sample gain
             // computer cost 11 % of a 32-singer period before this.

@@ -85,17 +85,12 @@ pub(crate) async fn state(
 
 /// The song playing, for the screen: what it is, who sings it, and where the speakers
 /// are in it now (`position_ms`, from the audio thread's latest report moved on to this
-/// instant), or `null`.
+/// instant; negative during the count-in of `beats` clicks over `count_in_ms`), or
+/// `null`.
 pub(crate) fn song_json(view: &RoomView, clock: SongClock, now: std::time::Duration) -> Value {
     let Some(song) = view.song.as_ref() else {
         return Value::Null;
     };
-    let frames = if clock.generation == song.now.generation {
-        clock.position_at(now)
-    } else {
-        song.now.position
-    };
-    let rate = u64::from(crate::engine::SAMPLE_RATE_HZ);
     json!({
         "id": song.entry.song.id.to_string(),
         "title": song.entry.song.title,
@@ -103,7 +98,9 @@ pub(crate) fn song_json(view: &RoomView, clock: SongClock, now: std::time::Durat
         "singers": song.entry.singers.iter().map(|(_, name)| name.clone()).collect::<Vec<_>>(),
         "state": song.now.state.as_str(),
         "generation": song.now.generation,
-        "position_ms": frames * 1000 / rate,
+        "position_ms": clock.speakers_ms(&song.now, now),
+        "count_in_ms": song.now.count_in.as_millis() as u64,
+        "beats": song.now.beats,
         "duration_ms": song.now.duration.map(|d| d.as_millis() as u64),
     })
 }

@@ -684,8 +684,8 @@ pub enum ServerMessage {
     SongClock {
         /// The transport's generation (matches the `queue` message's song).
         generation: u32,
-        /// The song frame (48 kHz)...
-        position: u64,
+        /// The song frame (48 kHz; negative during the count-in)...
+        position: i64,
         /// ...that the return mix's audio at this RTP timestamp carries.
         rtp: u32,
         /// Whether the song advances (false: paused, stopped, not started).
@@ -810,8 +810,13 @@ pub struct NowItem {
     pub generation: u32,
     /// Length, ms.
     pub duration_ms: Option<u64>,
-    /// Where the speakers were at the last change, ms.
-    pub position_ms: u64,
+    /// Where the speakers were at the last change, ms of the song (negative during the
+    /// count-in).
+    pub position_ms: i64,
+    /// The count-in before the song's start (0: none, or after a seek).
+    pub count_in_ms: u64,
+    /// Its clicks.
+    pub beats: u32,
 }
 
 /// The `queue` message.
@@ -849,7 +854,9 @@ impl QueueView {
                 state: s.now.state.as_str(),
                 generation: s.now.generation,
                 duration_ms: s.now.duration.map(|d| d.as_millis() as u64),
-                position_ms: s.now.position * 1000 / u64::from(crate::engine::SAMPLE_RATE_HZ),
+                position_ms: s.now.song_ms(s.now.position),
+                count_in_ms: s.now.count_in.as_millis() as u64,
+                beats: s.now.beats,
             }),
             problems: view.problems.clone(),
         }

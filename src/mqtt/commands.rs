@@ -8,6 +8,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::control::night::Transport;
 use crate::control::room::{GAIN_MAX_DB, GAIN_MIN_DB, PIN_MAX_CHARS};
 use crate::control::{Input, PeerId, Refusal, SlotChange, SlotId};
 
@@ -18,7 +19,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_ID_CHARS: usize = 64;
 
 /// Every command, as `<base>/cmd/<name>`.
-pub const NAMES: [&str; 9] = [
+pub const NAMES: [&str; 15] = [
     "master",
     "backing",
     "slot",
@@ -28,6 +29,12 @@ pub const NAMES: [&str; 9] = [
     "singer_limit",
     "pin",
     "clear_pin",
+    "play",
+    "pause",
+    "stop",
+    "next",
+    "skip",
+    "seek",
 ];
 
 /// Why a command was not carried out: a stable `code` for programs, a `message` for
@@ -174,6 +181,22 @@ fn input(name: &str, f: &mut Fields) -> Result<Input, Failure> {
             None => return Err(missing("pin")),
         },
         "clear_pin" => Input::SetPin { pin: None },
+        "play" => Input::Transport(Transport::Play),
+        "pause" => Input::Transport(Transport::Pause),
+        "stop" => Input::Transport(Transport::Stop),
+        // A panel's "skip" button and "next" do the same: end the song playing, start
+        // the first entry of the queue.
+        "next" | "skip" => Input::Transport(Transport::Next),
+        "seek" => {
+            let ms = f.number("ms")?.ok_or_else(|| missing("ms"))?;
+            if !(0.0..=86_400_000.0).contains(&ms) {
+                return Err(Failure::new(
+                    "out_of_range",
+                    "`ms` must be a time in the song, ms",
+                ));
+            }
+            Input::Transport(Transport::Seek(std::time::Duration::from_millis(ms as u64)))
+        }
         _ => unreachable!("every name in NAMES is handled"),
     })
 }

@@ -539,11 +539,16 @@ impl Panel {
         }
         let now = self.audio.clock.now();
         let view = self.control.view();
+        let song_ms = view
+            .song
+            .as_ref()
+            .map(|s| self.control.song_clock().speakers_ms(&s.now, now));
         let state = report::state(
             &self.settings.info,
             &view,
             &health,
             now.saturating_sub(self.started),
+            song_ms,
         );
         if self.pacer.due(now, &state) {
             self.publish(self.topic("state"), true, state.to_string().into_bytes());

@@ -32,8 +32,19 @@ pub struct OutputHealth {
     pub xruns: u64,
 }
 
-/// `<base>/state`. Levels, delays and loss are the figures part: see [`structure_of`].
-pub fn state(info: &BoxInfo, view: &RoomView, health: &OutputHealth, uptime: Duration) -> Value {
+/// Queue entries listed in the state at most (`queue_length` counts them all).
+pub const MAX_QUEUE_LISTED: usize = 50;
+
+/// `<base>/state`. Levels, delays, loss and the song's position are the figures part:
+/// see [`structure_of`]. `song_ms` is where the speakers are in the song playing
+/// (negative during its count-in, published as 0).
+pub fn state(
+    info: &BoxInfo,
+    view: &RoomView,
+    health: &OutputHealth,
+    uptime: Duration,
+    song_ms: Option<i64>,
+) -> Value {
     let (singers, listeners) = view.counts();
     let slots: Vec<Value> = view
         .slots
@@ -78,6 +89,23 @@ pub fn state(info: &BoxInfo, view: &RoomView, health: &OutputHealth, uptime: Dur
         "backing_gain_db": view.backing_gain_db,
         "backing_muted": view.backing_muted,
         "pin_set": view.pin_set,
+        "song": view.song.as_ref().map(|s| json!({
+            "entry": s.entry.id.0,
+            "title": s.entry.song.title,
+            "artist": s.entry.song.artist,
+            "singers": s.entry.singers.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
+            "state": s.now.state.as_str(),
+            "position_ms": song_ms.unwrap_or(0).max(0),
+            "duration_ms": s.now.duration.map(|d| d.as_millis() as u64),
+        })),
+        "queue": view.queue.iter().take(MAX_QUEUE_LISTED).map(|e| json!({
+            "entry": e.id.0,
+            "title": e.song.title,
+            "artist": e.song.artist,
+            "singers": e.singers.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "queue_length": view.queue.len(),
+        "problems": view.problems.len(),
     })
 }
 
@@ -88,6 +116,9 @@ pub fn structure_of(state: &Value) -> Value {
     let mut s = state.clone();
     if let Some(o) = s.as_object_mut() {
         o.remove("uptime_s");
+    }
+    if let Some(song) = s.get_mut("song").and_then(Value::as_object_mut) {
+        song.remove("position_ms");
     }
     if let Some(slots) = s.get_mut("slots").and_then(Value::as_array_mut) {
         for slot in slots.iter_mut().filter_map(Value::as_object_mut) {
@@ -165,7 +196,7 @@ impl Pacer {
 }
 
 fn figures_differ(a: &Value, b: &Value) -> bool {
-    a.get("slots") != b.get("slots")
+    a.get("slots") != b.get("slots") || a.get("song") != b.get("song")
 }
 
 #[cfg(test)]
@@ -241,7 +272,7 @@ mod tests {
             period_frames: 240,
             xruns: 2,
         };
-        let s = state(&info(), &view(), &health, Duration::from_secs(61));
+        let s = state(&info(), &view(), &health, Duration::from_secs(61), None);
         assert_eq!(s["slots"][0]["slot"], "A");
         assert_eq!(s["slots"][0]["peer"], Value::Null);
         assert_eq!(s["slots"][0]["connected"], false);
@@ -266,7 +297,7 @@ mod tests {
         let mut pacer = Pacer::new(ms(100), ms(1000));
         let health = OutputHealth::default();
         let mut v = view();
-        let at = |v: &RoomView, up: u64| state(&info(), v, &health, Duration::from_secs(up));
+        let at = |v: &RoomView, up: u64| state(&info(), v, &health, Duration::from_secs(up), None);
         assert!(pacer.due(ms(0), &at(&v, 0)), "the first state goes out");
         assert!(!pacer.due(ms(100), &at(&v, 0)), "nothing changed");
         v.participants[0].level_db = -10.0;
@@ -293,6 +324,55 @@ mod tests {
             pacer.due(ms(6601), &at(&v, 6)),
             "a new connection gets the state"
         );
+    }
+
+    #[test]
+    fn the_state_lists_the_queue_and_the_song_whose_position_is_a_figure() {
+        use crate::control::night::{EntryId, NowPlaying, SongRef, TransportState};
+        use crate::control::room::{EntryView, SongView};
+        let song = |n: u64| SongRef {
+            id: crate::songs::library::SongId(n),
+            title: format!("Song {n}"),
+            artist: Some("Band".into()),
+            path: "/x".into(),
+            duration: Some(Duration::from_secs(200)),
+        };
+        let entry = |n: u32| EntryView {
+            id: EntryId(n),
+            song: song(u64::from(n)),
+            singers: vec![(PeerId(3), "Ana".into())],
+        };
+        let mut v = view();
+        v.queue = (2..=60).map(entry).collect();
+        v.song = Some(SongView {
+            entry: entry(1),
+            now: NowPlaying {
+                entry: crate::control::night::Entry {
+                    id: EntryId(1),
+                    song: song(1),
+                    singers: vec![PeerId(3)],
+                },
+                generation: 4,
+                state: TransportState::Playing,
+                duration: Some(Duration::from_secs(200)),
+                position: 0,
+                count_in: Duration::ZERO,
+                beats: 0,
+            },
+        });
+        let health = OutputHealth::default();
+        let at = |ms: i64| state(&info(), &v, &health, Duration::ZERO, Some(ms));
+        let s = at(12_345);
+        assert_eq!(s["song"]["title"], "Song 1");
+        assert_eq!(s["song"]["singers"][0], "Ana");
+        assert_eq!(s["song"]["position_ms"], 12_345);
+        assert_eq!(s["queue"].as_array().map(Vec::len), Some(MAX_QUEUE_LISTED));
+        assert_eq!(s["queue_length"], 59);
+        let ms = Duration::from_millis;
+        let mut pacer = Pacer::new(ms(100), ms(1000));
+        assert!(pacer.due(ms(0), &at(0)));
+        assert!(!pacer.due(ms(500), &at(500)), "the position is a figure");
+        assert!(pacer.due(ms(1000), &at(1000)));
     }
 
     #[test]

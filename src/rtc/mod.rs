@@ -172,7 +172,7 @@ impl Peer {
                 // A closed peer refuses every write until its owner removes it: count
                 // them all, say so once in a while.
                 let failures = out.failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures == 1 || failures % SEND_ERROR_LOG_EVERY == 0 {
+                if failures == 1 || failures.is_multiple_of(SEND_ERROR_LOG_EVERY) {
                     tracing::debug!(error = %e, failures, "mix frames not sent");
                 }
             }
@@ -263,7 +263,7 @@ impl PeerConnectionEventHandler for Handler {
                 let at = inbound.audio.clock.now();
                 if !budget.take(at) {
                     flooded += 1;
-                    if flooded == 1 || flooded % FLOOD_LOG_EVERY == 0 {
+                    if flooded == 1 || flooded.is_multiple_of(FLOOD_LOG_EVERY) {
                         tracing::warn!(
                             singer = %inbound.singer,
                             dropped = flooded,

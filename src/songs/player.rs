@@ -31,7 +31,9 @@ const IDLE: Duration = Duration::from_millis(10);
 /// What the room asks of the player.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PlayerCommand {
-    /// Opens `path` (the library file) and plays it from `from`, as `generation`.
+    /// Opens `path` (the library file) and plays it from `from`, as `generation`,
+    /// after `beats` clicks lasting `count_in` in all. The audio's positions count the
+    /// count-in first: the song's first frame is at `count_in`.
     Play {
         /// The generation its audio carries.
         generation: u32,
@@ -39,8 +41,13 @@ pub enum PlayerCommand {
         path: PathBuf,
         /// Where in the song to start.
         from: Duration,
+        /// The count-in's length (zero: none; ignored unless `from` is zero).
+        count_in: Duration,
+        /// Its clicks, evenly spaced, the first accented.
+        beats: u32,
     },
-    /// Moves the open song to `to`, as `generation`.
+    /// Moves the open song to `to`, as `generation` (no count-in: positions are the
+    /// song's own from here).
     Seek {
         /// The generation its audio carries from now on.
         generation: u32,
@@ -129,11 +136,61 @@ impl Drop for Player {
 struct Current {
     generation: u32,
     decoder: SongDecoder,
-    /// The song frame of the next sample to queue.
+    /// The timeline frame of the next sample to queue (count-in, then the song).
     position: u64,
     /// Decoded and not yet queued.
     carry: Vec<f32>,
     busy: Duration,
+    /// The count-in still to queue.
+    count_in: Option<CountIn>,
+}
+
+/// Clicks before the song: `beats` of them, `beat` frames apart, `total` frames in all.
+struct CountIn {
+    beats: u32,
+    beat: u64,
+    total: u64,
+    /// Frames of it queued so far.
+    done: u64,
+}
+
+/// A click's tone: the first beat higher (the accent), each a short decaying sine.
+const CLICK_HZ: [f32; 2] = [1_500.0, 1_000.0];
+const CLICK_AMPLITUDE: f32 = 0.5;
+const CLICK_DECAY_S: f32 = 0.02;
+const CLICK_FRAMES: u64 = 4_800;
+
+impl CountIn {
+    fn new(count_in: Duration, beats: u32) -> Option<CountIn> {
+        let total = (count_in.as_secs_f64() * f64::from(SAMPLE_RATE_HZ)).round() as u64;
+        (beats > 0 && total > 0).then(|| CountIn {
+            beats,
+            beat: total / u64::from(beats),
+            total,
+            done: 0,
+        })
+    }
+
+    /// The next up-to-one-chunk of clicks, interleaved stereo.
+    fn next_chunk(&mut self, out: &mut Vec<f32>) {
+        let n = (self.total - self.done).min((BACKING_CHUNK_SAMPLES / 2) as u64);
+        for k in self.done..self.done + n {
+            let beat = (k / self.beat).min(u64::from(self.beats) - 1);
+            let into = k - beat * self.beat;
+            let v = if into < CLICK_FRAMES {
+                let t = into as f32 / SAMPLE_RATE_HZ as f32;
+                let hz = CLICK_HZ[usize::from(beat != 0)];
+                CLICK_AMPLITUDE
+                    * (-t / CLICK_DECAY_S).exp()
+                    * (2.0 * std::f32::consts::PI * hz * t).sin()
+            } else {
+                0.0
+            };
+            out.push(v);
+            out.push(v);
+        }
+        self.done += n;
+    }
 }
 
 fn run(
@@ -226,6 +283,8 @@ fn handle(
             generation,
             path,
             from,
+            count_in,
+            beats,
         } => {
             drop(current);
             drain_stale(backing, Some(generation));
@@ -254,12 +313,20 @@ fn handle(
                         position,
                         opened_in,
                     });
+                    // A count-in leads into a song's start only (its positions come
+                    // first: the song's first frame is at the count-in's length).
+                    let count_in = if from.is_zero() {
+                        CountIn::new(count_in, beats)
+                    } else {
+                        None
+                    };
                     Some(Current {
                         generation,
                         decoder,
                         position,
                         carry: Vec::new(),
                         busy: opened_in,
+                        count_in,
                     })
                 }
                 Err(e) => {
@@ -274,6 +341,7 @@ fn handle(
             drain_stale(backing, Some(generation));
             song.generation = generation;
             song.carry.clear();
+            song.count_in = None;
             let (seeked, took) = timed(|| song.decoder.seek(to));
             song.busy += took;
             match seeked {
@@ -296,8 +364,23 @@ fn handle(
     }
 }
 
-/// Decodes until one chunk is queued (or the song ends: `false`).
+/// Decodes until one chunk is queued (or the song ends: `false`); the count-in first.
 fn fill_one(song: &mut Current, backing: &ArrayQueue<BackingChunk>) -> Result<bool, SongError> {
+    if let Some(count_in) = song.count_in.as_mut() {
+        let mut clicks = Vec::with_capacity(BACKING_CHUNK_SAMPLES);
+        count_in.next_chunk(&mut clicks);
+        let chunk = BackingChunk::new(song.generation, song.position, &clicks, false);
+        if backing.push(chunk).is_err() {
+            // Full: the same clicks again next time.
+            count_in.done -= (clicks.len() / 2) as u64;
+            return Ok(true);
+        }
+        song.position += (clicks.len() / 2) as u64;
+        if count_in.done >= count_in.total {
+            song.count_in = None;
+        }
+        return Ok(true);
+    }
     let (result, took) = timed(|| {
         let mut more = true;
         while song.carry.len() < BACKING_CHUNK_SAMPLES && more {
@@ -329,4 +412,92 @@ fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = std::time::Instant::now();
     let value = f();
     (value, start.elapsed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16-bit stereo WAV at 48 kHz holding `frames` frames of `value`.
+    fn flat_wav(path: &std::path::Path, frames: usize, value: f32) {
+        let data = (frames * 4) as u32;
+        let mut b = Vec::new();
+        b.extend_from_slice(b"RIFF");
+        b.extend_from_slice(&(36 + data).to_le_bytes());
+        b.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x02\0");
+        b.extend_from_slice(&48_000u32.to_le_bytes());
+        b.extend_from_slice(&192_000u32.to_le_bytes());
+        b.extend_from_slice(b"\x04\0\x10\0data");
+        b.extend_from_slice(&data.to_le_bytes());
+        let s = ((value * 32767.0) as i16).to_le_bytes();
+        for _ in 0..2 * frames {
+            b.extend_from_slice(&s);
+        }
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn the_count_in_clicks_on_the_beats_and_the_song_starts_after_it() {
+        let dir = std::env::temp_dir().join(format!("duetbox-player-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flat.wav");
+        flat_wav(&path, 24_000, 0.25);
+        let backing = Arc::new(ArrayQueue::new(256));
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let player = Player::spawn(backing.clone(), tx).unwrap();
+        player.send(PlayerCommand::Play {
+            generation: 3,
+            path,
+            from: Duration::ZERO,
+            count_in: Duration::from_secs(1),
+            beats: 2,
+        });
+        // The whole timeline: one second of count-in, half a second of song.
+        let mut timeline: Vec<f32> = Vec::new();
+        let mut last = false;
+        let deadline = std::time::Duration::from_secs(10);
+        let (mut waited, step) = (Duration::ZERO, Duration::from_millis(5));
+        while !last {
+            match backing.pop() {
+                Some(chunk) => {
+                    let audio = chunk.audio();
+                    assert_eq!(audio.generation, 3);
+                    assert_eq!(
+                        audio.position as usize,
+                        timeline.len() / 2,
+                        "positions are contiguous"
+                    );
+                    timeline.extend_from_slice(audio.samples);
+                    last = audio.last;
+                }
+                None => {
+                    assert!(waited < deadline, "the player stalled");
+                    std::thread::park_timeout(step);
+                    waited += step;
+                }
+            }
+        }
+        drop(player);
+        let left: Vec<f32> = timeline.iter().step_by(2).copied().collect();
+        assert_eq!(left.len(), 72_000);
+        let loud =
+            |from: usize, to: usize| left[from..to].iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(loud(0, 480) > 0.3, "a click on the first beat");
+        assert!(loud(24_000, 24_480) > 0.3, "a click on the second");
+        assert!(loud(6_000, 23_900) < 0.01, "silence between the beats");
+        assert!(loud(30_000, 47_990) < 0.01, "silence before the song");
+        assert!(
+            (left[47_999]).abs() < 0.01 && (left[48_000] - 0.25).abs() < 1e-3,
+            "the song's first frame at 1 s"
+        );
+        assert!(matches!(
+            events.try_recv(),
+            Ok(PlayerEvent::Started {
+                generation: 3,
+                position: 0,
+                ..
+            })
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

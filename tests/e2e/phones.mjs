@@ -57,7 +57,8 @@
 // the track it receives and notes when bursts of F Hz begin (the song's lyric-line
 // markers). Each result then carries `night`: `{lyrics: [{line, at, ms}], onsets:
 // [at]}` (`at` in ms since the Unix epoch, from the page's performance clock), and a
-// `{"kind":"screen","lyrics":[{line, at}]}` line follows.
+// `{"kind":"screen","lyrics":[{line, at, ms}],"counted":[{count, at, ms}]}` line
+// follows (the count-in numbers the screen showed).
 
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
@@ -759,9 +760,12 @@ async function run(opts) {
       for (const p of singers) p.result.night = await p.nightReport();
       if (theNight.screen) {
         await theNight.screen.screenshot({ path: path.join(opts.out, 'screen.png') });
-        const lyrics = await theNight.screen.evaluate(() => window.duetboxScreen.lyrics.appeared
-          .map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })));
-        out({ kind: 'screen', lyrics });
+        const seen = await theNight.screen.evaluate(() => {
+          const l = window.duetboxScreen.lyrics;
+          const epoch = (a) => ({ ...a, at: performance.timeOrigin + a.at });
+          return { lyrics: l.appeared.map(epoch), counted: l.counted.map(epoch) };
+        });
+        out({ kind: 'screen', ...seen });
       }
     }
     for (const p of phones) out(p.result);

@@ -304,7 +304,7 @@ fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
 }
 
 /// Seconds the night's phones sing over the song before they measure.
-const NIGHT_SECONDS: u32 = 15;
+const NIGHT_SECONDS: u32 = 18;
 
 /// The night's song: a 330 Hz backing at 0.4 with a 120 ms burst of 1760 Hz at the
 /// start of every lyric line (at 3, 5, 7, … 19 s), 21 s long, as Ogg Vorbis at
@@ -474,6 +474,23 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .find(|v| v["kind"] == "screen")
         .expect("the screen's line");
+    // The count-in (4 clicks at 100 beats a minute, the default) was counted down on
+    // the screen before the first line.
+    let counted: Vec<(u64, f64)> = screen_line["counted"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|c| Some((c["count"].as_u64()?, c["at"].as_f64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let first_line = screen_line["lyrics"][0]["at"].as_f64().unwrap_or(0.0);
+    assert!(
+        counted
+            .iter()
+            .any(|&(count, at)| count == 1 && at < first_line && first_line - at < 4_000.0),
+        "the screen counted the last beat before the first line: {counted:?}"
+    );
     let played = venue_marker_epochs(&rec, 1760.0);
     let mut screen_errors = Vec::new();
     for a in screen_line["lyrics"].as_array().expect("lyrics") {

@@ -78,7 +78,7 @@ fn impaired_packets() -> Vec<Packet> {
         for (k, payload) in (0u64..).zip(encoded) {
             lcg = lcg.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
             let secs = k as f64 * 0.02;
-            let lost = secs > 8.0 && lcg % 20 == 0;
+            let lost = secs > 8.0 && lcg.is_multiple_of(20);
             if lost {
                 continue;
             }

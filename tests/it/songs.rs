@@ -134,6 +134,8 @@ fn config(dir: &Path, library: &Path, out: &Path) -> duetbox::config::Config {
     config.room.host_pin = HOST_PIN.into();
     // The test's singer never sends media: keep its place for the whole test.
     config.room.join_deadline_ms = 60_000;
+    // These tests time the songs' tones themselves; the count-in has its own test.
+    config.songs.count_in_beats = 0;
     config
 }
 
@@ -441,4 +443,78 @@ async fn strangers_cannot_run_the_night_and_lyrics_come_only_from_the_index() {
     }
     drop(night);
     running.stop().await.expect("the box stops");
+}
+
+/// Where the venue output gets loud (above 0.1) after at least 0.3 s below 0.01 (the
+/// recording's start counts as quiet).
+fn onsets(left: &[f32]) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut quiet = 14_400usize;
+    for (k, v) in left.iter().enumerate() {
+        if v.abs() > 0.1 {
+            if quiet >= 14_400 {
+                out.push(k);
+            }
+            quiet = 0;
+        } else if v.abs() < 0.01 {
+            quiet += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_count_in_of_clicks_leads_into_the_song_on_the_beat() {
+    let _serial = SERIAL.lock().await;
+    let dir = box_dir("songs-count-in");
+    let library = dir.join("library");
+    song(&library, "A - Counted.wav", 48_000, &[(440.0, 1.0)]);
+    let out = dir.join("venue.wav");
+    let mut config = config(&dir, &library, &out);
+    // Four clicks at 120 beats a minute: two seconds, a click every half second.
+    config.songs.count_in_beats = 4;
+    config.songs.count_in_bpm = 120.0;
+    let (running, _) = start_box(config).await;
+    let mut night = Night::open(running.https_addr).await;
+    let songs = night.songs(1).await;
+    let entry = night.add(&id_of(&songs, "Counted")).await;
+    night.start(entry).await;
+    let q = night.queue.clone();
+    assert_eq!(q["song"]["count_in_ms"], 2_000, "{q}");
+    assert_eq!(q["song"]["beats"], 4, "{q}");
+    night.ended().await;
+    drop(night);
+    running.stop().await.expect("the box stops");
+
+    let left = read_wav_left(&out);
+    let at = onsets(&left);
+    // Four clicks half a second apart (each dies away within 0.1 s), then the song two
+    // seconds after the first: five onsets, to a few frames (a wave's rise to 0.1).
+    assert_eq!(at.len(), 5, "four clicks and the song: {at:?}");
+    let first = at[0];
+    for (k, &onset) in at.iter().enumerate() {
+        let expected = first + k * 24_000;
+        assert!(
+            onset.abs_diff(expected) <= 10,
+            "onset {k} at frame {onset}, expected {expected}: {at:?}"
+        );
+    }
+    let click = |k: usize| &left[first + k * 24_000..first + k * 24_000 + 480];
+    let peak = |x: &[f32]| x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let accent = duetbox::engine::testkit::tone_level(click(0), 1_500.0);
+    let plain = duetbox::engine::testkit::tone_level(click(1), 1_000.0);
+    assert!(
+        accent > 0.05 && plain > 0.05,
+        "the first click is higher: {accent} / {plain}"
+    );
+    let song_start = first + 96_000;
+    assert!(
+        peak(&left[song_start - 240..song_start - 10]) < 0.01,
+        "nothing before the song"
+    );
+    let tone = duetbox::engine::testkit::tone_level(&left[song_start..song_start + 9_600], 440.0);
+    assert!(
+        (0.2..=0.3).contains(&tone),
+        "the song from its first frame: {tone}"
+    );
 }

@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { HOLD_MS, isMine, lyricAt } from '../lyrics.js';
+import { HOLD_MS, countAt, isMine, lyricAt } from '../lyrics.js';
 
 const line = (start, end, words) => ({
   start_ms: start,
@@ -39,4 +39,16 @@ test('duet parts go to their slots', () => {
   assert.ok(!isMine('p1', 'B'));
   assert.ok(isMine('p2', 'B'));
   assert.ok(isMine('p2', null), 'a listener sees every line as theirs');
+});
+
+test('the count-in counts down the beats before the song', () => {
+  // Four beats over 2400 ms: 4 from -2400, 3 from -1800, 2 from -1200, 1 from -600.
+  assert.equal(countAt(-2400, 2400, 4), 4);
+  assert.equal(countAt(-1801, 2400, 4), 4);
+  assert.equal(countAt(-1800, 2400, 4), 3);
+  assert.equal(countAt(-601, 2400, 4), 2);
+  assert.equal(countAt(-1, 2400, 4), 1);
+  assert.equal(countAt(0, 2400, 4), null, 'the song has started');
+  assert.equal(countAt(-2401, 2400, 4), null, 'before the count-in');
+  assert.equal(countAt(-100, 0, 0), null, 'no count-in');
 });

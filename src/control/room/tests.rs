@@ -22,6 +22,8 @@ fn config() -> RoomConfig {
         join_deadline: JOIN_DEADLINE,
         master_gain_db: 0.0,
         backing_gain_db: -6.0,
+        count_in_beats: 0,
+        count_in: Duration::ZERO,
     }
 }
 
@@ -1270,7 +1272,9 @@ fn starting_an_entry_puts_its_singers_on_a_and_b_and_plays_it() {
         vec![PlayerCommand::Play {
             generation,
             path: "/songs/7.ogg".into(),
-            from: Duration::ZERO
+            from: Duration::ZERO,
+            count_in: Duration::ZERO,
+            beats: 0,
         }]
     );
     let view = h.room.view();

@@ -58,7 +58,7 @@ pub fn click_source(first_frame: u64, every_frames: u64, count: u64) -> Source {
     Box::new(move |k| {
         let mut frame = vec![0.0; FRAME_SAMPLES];
         let is_click = k >= first_frame
-            && (k - first_frame) % every_frames == 0
+            && (k - first_frame).is_multiple_of(every_frames)
             && (k - first_frame) / every_frames < count;
         if is_click {
             for (n, v) in frame[FRAME_SAMPLES - CLICK_SAMPLES..]
