@@ -3,9 +3,11 @@
 //!
 //! Entities are per slot, not per singer, so they survive singers coming and going:
 //! master and backing volume (`number`), each slot's mute (`switch`) and who holds it
-//! (`sensor`), listeners and output underruns (`sensor`). Every one reads the retained
-//! `<base>/state` and is available while `<base>/status` is `online`. Full names, no
-//! abbreviations, so that a technician can read them on the broker.
+//! (`sensor`), listeners and output underruns (`sensor`), the song playing, its
+//! position and the queue's length (`sensor`), and the transport (`button`s: play,
+//! pause, stop, next). Every one but the buttons reads the retained `<base>/state`;
+//! all are available while `<base>/status` is `online`. Full names, no abbreviations,
+//! so that a technician can read them on the broker.
 
 use serde_json::{json, Value};
 
@@ -72,6 +74,23 @@ pub fn configs(info: &BoxInfo, base: &str, prefix: &str, slots: usize) -> Vec<Co
             }),
         )
     };
+    let button = |command: &str, name: &str, icon: &str| {
+        let mut c = entity(
+            "button",
+            &format!("song_{command}"),
+            name.into(),
+            json!({
+                "command_topic": format!("{base}/cmd/{command}"),
+                "payload_press": "{}",
+                "icon": icon,
+            }),
+        );
+        // A button has no state.
+        if let Some(map) = c.payload.as_object_mut() {
+            map.remove("state_topic");
+        }
+        c
+    };
     let mut out = vec![
         volume("master", "Master volume", "master", "master_gain_db"),
         volume(
@@ -101,6 +120,39 @@ pub fn configs(info: &BoxInfo, base: &str, prefix: &str, slots: usize) -> Vec<Co
                 "icon": "mdi:speaker-off",
             }),
         ),
+        entity(
+            "sensor",
+            "song",
+            "Song playing".into(),
+            json!({
+                "value_template": "{{ value_json.song.title if value_json.song else 'none' }}",
+                "icon": "mdi:music",
+            }),
+        ),
+        entity(
+            "sensor",
+            "song_position",
+            "Song position".into(),
+            json!({
+                "value_template": "{{ (value_json.song.position_ms / 1000) | round(0) if value_json.song else 0 }}",
+                "unit_of_measurement": "s",
+                "icon": "mdi:timer-music",
+            }),
+        ),
+        entity(
+            "sensor",
+            "queue_length",
+            "Songs in the queue".into(),
+            json!({
+                "value_template": "{{ value_json.queue_length }}",
+                "state_class": "measurement",
+                "icon": "mdi:playlist-music",
+            }),
+        ),
+        button("play", "Play", "mdi:play"),
+        button("pause", "Pause", "mdi:pause"),
+        button("stop", "Stop", "mdi:stop"),
+        button("next", "Next song", "mdi:skip-next"),
     ];
     for k in 0..slots {
         let slot = SlotId(k).to_string();
@@ -208,6 +260,15 @@ mod tests {
             "value_template",
         ],
     );
+    const BUTTON: (&[&str], &[&str]) = (
+        &["command_topic"],
+        &[
+            "command_template",
+            "device_class",
+            "payload_press",
+            "retain",
+        ],
+    );
     const DEVICE: &[&str] = &[
         "configuration_url",
         "connections",
@@ -237,7 +298,7 @@ mod tests {
     fn every_config_follows_home_assistants_documented_schema() {
         let base = "duetbox/a1b2c3d4e5f6";
         let configs = configs(&info(), base, "homeassistant", 2);
-        assert_eq!(configs.len(), 4 + 2 * 2);
+        assert_eq!(configs.len(), 11 + 2 * 2);
         let mut unique = HashSet::new();
         for c in &configs {
             let parts: Vec<&str> = c.topic.split('/').collect();
@@ -257,6 +318,7 @@ mod tests {
                 "number" => NUMBER,
                 "switch" => SWITCH,
                 "sensor" => SENSOR,
+                "button" => BUTTON,
                 other => panic!("unexpected component {other}"),
             };
             let p = c.payload.as_object().expect("an object");
@@ -274,7 +336,28 @@ mod tests {
             }
             assert!(unique.insert(p["unique_id"].as_str().unwrap().to_string()));
             assert_eq!(p["availability_topic"], format!("{base}/status"));
-            assert_eq!(p["state_topic"], format!("{base}/state"));
+            if parts[1] == "button" {
+                assert!(
+                    p.get("state_topic").is_none(),
+                    "{}: a button has no state",
+                    c.topic
+                );
+                let name = p["command_topic"]
+                    .as_str()
+                    .unwrap()
+                    .strip_prefix(&format!("{base}/cmd/"))
+                    .unwrap();
+                let press = p["payload_press"].as_str().unwrap();
+                assert!(
+                    crate::mqtt::commands::parse(name, press.as_bytes())
+                        .input
+                        .is_ok(),
+                    "{}: the press is a command the box takes",
+                    c.topic
+                );
+            } else {
+                assert_eq!(p["state_topic"], format!("{base}/state"));
+            }
             let device = p["device"].as_object().unwrap();
             assert!(device.keys().all(|k| DEVICE.contains(&k.as_str())));
             assert_eq!(device["identifiers"], json!(["duetbox_a1b2c3d4e5f6"]));
