@@ -16,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use duetbox::songs::decode::SongDecoder;
+use duetbox::songs::testwav::{to_i16, write_wav16};
 
 #[expect(clippy::disallowed_methods, reason = "a benchmark measures wall time")]
 fn clock() -> Instant {
@@ -24,26 +25,18 @@ fn clock() -> Instant {
 
 fn write_wav(path: &Path, rate: u32, seconds: u32) {
     let frames = rate as usize * seconds as usize;
-    let data = (frames * 4) as u32;
-    let mut b = Vec::with_capacity(44 + data as usize);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x02\0");
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * 4).to_le_bytes());
-    b.extend_from_slice(b"\x04\0\x10\0data");
-    b.extend_from_slice(&data.to_le_bytes());
-    for n in 0..frames {
-        let t = n as f32 / rate as f32;
-        let chord: f32 = [220.0f32, 277.2, 329.6, 440.0]
-            .iter()
-            .map(|hz| (2.0 * std::f32::consts::PI * hz * t).sin())
-            .sum();
-        let s = ((0.2 * chord) * 32767.0) as i16;
-        b.extend_from_slice(&s.to_le_bytes());
-        b.extend_from_slice(&s.to_le_bytes());
-    }
-    std::fs::write(path, b).expect("write the source WAV");
+    let samples: Vec<i16> = (0..frames)
+        .flat_map(|n| {
+            let t = n as f32 / rate as f32;
+            let chord: f32 = [220.0f32, 277.2, 329.6, 440.0]
+                .iter()
+                .map(|hz| (2.0 * std::f32::consts::PI * hz * t).sin())
+                .sum();
+            let s = to_i16(0.2 * chord);
+            [s, s]
+        })
+        .collect();
+    write_wav16(path, rate, 2, &samples);
 }
 
 fn run(program: &str, args: &[&str]) -> bool {

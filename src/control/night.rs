@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::room::PeerId;
+use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::songs::library::SongId;
 use crate::songs::player::PlayerCommand;
 
@@ -107,9 +108,14 @@ pub struct NowPlaying {
 }
 
 impl NowPlaying {
+    /// Timeline frame `frames` as a frame of the song: negative during the count-in.
+    pub fn song_frame(&self, frames: u64) -> i64 {
+        frames as i64 - frames_in(self.count_in) as i64
+    }
+
     /// Timeline frame `frames` as a time in the song, ms: negative during the count-in.
     pub fn song_ms(&self, frames: u64) -> i64 {
-        (frames * 1000 / 48_000) as i64 - self.count_in.as_millis() as i64
+        self.song_frame(frames) * 1000 / i64::from(SAMPLE_RATE_HZ)
     }
 }
 
@@ -420,7 +426,7 @@ impl Night {
                 now.generation = generation;
                 // No count-in after a seek: the timeline is the song's own.
                 now.count_in = Duration::ZERO;
-                now.position = (to.as_secs_f64() * 48_000.0).round() as u64;
+                now.position = frames_in(to);
                 Ok(vec![
                     Effect::Engine { generation, paused },
                     Effect::Player(PlayerCommand::Seek { generation, to }),

@@ -89,6 +89,11 @@ use reverb::Reverb;
 /// The one sample rate inside the box, Hz (Opus' native rate; WebRTC's Opus clock).
 pub const SAMPLE_RATE_HZ: u32 = 48_000;
 
+/// The frames (at [`SAMPLE_RATE_HZ`]) in `d`, rounded to the nearest.
+pub fn frames_in(d: Duration) -> u64 {
+    (d.as_secs_f64() * f64::from(SAMPLE_RATE_HZ)).round() as u64
+}
+
 /// Seconds of stereo backing audio the engine can hold ahead of playout.
 const BACKING_CAPACITY_S: usize = 2;
 

@@ -435,20 +435,14 @@ impl Session {
             + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
         let rtp = media.timestamp_offset().wrapping_add(heard_at as u32);
         // The song's own frame: the count-in comes before its first.
-        let count_in = self
-            .control
-            .view()
-            .song
-            .as_ref()
-            .filter(|s| s.now.generation == clock.generation)
-            .map_or(0, |s| {
-                (s.now.count_in.as_secs_f64() * f64::from(crate::engine::SAMPLE_RATE_HZ)).round()
-                    as i64
-            });
+        let position = match self.control.view().song.as_ref() {
+            Some(s) if s.now.generation == clock.generation => s.now.song_frame(clock.position),
+            _ => clock.position as i64,
+        };
         self.clock_sent = Some((clock.generation, clock.playing, now));
         self.send(ServerMessage::SongClock {
             generation: clock.generation,
-            position: clock.position as i64 - count_in,
+            position,
             rtp,
             playing: clock.playing,
         });

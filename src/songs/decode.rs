@@ -281,7 +281,7 @@ impl SongDecoder {
         self.given = 0;
         self.demuxed_all = false;
         self.bad_in_a_row = 0;
-        Ok((to.as_secs_f64() * f64::from(SAMPLE_RATE_HZ)).round() as u64)
+        Ok(crate::engine::frames_in(to))
     }
 
     /// Runs the resampler over one whole chunk of `pending`, or, with `flush` (the file

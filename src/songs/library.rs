@@ -101,6 +101,9 @@ pub struct Library {
     root: PathBuf,
     songs: Vec<LibrarySong>,
     by_id: HashMap<SongId, usize>,
+    /// Each song's "artist title", lower case: what a search matches, made once per
+    /// index instead of once per song per search.
+    keys: Vec<String>,
     /// Entries the last walk could not list (unreadable, too deep, too many).
     pub skipped: usize,
 }
@@ -131,10 +134,15 @@ impl Library {
             )
         });
         let by_id = songs.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
+        let keys = songs
+            .iter()
+            .map(|s| format!("{} {}", s.artist.as_deref().unwrap_or(""), s.title).to_lowercase())
+            .collect();
         Library {
             root: root.to_path_buf(),
             songs,
             by_id,
+            keys,
             skipped,
         }
     }
@@ -161,9 +169,7 @@ impl Library {
         let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
         let mut total = 0;
         let mut page = Vec::new();
-        for song in &self.songs {
-            let hay =
-                format!("{} {}", song.artist.as_deref().unwrap_or(""), song.title).to_lowercase();
+        for (song, hay) in self.songs.iter().zip(&self.keys) {
             if words.iter().all(|w| hay.contains(w.as_str())) {
                 if total >= offset && page.len() < MAX_RESULTS {
                     page.push(song);

@@ -16,6 +16,8 @@ pub mod decode;
 pub mod library;
 pub mod lyrics;
 pub mod player;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testwav;
 
 /// The file extensions taken as songs (lower case).
 pub const AUDIO_EXTENSIONS: [&str; 8] = ["mp3", "ogg", "oga", "opus", "flac", "wav", "m4a", "aac"];

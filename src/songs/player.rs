@@ -162,7 +162,7 @@ const CLICK_FRAMES: u64 = 4_800;
 
 impl CountIn {
     fn new(count_in: Duration, beats: u32) -> Option<CountIn> {
-        let total = (count_in.as_secs_f64() * f64::from(SAMPLE_RATE_HZ)).round() as u64;
+        let total = crate::engine::frames_in(count_in);
         (beats > 0 && total > 0).then(|| CountIn {
             beats,
             beat: total / u64::from(beats),
@@ -420,20 +420,8 @@ mod tests {
 
     /// A 16-bit stereo WAV at 48 kHz holding `frames` frames of `value`.
     fn flat_wav(path: &std::path::Path, frames: usize, value: f32) {
-        let data = (frames * 4) as u32;
-        let mut b = Vec::new();
-        b.extend_from_slice(b"RIFF");
-        b.extend_from_slice(&(36 + data).to_le_bytes());
-        b.extend_from_slice(b"WAVEfmt \x10\0\0\0\x01\0\x02\0");
-        b.extend_from_slice(&48_000u32.to_le_bytes());
-        b.extend_from_slice(&192_000u32.to_le_bytes());
-        b.extend_from_slice(b"\x04\0\x10\0data");
-        b.extend_from_slice(&data.to_le_bytes());
-        let s = ((value * 32767.0) as i16).to_le_bytes();
-        for _ in 0..2 * frames {
-            b.extend_from_slice(&s);
-        }
-        std::fs::write(path, b).unwrap();
+        let samples = vec![crate::songs::testwav::to_i16(value); 2 * frames];
+        crate::songs::testwav::write_wav16(path, 48_000, 2, &samples);
     }
 
     #[test]

@@ -6,27 +6,11 @@ use super::*;
 /// A 16-bit PCM WAV of `frames` frames at `rate`, `channels` channels, sample `f(frame,
 /// channel)`.
 fn wav(path: &Path, rate: u32, channels: u16, frames: usize, f: impl Fn(usize, u16) -> f32) {
-    let data_len = frames * channels as usize * 2;
-    let mut b = Vec::with_capacity(44 + data_len);
-    b.extend_from_slice(b"RIFF");
-    b.extend_from_slice(&(36 + data_len as u32).to_le_bytes());
-    b.extend_from_slice(b"WAVEfmt ");
-    b.extend_from_slice(&16u32.to_le_bytes());
-    b.extend_from_slice(&1u16.to_le_bytes());
-    b.extend_from_slice(&channels.to_le_bytes());
-    b.extend_from_slice(&rate.to_le_bytes());
-    b.extend_from_slice(&(rate * channels as u32 * 2).to_le_bytes());
-    b.extend_from_slice(&(channels * 2).to_le_bytes());
-    b.extend_from_slice(&16u16.to_le_bytes());
-    b.extend_from_slice(b"data");
-    b.extend_from_slice(&(data_len as u32).to_le_bytes());
-    for n in 0..frames {
-        for c in 0..channels {
-            let v = (f(n, c).clamp(-1.0, 1.0) * 32767.0).round() as i16;
-            b.extend_from_slice(&v.to_le_bytes());
-        }
-    }
-    std::fs::write(path, b).unwrap();
+    let samples: Vec<i16> = (0..frames)
+        .flat_map(|n| (0..channels).map(move |c| (n, c)))
+        .map(|(n, c)| crate::songs::testwav::to_i16(f(n, c)))
+        .collect();
+    crate::songs::testwav::write_wav16(path, rate, channels, &samples);
 }
 
 fn dir(name: &str) -> std::path::PathBuf {
