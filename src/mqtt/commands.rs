@@ -326,6 +326,36 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_commands_read_and_refuse_like_the_rest() {
+        use crate::control::night::Transport;
+        for (name, expected) in [
+            ("play", Transport::Play),
+            ("pause", Transport::Pause),
+            ("stop", Transport::Stop),
+            ("next", Transport::Next),
+            ("skip", Transport::Next),
+        ] {
+            assert!(
+                matches!(input(name, ""), Ok(Input::Transport(t)) if t == expected),
+                "{name}"
+            );
+        }
+        assert!(matches!(
+            input("seek", r#"{"ms": 61000}"#),
+            Ok(Input::Transport(Transport::Seek(d))) if d == std::time::Duration::from_secs(61)
+        ));
+        assert_eq!(code("seek", r#"{"ms": -1}"#), "out_of_range");
+        assert_eq!(code("seek", r#"{"ms": 1e30}"#), "out_of_range");
+        assert_eq!(code("seek", r#"{"ms": "soon"}"#), "bad_field");
+        assert_eq!(code("seek", "{}"), "bad_field");
+        assert_eq!(
+            code("play", r#"{"song": 3}"#),
+            "bad_field",
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
     fn every_command_reads_its_fields() {
         assert!(matches!(
             input("master", r#"{"gain_db": -6.5}"#),
