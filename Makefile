@@ -42,9 +42,13 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
+# The tests' output is kept in target/test.log; when one fails, .ci/failures repeats
+# the panic messages at the end (the backtraces push them out of a CI page's tail).
 unit:
 	node --test web/test
-	$(CARGO) test --locked --all-targets
+	@mkdir -p target
+	set -o pipefail; $(CARGO) test --locked --all-targets 2>&1 | tee target/test.log \
+		|| { bash .ci/failures target/test.log; exit 1; }
 	$(CARGO) test --locked --doc
 
 pi: setup-pi

@@ -545,6 +545,7 @@ impl ControlTask {
                 peer = %conn.peer,
                 reason = reason.as_str(),
                 frames_sent,
+                frames_before_connected = media.peer.frames_early(),
                 frames_dropped = media.dropped,
                 "media closed"
             );

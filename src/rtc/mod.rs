@@ -9,7 +9,7 @@
 //! Version: `webrtc` 0.21.1 (see ARCHITECTURE.md, "Why these crates").
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,6 +130,11 @@ struct Outgoing {
     sequence: AtomicU16,
     timestamp_offset: u32,
     frames_sent: AtomicU64,
+    /// Set while ICE and DTLS are up. Until then there are no SRTP keys, and the stack
+    /// would refuse (and log, at WARN) every frame: they are dropped here and counted.
+    connected: Arc<AtomicBool>,
+    /// Frames dropped because the connection was not up yet.
+    frames_early: AtomicU64,
     /// Write failures so far (logged at the first and every
     /// [`SEND_ERROR_LOG_EVERY`]th: a broken peer fails on every frame).
     failures: AtomicU64,
@@ -152,6 +157,10 @@ impl Peer {
     /// peer's random offset (RFC 3550 §5.1), so every peer's stream is continuous.
     pub async fn send(&self, frame: OutFrame) {
         let out = &self.outgoing;
+        if !out.connected.load(Ordering::Relaxed) {
+            out.frames_early.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let header = rtc::rtp::header::Header {
             version: 2,
             payload_type: out.payload_type,
@@ -184,6 +193,11 @@ impl Peer {
         self.outgoing.frames_sent.load(Ordering::Relaxed)
     }
 
+    /// Frames dropped because they came before the connection was up.
+    pub fn frames_early(&self) -> u64 {
+        self.outgoing.frames_early.load(Ordering::Relaxed)
+    }
+
     /// The payload type the mix is sent with (the one this peer negotiated for Opus).
     pub fn payload_type(&self) -> u8 {
         self.outgoing.payload_type
@@ -211,6 +225,8 @@ impl Peer {
 
 struct Handler {
     events: mpsc::UnboundedSender<PeerEvent>,
+    /// Shared with [`Outgoing::connected`].
+    connected: Arc<AtomicBool>,
     inbound: Option<Inbound>,
     gathered: Arc<Notify>,
     packets_per_s: f64,
@@ -237,6 +253,14 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        // Disconnected keeps the keys (consent may come back); Failed and Closed end them.
+        match state {
+            RTCPeerConnectionState::Connected => self.connected.store(true, Ordering::Relaxed),
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                self.connected.store(false, Ordering::Relaxed)
+            }
+            _ => {}
+        }
         let event = match state {
             RTCPeerConnectionState::Connected => PeerEvent::Connected,
             RTCPeerConnectionState::Disconnected => PeerEvent::Disconnected,
@@ -337,8 +361,10 @@ pub async fn answer(
         .build();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let gathered = Arc::new(Notify::new());
+    let connected = Arc::new(AtomicBool::new(false));
     let handler = Arc::new(Handler {
         events: events_tx,
+        connected: connected.clone(),
         inbound,
         gathered: gathered.clone(),
         packets_per_s: settings.packets_per_s,
@@ -417,6 +443,8 @@ pub async fn answer(
         sequence: AtomicU16::new(rand::random()),
         timestamp_offset: rand::random(),
         frames_sent: AtomicU64::new(0),
+        connected,
+        frames_early: AtomicU64::new(0),
         failures: AtomicU64::new(0),
     };
     Ok((Peer { pc, outgoing }, sdp, events_rx))
@@ -488,6 +516,48 @@ pub fn rewrite_opus_fmtp(sdp: &str, uplink_bitrate_bps: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A browser-shaped offer (Chrome's layout); no ICE ever completes for it.
+    const OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n\
+        c=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:dTbk\r\n\
+        a=ice-pwd:3ROgbzHu0y2ZM/TSfDr9Bugm\r\na=ice-options:trickle\r\n\
+        a=fingerprint:sha-256 9D:9C:2C:7F:6B:0F:76:62:43:38:86:6F:2E:6F:3B:E6:67:7B:AB:4F:D5:65:3D:0A:38:F1:E7:53:F7:4E:76:2C\r\n\
+        a=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\n\
+        a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n";
+
+    /// Frames that come before ICE and DTLS are up never reach the stack (it has no
+    /// SRTP keys yet and would log a warning per frame): they are counted instead.
+    #[tokio::test]
+    async fn mix_frames_before_the_connection_is_up_are_counted_not_written() {
+        let settings = RtcSettings {
+            udp_bind: vec![IpAddr::from([127, 0, 0, 1])],
+            include_loopback: true,
+            ice_disconnected: Duration::from_secs(5),
+            ice_failed: Duration::from_secs(10),
+            ice_keepalive: Duration::from_secs(2),
+            uplink_bitrate_bps: 64_000,
+            packets_per_s: 200.0,
+            packets_burst: 50.0,
+        };
+        let (peer, answer_sdp, _events) = answer(&settings, OFFER.to_string(), None, false)
+            .await
+            .expect("the offer is answered");
+        assert!(
+            answer_sdp.contains("a=rtpmap:111 opus/48000/2"),
+            "{answer_sdp}"
+        );
+        for start in 0..5u64 {
+            let payload = bytes::Bytes::from_static(&[0xf8, 0xff, 0xfe]);
+            peer.send(OutFrame {
+                start: start * 480,
+                payload,
+            })
+            .await;
+        }
+        assert_eq!((peer.frames_early(), peer.frames_sent()), (5, 0));
+        peer.close().await;
+    }
 
     #[test]
     fn fmtp_is_rewritten_for_the_phone_only() {
