@@ -150,10 +150,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             backing_gain_db: config.audio.backing_gain_db,
             count_in_beats: config.songs.count_in_beats,
             count_in: config.songs.count_in(),
+            line_in: false,
         },
         rtc,
         audio.clone(),
         library,
+        (!config.audio.line_in.is_empty()).then(|| config.audio.line_in.clone()),
         cancel.clone(),
     )
     .context("starting the song player")?;

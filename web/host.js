@@ -228,6 +228,15 @@ function drawRoom() {
     $(`${id}-v`).textContent = `${value.toFixed(1)} dB`;
   }
   $('backing-mute').checked = r.backing_muted;
+  // The source picker shows only on a box with a line-in (audio.line_in).
+  $('source-row').hidden = !r.line_in_configured;
+  $('source-songs').checked = r.backing_source === 'songs';
+  $('source-line-in').checked = r.backing_source === 'line_in';
+  const li = r.line_in;
+  $('line-in-state').textContent = !li ? ''
+    : li.live ? 'line-in live'
+    : li.problem ? `line-in failed: ${li.problem} (trying again)` : 'opening the line-in…';
+  $('line-in-state').classList.toggle('problem', Boolean(li && li.problem));
 }
 
 $('login-form').onsubmit = (ev) => {
@@ -247,5 +256,8 @@ $('progress').onchange = () => {
 $('master').oninput = () => sendSoon('master', { type: 'master', gain_db: Number($('master').value) });
 $('backing').oninput = () => sendSoon('backing', { type: 'backing', gain_db: Number($('backing').value) });
 $('backing-mute').onchange = () => send({ type: 'backing', muted: $('backing-mute').checked });
+for (const radio of document.querySelectorAll('input[name="source"]')) {
+  radio.onchange = () => { if (radio.checked) send({ type: 'backing', source: radio.value }); };
+}
 // Phones ping every 5 s so the box's idle timeout never closes them; so does the desk.
 setInterval(() => send({ type: 'ping', t: performance.now() }), 5000);

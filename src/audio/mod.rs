@@ -227,6 +227,12 @@ pub struct Counters {
     /// How long until a frame written now is heard, frames, as the device said after
     /// the last write (0 when it does not say: a timer-paced sink plays on write).
     pub output_delay_frames: AtomicU64,
+    /// Stereo frames of backing the engine held after the last period (not counting the
+    /// chunks still in [`AudioHandle::backing`]), and when ([`AudioClock`] time, µs):
+    /// what a live source steers by.
+    pub backing_queued_frames: AtomicU64,
+    /// See [`Counters::backing_queued_frames`].
+    pub backing_queued_at_us: AtomicU64,
     /// Test-only fault switch: while set, the thread stalls (the watchdog must notice).
     pub stall: AtomicBool,
 }
@@ -441,6 +447,14 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
         engine.push_backing(chunk.audio());
     }
     engine.render_period(now, venue);
+    handle
+        .counters
+        .backing_queued_frames
+        .store((engine.backing_queued() / 2) as u64, Ordering::Relaxed);
+    handle
+        .counters
+        .backing_queued_at_us
+        .store(now.as_micros() as u64, Ordering::Relaxed);
     while let Some(output) = engine.poll_output() {
         match output {
             Output::Frame {

@@ -169,6 +169,8 @@ pub struct AudioConfig {
     pub limiter_release_ms: f64,
     /// SCHED_FIFO priority the audio thread asks for (0 = normal scheduling).
     pub realtime_priority: u8,
+    /// The ALSA capture PCM of the line-in ("" = none).
+    pub line_in: String,
 }
 
 impl Default for AudioConfig {
@@ -183,6 +185,7 @@ impl Default for AudioConfig {
             limiter_lookahead_ms: 1.0,
             limiter_release_ms: 80.0,
             realtime_priority: 70,
+            line_in: String::new(),
         }
     }
 }
@@ -580,6 +583,13 @@ impl Config {
         }
         if let Err(e) = a.output.parse::<crate::output::OutputSpec>() {
             return bad("audio.output", &a.output, &e.to_string());
+        }
+        if a.line_in.len() > 200 || a.line_in.chars().any(char::is_control) {
+            return bad(
+                "audio.line_in",
+                a.line_in.escape_debug(),
+                "must be an ALSA PCM name (at most 200 characters, no control characters)",
+            );
         }
         if !(0.0..=5.0).contains(&a.limiter_lookahead_ms) {
             return bad(

@@ -37,6 +37,7 @@ use crate::audio::{AudioHandle, Report};
 use crate::engine::{Event, MixId, SingerId};
 use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings};
 use crate::songs::library::Library;
+use crate::songs::line_in::{LineIn, LineInEvent};
 use crate::songs::player::{Player, PlayerEvent};
 use night::SongFeedback;
 
@@ -324,20 +325,30 @@ pub struct ControlTask {
     xruns_logged_at: Option<Duration>,
     player: Player,
     player_events: mpsc::UnboundedReceiver<PlayerEvent>,
+    /// The line-in's thread, when the box has one.
+    line_in: Option<LineIn>,
+    line_in_events: mpsc::UnboundedReceiver<LineInEvent>,
     song_clock: watch::Sender<SongClock>,
 }
 
 /// Builds the room, its task, the song player's thread and the handle. Run the task
 /// with [`ControlTask::run`].
 pub fn start(
-    config: RoomConfig,
+    mut config: RoomConfig,
     rtc: RtcSettings,
     audio: AudioHandle,
     library: watch::Receiver<Arc<Library>>,
+    line_in_pcm: Option<String>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(Control, ControlTask)> {
     let (player_tx, player_events) = mpsc::unbounded_channel();
     let player = Player::spawn(audio.backing.clone(), player_tx)?;
+    let (line_in_tx, line_in_events) = mpsc::unbounded_channel();
+    config.line_in = line_in_pcm.is_some();
+    let line_in = match line_in_pcm {
+        Some(pcm) => Some(LineIn::spawn(pcm, audio.clone(), line_in_tx)?),
+        None => None,
+    };
     let room = Room::new(config);
     let (song_clock_tx, song_clock) = watch::channel(SongClock::default());
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
@@ -369,6 +380,8 @@ pub fn start(
         xruns_logged_at: None,
         player,
         player_events,
+        line_in,
+        line_in_events,
         song_clock: song_clock_tx,
     };
     Ok((control, task))
@@ -398,6 +411,7 @@ impl ControlTask {
                 _ = fanout_tick.tick() => self.fan_out(),
                 _ = report_tick.tick() => self.reports(),
                 Some(event) = self.player_events.recv() => self.player_event(event),
+                Some(event) = self.line_in_events.recv() => self.line_in_event(event),
                 _ = sleep_until(deadline) => {
                     self.input(Input::Tick, tracing::Span::none());
                 }
@@ -471,6 +485,11 @@ impl ControlTask {
             match action {
                 Action::Engine(command) => self.link.queue(command),
                 Action::Player(command) => self.player.send(command),
+                Action::LineIn(command) => {
+                    if let Some(line_in) = &self.line_in {
+                        line_in.send(command);
+                    }
+                }
                 Action::Route { conn, mix } => {
                     if let Some(c) = self.conns.get_mut(&conn) {
                         c.mix = Some(mix);
@@ -495,6 +514,20 @@ impl ControlTask {
         if view_changed {
             self.view.send_replace(Arc::new(self.room.view()));
         }
+    }
+
+    fn line_in_event(&mut self, event: LineInEvent) {
+        let news = match event {
+            LineInEvent::Started { generation, .. } => SongFeedback::LineIn {
+                generation,
+                problem: None,
+            },
+            LineInEvent::Failed { generation, detail } => SongFeedback::LineIn {
+                generation,
+                problem: Some(detail),
+            },
+        };
+        self.input(Input::Song(news), tracing::Span::none());
     }
 
     fn player_event(&mut self, event: PlayerEvent) {

@@ -18,6 +18,12 @@
 //! A song that fails (unreadable, unsupported, corrupt) is recorded with its reason
 //! for the host and the next entry starts. A song that ends stops the transport: the
 //! host starts the next singers when they are ready.
+//!
+//! The *backing source* is the song files or the line-in (the venue's own player), one
+//! at a time, as the host chooses. Choosing the line-in stops the song and starts the
+//! capture as a new generation; while it is the source, songs do not start (the queue
+//! still orders who sings next). A line-in that fails is shown to the host (and tried
+//! again by its thread).
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -26,6 +32,7 @@ use std::time::Duration;
 use super::room::PeerId;
 use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::songs::library::SongId;
+use crate::songs::line_in::LineInCommand;
 use crate::songs::player::PlayerCommand;
 
 /// Entries the queue holds at most.
@@ -178,6 +185,53 @@ pub enum SongFeedback {
         /// Song frame.
         position: u64,
     },
+    /// The line-in started capturing (`problem` None) or failed.
+    LineIn {
+        /// For which generation.
+        generation: u32,
+        /// What is wrong, naming the device.
+        problem: Option<String>,
+    },
+}
+
+/// Where the backing comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BackingSource {
+    /// Song files from the library, through the queue.
+    #[default]
+    Songs,
+    /// The line-in.
+    LineIn,
+}
+
+impl BackingSource {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackingSource::Songs => "songs",
+            BackingSource::LineIn => "line_in",
+        }
+    }
+
+    /// The source a wire name names.
+    pub fn parse(name: &str) -> Option<BackingSource> {
+        match name {
+            "songs" => Some(BackingSource::Songs),
+            "line_in" => Some(BackingSource::LineIn),
+            _ => None,
+        }
+    }
+}
+
+/// The line-in while it is the source.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LineInState {
+    /// Its generation.
+    pub generation: u32,
+    /// Capturing (false until the device opened, and after it failed).
+    pub live: bool,
+    /// Why it is not, when it failed.
+    pub problem: Option<String>,
 }
 
 /// What the room must carry out after a transport change.
@@ -185,6 +239,8 @@ pub enum SongFeedback {
 pub enum Effect {
     /// Hand this to the song player.
     Player(PlayerCommand),
+    /// Hand this to the line-in.
+    LineIn(LineInCommand),
     /// Tell the engine the generation that may play, and whether it is held.
     Engine {
         /// Generation.
@@ -215,6 +271,10 @@ pub enum NightRefusal {
     NothingPlaying,
     /// A seek beyond the song's end.
     BeyondTheEnd,
+    /// The box has no line-in configured.
+    NoLineIn,
+    /// The line-in is the backing source: songs wait.
+    LineInIsTheSource,
 }
 
 /// The queue and the transport. See the module docs.
@@ -227,6 +287,7 @@ pub struct Night {
     problems: VecDeque<Problem>,
     count_in: Duration,
     beats: u32,
+    line_in: Option<LineInState>,
 }
 
 impl Night {
@@ -318,6 +379,67 @@ impl Night {
         before != self.queue
     }
 
+    /// The backing source.
+    pub fn source(&self) -> BackingSource {
+        match self.line_in {
+            Some(_) => BackingSource::LineIn,
+            None => BackingSource::Songs,
+        }
+    }
+
+    /// The line-in, while it is the source.
+    pub fn line_in(&self) -> Option<&LineInState> {
+        self.line_in.as_ref()
+    }
+
+    /// The host chooses the backing source (`line_in_configured`: the box has one).
+    pub fn set_source(
+        &mut self,
+        source: BackingSource,
+        line_in_configured: bool,
+    ) -> Result<Vec<Effect>, NightRefusal> {
+        if source == self.source() {
+            return Ok(Vec::new());
+        }
+        match source {
+            BackingSource::LineIn => {
+                if !line_in_configured {
+                    return Err(NightRefusal::NoLineIn);
+                }
+                let mut effects = if self.now.is_some() {
+                    self.stop()
+                } else {
+                    Vec::new()
+                };
+                let generation = self.bump();
+                effects.extend([
+                    Effect::Engine {
+                        generation,
+                        paused: false,
+                    },
+                    Effect::LineIn(LineInCommand::Start { generation }),
+                ]);
+                self.line_in = Some(LineInState {
+                    generation,
+                    live: false,
+                    problem: None,
+                });
+                Ok(effects)
+            }
+            BackingSource::Songs => {
+                self.line_in = None;
+                let generation = self.bump();
+                Ok(vec![
+                    Effect::LineIn(LineInCommand::Stop),
+                    Effect::Engine {
+                        generation,
+                        paused: false,
+                    },
+                ])
+            }
+        }
+    }
+
     fn index(&self, entry: EntryId) -> Result<usize, NightRefusal> {
         self.queue
             .iter()
@@ -374,6 +496,13 @@ impl Night {
 
     /// A transport command.
     pub fn transport(&mut self, command: Transport) -> Result<Vec<Effect>, NightRefusal> {
+        let starts = matches!(
+            command,
+            Transport::Play | Transport::Next | Transport::Start(_)
+        );
+        if starts && self.line_in.is_some() {
+            return Err(NightRefusal::LineInIsTheSource);
+        }
         match command {
             Transport::Play => match self.now.as_mut() {
                 Some(now) => {
@@ -487,6 +616,17 @@ impl Night {
                 }
                 (Vec::new(), false)
             }
+            SongFeedback::LineIn {
+                generation,
+                problem,
+            } => match self.line_in.as_mut() {
+                Some(line_in) if line_in.generation == generation => {
+                    line_in.live = problem.is_none();
+                    line_in.problem = problem;
+                    (Vec::new(), true)
+                }
+                _ => (Vec::new(), false),
+            },
             // News of an older generation: the world has moved on.
             _ => (Vec::new(), false),
         }
@@ -653,6 +793,88 @@ mod tests {
             Night::with_count_in(Duration::from_secs(3), 0).count_in,
             Duration::ZERO,
             "no beats, no count-in"
+        );
+    }
+
+    #[test]
+    fn the_line_in_replaces_the_song_and_songs_wait_until_the_host_switches_back() {
+        let mut night = Night::default();
+        let first = night.add(song(1, 180), vec![PeerId(1)]).expect("add");
+        night.add(song(2, 180), vec![PeerId(2)]).expect("add");
+        night.transport(Transport::Start(first)).expect("start");
+        assert_eq!(
+            night.set_source(BackingSource::LineIn, false),
+            Err(NightRefusal::NoLineIn)
+        );
+        assert!(
+            night.now_playing().is_some(),
+            "a refused switch changes nothing"
+        );
+
+        let effects = night
+            .set_source(BackingSource::LineIn, true)
+            .expect("line-in");
+        let generation = night.line_in().expect("line-in state").generation;
+        assert!(
+            effects.contains(&Effect::Player(PlayerCommand::Stop)),
+            "{effects:?}"
+        );
+        assert!(effects.contains(&Effect::LineIn(LineInCommand::Start { generation })));
+        assert_eq!(
+            effects.last(),
+            Some(&Effect::LineIn(LineInCommand::Start { generation }))
+        );
+        assert!(effects.contains(&Effect::Engine {
+            generation,
+            paused: false
+        }));
+        assert_eq!(night.now_playing(), None);
+        assert_eq!(night.source(), BackingSource::LineIn);
+        // Choosing it again does nothing.
+        assert_eq!(
+            night.set_source(BackingSource::LineIn, true),
+            Ok(Vec::new())
+        );
+        for command in [Transport::Play, Transport::Next] {
+            assert_eq!(
+                night.transport(command),
+                Err(NightRefusal::LineInIsTheSource)
+            );
+        }
+        assert_eq!(night.queue().len(), 1, "the queue waits");
+
+        // Its news counts for its own generation only.
+        let failed = SongFeedback::LineIn {
+            generation,
+            problem: Some("alsa:hw:9: open: No such file or directory".into()),
+        };
+        assert_eq!(night.feedback(failed), (Vec::new(), true));
+        let state = night.line_in().expect("still the source");
+        assert!(!state.live && state.problem.is_some(), "{state:?}");
+        let stale = SongFeedback::LineIn {
+            generation: generation.wrapping_sub(1),
+            problem: None,
+        };
+        assert_eq!(night.feedback(stale), (Vec::new(), false));
+        let live = SongFeedback::LineIn {
+            generation,
+            problem: None,
+        };
+        night.feedback(live);
+        assert_eq!(
+            night.line_in().map(|l| (l.live, l.problem.clone())),
+            Some((true, None))
+        );
+
+        let effects = night.set_source(BackingSource::Songs, true).expect("songs");
+        assert_eq!(effects[0], Effect::LineIn(LineInCommand::Stop));
+        assert!(
+            generation_of(&effects) != generation,
+            "a new generation flushes the line-in"
+        );
+        assert!(
+            night.transport(Transport::Play).is_ok(),
+            "songs start again"
         );
     }
 

@@ -52,10 +52,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::night::{
-    Effect, EntryId, Night, NightRefusal, NowPlaying, Problem, SongFeedback, SongRef, Transport,
+    BackingSource, Effect, EntryId, LineInState, Night, NightRefusal, NowPlaying, Problem,
+    SongFeedback, SongRef, Transport,
 };
 use super::throttle::PinThrottle;
 use crate::engine::{Command, MixId, SingerId, SingerSettings};
+use crate::songs::line_in::LineInCommand;
 use crate::songs::player::PlayerCommand;
 
 /// Bytes of a session token: 128 random bits.
@@ -338,6 +340,10 @@ impl fmt::Display for Refusal {
                 NightRefusal::NothingQueued => "the queue is empty",
                 NightRefusal::NothingPlaying => "no song is playing",
                 NightRefusal::BeyondTheEnd => "that is past the end of the song",
+                NightRefusal::NoLineIn => "this box has no line-in (audio.line_in)",
+                NightRefusal::LineInIsTheSource => {
+                    "the line-in is the backing: switch the backing to songs first"
+                }
             }),
         }
     }
@@ -445,12 +451,14 @@ pub enum Input {
         /// Gain, dB.
         gain_db: f32,
     },
-    /// The host sets the backing track's level or mute (only the fields given).
+    /// The host sets the backing track's level, mute or source (only the fields given).
     SetBacking {
         /// Gain, dB.
         gain_db: Option<f32>,
         /// Silenced.
         muted: Option<bool>,
+        /// Songs or the line-in.
+        source: Option<BackingSource>,
     },
     /// The host removes a participant.
     Kick {
@@ -564,6 +572,8 @@ pub enum Action {
     Engine(Command),
     /// Hand this to the song player.
     Player(PlayerCommand),
+    /// Hand this to the line-in.
+    LineIn(LineInCommand),
     /// From now on this connection's media hears `mix`.
     Route {
         /// The connection.
@@ -613,6 +623,8 @@ pub struct RoomConfig {
     pub count_in_beats: u32,
     /// See `count_in_beats`.
     pub count_in: Duration,
+    /// Whether the box has a line-in the host may choose.
+    pub line_in: bool,
 }
 
 /// One participant as everyone may see it.
@@ -686,6 +698,12 @@ pub struct RoomView {
     pub backing_gain_db: f32,
     /// Backing silenced.
     pub backing_muted: bool,
+    /// Where the backing comes from.
+    pub backing_source: BackingSource,
+    /// The line-in, while it is the source.
+    pub line_in: Option<LineInState>,
+    /// Whether the box has a line-in.
+    pub line_in_configured: bool,
     /// Slots open to new singers (the first this many).
     pub singer_limit: usize,
     /// Whether joining needs a PIN (never the PIN itself).
@@ -831,9 +849,22 @@ impl Room {
                 self.changed = true;
                 Ok(Reply::Done)
             }
-            Input::SetBacking { gain_db, muted } => {
+            Input::SetBacking {
+                gain_db,
+                muted,
+                source,
+            } => {
                 if let Some(gain_db) = gain_db {
                     check_gain("backing_gain_db", gain_db)?;
+                }
+                if let Some(source) = source {
+                    let effects = self
+                        .night
+                        .set_source(source, self.config.line_in)
+                        .map_err(Refusal::Night)?;
+                    self.carry_out(effects);
+                }
+                if let Some(gain_db) = gain_db {
                     self.backing_gain_db = gain_db;
                 }
                 if let Some(muted) = muted {
@@ -1041,6 +1072,9 @@ impl Room {
             master_gain_db: self.master_gain_db,
             backing_gain_db: self.backing_gain_db,
             backing_muted: self.backing_muted,
+            backing_source: self.night.source(),
+            line_in: self.night.line_in().cloned(),
+            line_in_configured: self.config.line_in,
             singer_limit: self.singer_limit,
             pin_set: !self.pin.is_empty(),
         }
@@ -1060,6 +1094,7 @@ impl Room {
         for effect in effects {
             match effect {
                 Effect::Player(command) => self.emit(Action::Player(command)),
+                Effect::LineIn(command) => self.emit(Action::LineIn(command)),
                 Effect::Engine { generation, paused } => {
                     self.emit(Action::Engine(Command::Backing { generation, paused }))
                 }

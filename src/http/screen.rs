@@ -156,6 +156,9 @@ mod tests {
             loss_pct: 1.0,
         };
         let view = RoomView {
+            backing_source: crate::control::night::BackingSource::Songs,
+            line_in: None,
+            line_in_configured: false,
             queue: Vec::new(),
             song: None,
             problems: Vec::new(),

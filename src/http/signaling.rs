@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::night::{EntryId, Problem, Transport};
+use crate::control::night::{BackingSource, EntryId, Problem, Transport};
 use crate::control::{PeerId, Role, RoomView, SlotChange, SlotId, Token};
 use crate::songs::library::{LibrarySong, SongId};
 
@@ -118,12 +118,14 @@ pub enum ClientMessage {
         /// Gain, dB.
         gain_db: f32,
     },
-    /// Host: the backing level and mute (only the fields given).
+    /// Host: the backing level, mute and source (only the fields given).
     Backing {
         /// Gain, dB.
         gain_db: Option<f32>,
         /// Silenced.
         muted: Option<bool>,
+        /// Songs or the line-in.
+        source: Option<BackingSource>,
     },
     /// Host: send a participant away.
     Kick {
@@ -503,6 +505,18 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
         "backing" => Ok(ClientMessage::Backing {
             gain_db: number_field(&obj, "gain_db")?.map(|v| v as f32),
             muted: bool_field(&obj, "muted")?,
+            source: match obj.get("source") {
+                None => None,
+                Some(Value::String(s)) => Some(BackingSource::parse(s).ok_or_else(|| {
+                    WireError::new(ErrorCode::BadField, "`source` must be songs or line_in")
+                })?),
+                Some(_) => {
+                    return Err(WireError::new(
+                        ErrorCode::BadField,
+                        "`source` must be songs or line_in",
+                    ))
+                }
+            },
         }),
         "kick" => Ok(ClientMessage::Kick {
             peer: PeerId::parse(&string_field(&obj, "peer")?)
@@ -721,6 +735,21 @@ pub struct HostRoomView {
     pub backing_gain_db: f32,
     /// Backing silenced.
     pub backing_muted: bool,
+    /// Where the backing comes from: `songs` or `line_in`.
+    pub backing_source: &'static str,
+    /// Whether the box has a line-in to choose.
+    pub line_in_configured: bool,
+    /// The line-in while it is the source: capturing, or why not.
+    pub line_in: Option<LineInView>,
+}
+
+/// The line-in as the host sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct LineInView {
+    /// Capturing.
+    pub live: bool,
+    /// Why not, naming the device.
+    pub problem: Option<String>,
 }
 
 impl HostRoomView {
@@ -742,6 +771,12 @@ impl HostRoomView {
             master_gain_db: view.master_gain_db,
             backing_gain_db: view.backing_gain_db,
             backing_muted: view.backing_muted,
+            backing_source: view.backing_source.as_str(),
+            line_in_configured: view.line_in_configured,
+            line_in: view.line_in.as_ref().map(|l| LineInView {
+                live: l.live,
+                problem: l.problem.clone(),
+            }),
         }
     }
 }
@@ -998,6 +1033,19 @@ mod tests {
             r#"{"type":"backing","muted":1}"#,
             "error BadField: `muted` must be true or false",
         );
+        check(
+            r#"{"type":"backing","source":"line_in"}"#,
+            "Backing { gain_db: None, muted: None, source: Some(LineIn) }",
+        );
+        for bad in [r#""tape""#, "1", "null", r#""LINE_IN""#] {
+            check(
+                &format!(r#"{{"type":"backing","source":{bad}}}"#),
+                "error BadField: `source` must be songs or line_in",
+            );
+        }
+        assert!(parse(r#"{"type":"backing","source":"songs"}"#)
+            .unwrap()
+            .is_host_only());
         check(
             r#"{"type":"kick","peer":"7"}"#,
             "error BadField: `peer` must be a peer id",

@@ -200,8 +200,17 @@ impl Session {
             ClientMessage::Master { gain_db } => {
                 self.host_input(Input::SetMaster { gain_db }).await
             }
-            ClientMessage::Backing { gain_db, muted } => {
-                self.host_input(Input::SetBacking { gain_db, muted }).await
+            ClientMessage::Backing {
+                gain_db,
+                muted,
+                source,
+            } => {
+                self.host_input(Input::SetBacking {
+                    gain_db,
+                    muted,
+                    source,
+                })
+                .await
             }
             ClientMessage::Kick { peer } => self.host_input(Input::Kick { peer }).await,
             ClientMessage::Join {

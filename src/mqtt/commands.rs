@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::control::night::Transport;
+use crate::control::night::{BackingSource, Transport};
 use crate::control::room::{GAIN_MAX_DB, GAIN_MIN_DB, PIN_MAX_CHARS};
 use crate::control::{Input, PeerId, Refusal, SlotChange, SlotId};
 
@@ -134,10 +134,15 @@ fn input(name: &str, f: &mut Fields) -> Result<Input, Failure> {
         },
         "backing" => {
             let (gain_db, muted) = (f.number("gain_db")?, f.boolean("muted")?);
-            if gain_db.is_none() && muted.is_none() {
-                return Err(missing("gain_db` or `muted"));
+            let source = f.source()?;
+            if gain_db.is_none() && muted.is_none() && source.is_none() {
+                return Err(missing("gain_db`, `muted` or `source"));
             }
-            Input::SetBacking { gain_db, muted }
+            Input::SetBacking {
+                gain_db,
+                muted,
+                source,
+            }
         }
         "slot" => {
             let slot = f.slot()?;
@@ -273,6 +278,16 @@ impl Fields {
         }
     }
 
+    fn source(&mut self) -> Result<Option<BackingSource>, Failure> {
+        match self.0.remove("source") {
+            None => Ok(None),
+            Some(Value::String(s)) => BackingSource::parse(&s)
+                .map(Some)
+                .ok_or_else(|| Failure::new("bad_field", "`source` must be songs or line_in")),
+            Some(_) => Err(not_a("source", "string (songs or line_in)")),
+        }
+    }
+
     fn slot(&mut self) -> Result<SlotId, Failure> {
         match self.0.remove("slot") {
             Some(Value::String(s)) => SlotId::parse(&s)
@@ -365,9 +380,21 @@ mod tests {
             input("backing", r#"{"muted": true}"#),
             Ok(Input::SetBacking {
                 gain_db: None,
-                muted: Some(true)
+                muted: Some(true),
+                source: None,
             })
         ));
+        assert!(matches!(
+            input("backing", r#"{"source": "line_in"}"#),
+            Ok(Input::SetBacking {
+                gain_db: None,
+                muted: None,
+                source: Some(BackingSource::LineIn),
+            })
+        ));
+        for bad in [r#"{"source": "radio"}"#, r#"{"source": 1}"#, "{}"] {
+            assert!(input("backing", bad).is_err(), "{bad}");
+        }
         let Ok(Input::SetSlot { slot, change }) = input(
             "slot",
             r#"{"slot": "b", "gain_db": 3, "monitor": 0.5, "reverb": 0.2}"#,

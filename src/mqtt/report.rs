@@ -217,6 +217,9 @@ mod tests {
 
     fn view() -> RoomView {
         RoomView {
+            backing_source: crate::control::night::BackingSource::Songs,
+            line_in: None,
+            line_in_configured: false,
             queue: Vec::new(),
             song: None,
             problems: Vec::new(),

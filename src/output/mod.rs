@@ -1,4 +1,5 @@
-//! Audio outputs: the only module that knows ALSA and WAV files.
+//! Audio outputs (and the line-in's capture): the only module that knows ALSA and WAV
+//! files.
 //!
 //! Each output is an [`audio::Sink`](crate::audio::Sink). `alsa` writes to a sound card
 //! and is paced by its clock; `null` paces itself with the monotonic clock (for machines
@@ -19,7 +20,7 @@ mod alsa;
 mod null;
 mod wav;
 
-pub use self::alsa::{AlsaSink, SampleFormat};
+pub use self::alsa::{AlsaCapture, AlsaSink, SampleFormat};
 pub use null::NullSink;
 pub use wav::WavSink;
 

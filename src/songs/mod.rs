@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub mod decode;
 pub mod library;
+pub mod line_in;
 pub mod lyrics;
 pub mod player;
 #[cfg(any(test, feature = "testkit"))]

@@ -518,3 +518,145 @@ async fn a_count_in_of_clicks_leads_into_the_song_on_the_beat() {
         "the song from its first frame: {tone}"
     );
 }
+
+/// The venue's own karaoke player on the line-in: a tone played into a PulseAudio null
+/// sink, whose monitor the box captures through ALSA (`audio.line_in`), chosen by the
+/// host as the backing. It must reach the venue output and both singers' returns at the
+/// backing level, whole (drift-corrected, no gaps), beside the voices.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use duetbox::audio::Sink;
+    use duetbox::engine::testkit::tone_level;
+
+    use crate::support::{alsa_config, pcm, raw, PulseAudio};
+    use crate::whip::{singer, tone, wait_more};
+
+    const LINE_HZ: f32 = 330.0;
+    let _serial = SERIAL.lock().await;
+    let alsa = alsa_config();
+    let _pulse = PulseAudio::start(&alsa.pulse_e2e_dir());
+    // The karaoke player: a stereo tone at half scale into the line's sink, paced by
+    // PulseAudio's clock (the box's output runs on another sink's).
+    let playing = Arc::new(AtomicBool::new(true));
+    let player = std::thread::spawn({
+        let playing = playing.clone();
+        move || {
+            let mut sink = duetbox::output::AlsaSink::open(pcm::LINE_PLAYER, 480, 1_920)
+                .expect("the line's player opens");
+            let period = sink.period_frames();
+            let mut buf = vec![0.0f32; 2 * period];
+            let mut n = 0u64;
+            while playing.load(Ordering::Relaxed) {
+                for f in 0..period {
+                    let t = n as f64 / 48_000.0;
+                    let v = (0.5 * (std::f64::consts::TAU * f64::from(LINE_HZ) * t).sin()) as f32;
+                    buf[2 * f] = v;
+                    buf[2 * f + 1] = v;
+                    n += 1;
+                }
+                sink.write(&buf).expect("the line's player writes");
+            }
+        }
+    });
+
+    let dir = box_dir("songs-line-in");
+    let mut config = loopback_box_config(&dir.join("state"));
+    config.audio.output = format!("alsa:{}", pcm::VENUE_E2E);
+    config.audio.line_in = pcm::LINE_IN.into();
+    config.room.host_pin = HOST_PIN.into();
+    let (running, base) = start_box(config).await;
+    let ana = singer(&base, "ana", None, tone(440.0)).await;
+    let ben = singer(&base, "ben", None, tone(660.0)).await;
+
+    let mut host = Phone::connect(running.https_addr).await;
+    host.send(json!({"type": "host", "v": 1, "pin": HOST_PIN}))
+        .await;
+    host.expect("host_welcome").await;
+    host.send(json!({"type": "backing", "source": "line_in"}))
+        .await;
+    let begin = Instant::now();
+    loop {
+        assert!(
+            begin.elapsed() < Duration::from_secs(15),
+            "the line-in did not go live"
+        );
+        match tokio::time::timeout(Duration::from_millis(500), host.next()).await {
+            Ok(Received::Json(v)) if v["type"] == "host_room" => {
+                assert_eq!(v["line_in_configured"], true, "{v}");
+                let problem = &v["line_in"]["problem"];
+                assert!(problem.is_null(), "the line-in failed: {problem}");
+                if v["backing_source"] == "line_in" && v["line_in"]["live"] == true {
+                    break;
+                }
+            }
+            Ok(Received::Json(v)) if v["type"] == "error" => panic!("refused: {v}"),
+            Ok(Received::Closed(c)) => panic!("host closed {c:?}"),
+            _ => {}
+        }
+    }
+    wait_more(&ana, 4.0, "4 s of ana's return over the line-in").await;
+    wait_more(&ben, 0.5, "ben's return").await;
+    // The backing plays at -6 dB (the default): 0.5 × 0.501, through Opus.
+    let backing = 0.2..=0.3;
+    for (who, client, partner_hz, own_hz) in
+        [("ana", &ana, 660.0, 440.0), ("ben", &ben, 440.0, 660.0)]
+    {
+        let left = client.received().left();
+        let last = &left[left.len() - 96_000..];
+        let levels: Vec<f32> = last
+            .chunks(WINDOW)
+            .map(|w| tone_level(w, LINE_HZ))
+            .collect();
+        eprintln!("{who}'s return: the line-in at {levels:.3?}");
+        for (w, &line) in levels.iter().enumerate() {
+            assert!(
+                backing.contains(&line),
+                "{who}'s return: the line-in at {line} in window {w} of the last 2 s"
+            );
+        }
+        let (partner, own) = (tone_level(last, partner_hz), tone_level(last, own_hz));
+        assert!(
+            partner > 0.1 && own < 0.01,
+            "{who} hears partner {partner}, self {own}"
+        );
+    }
+    let periods = running.audio.counters.periods.load(Ordering::Relaxed);
+    let period = running
+        .audio
+        .counters
+        .device_period_frames
+        .load(Ordering::Relaxed);
+    ana.close().await;
+    ben.close().await;
+    drop(host);
+    running.stop().await.expect("the box stops");
+    playing.store(false, Ordering::Relaxed);
+    player.join().expect("the player thread");
+
+    // The venue output's last 3 s of the duet: the line-in whole in every window,
+    // beside both voices.
+    let venue = read_wav_left(&alsa.file(raw::VENUE_E2E));
+    let end = (periods * period) as usize;
+    let end = end.min(venue.len()).saturating_sub(24_000);
+    let duet = &venue[end - 144_000..end];
+    let levels: Vec<f32> = duet
+        .chunks(WINDOW)
+        .map(|w| tone_level(w, LINE_HZ))
+        .collect();
+    eprintln!("venue: the line-in at {levels:.3?}");
+    for (w, window) in duet.chunks(WINDOW).enumerate() {
+        let line = levels[w];
+        assert!(
+            (0.22..=0.28).contains(&line),
+            "venue: the line-in at {line} in window {w} of the last 3 s"
+        );
+        let voices = (tone_level(window, 440.0), tone_level(window, 660.0));
+        assert!(
+            voices.0 > 0.2 && voices.1 > 0.2,
+            "venue: the voices at {voices:?} in window {w}"
+        );
+    }
+}

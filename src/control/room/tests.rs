@@ -6,7 +6,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 
 use super::*;
-use crate::control::night::{NightRefusal, SongFeedback, SongRef, Transport};
+use crate::control::night::{BackingSource, NightRefusal, SongFeedback, SongRef, Transport};
+use crate::songs::line_in::LineInCommand;
 use crate::songs::player::PlayerCommand;
 
 const GRACE: Duration = Duration::from_secs(30);
@@ -24,6 +25,7 @@ fn config() -> RoomConfig {
         backing_gain_db: -6.0,
         count_in_beats: 0,
         count_in: Duration::ZERO,
+        line_in: true,
     }
 }
 
@@ -535,7 +537,8 @@ fn a_refused_change_changes_nothing() {
             secs(1.0),
             Input::SetBacking {
                 gain_db: Some(-61.0),
-                muted: Some(true)
+                muted: Some(true),
+                source: Some(BackingSource::LineIn),
             }
         ),
         Err(Refusal::OutOfRange("backing_gain_db"))
@@ -922,6 +925,7 @@ fn master_and_backing_levels_are_room_state() {
         Input::SetBacking {
             gain_db: None,
             muted: Some(true),
+            source: None,
         },
     )
     .expect("mute backing");
@@ -930,6 +934,7 @@ fn master_and_backing_levels_are_room_state() {
         Input::SetBacking {
             gain_db: Some(-12.0),
             muted: None,
+            source: None,
         },
     )
     .expect("backing level");
@@ -1420,4 +1425,55 @@ fn engine_feedback_moves_the_song_and_stale_news_is_ignored() {
     .unwrap();
     assert!(h.room.view().song.is_none());
     assert!(h.take().contains(&Action::Changed));
+}
+
+#[test]
+fn the_host_picks_the_line_in_only_on_a_box_that_has_one() {
+    let source = |s| Input::SetBacking {
+        gain_db: None,
+        muted: None,
+        source: Some(s),
+    };
+    let mut without = Harness::new(RoomConfig {
+        line_in: false,
+        ..config()
+    });
+    let before = without.room.view();
+    assert_eq!(
+        without.handle(secs(0.0), source(BackingSource::LineIn)),
+        Err(Refusal::Night(NightRefusal::NoLineIn))
+    );
+    assert_eq!(without.room.view(), before);
+    assert!(without.take().is_empty());
+
+    let mut h = Harness::new(config());
+    h.handle(secs(0.0), source(BackingSource::LineIn))
+        .expect("line-in");
+    let actions = h.take();
+    let starts: Vec<u32> = pick(&actions, |a| match a {
+        Action::LineIn(LineInCommand::Start { generation }) => Some(*generation),
+        _ => None,
+    });
+    assert_eq!(starts.len(), 1, "{actions:?}");
+    assert!(
+        engine_commands(&actions).contains(&Command::Backing {
+            generation: starts[0],
+            paused: false
+        }),
+        "the engine plays the line-in's generation: {actions:?}"
+    );
+    let view = h.room.view();
+    assert_eq!(
+        (view.backing_source, view.line_in_configured),
+        (BackingSource::LineIn, true)
+    );
+    // The song transport waits while the line-in plays.
+    assert_eq!(
+        h.handle(secs(0.1), Input::Transport(Transport::Play)),
+        Err(Refusal::Night(NightRefusal::LineInIsTheSource))
+    );
+    h.handle(secs(0.2), source(BackingSource::Songs))
+        .expect("songs");
+    assert!(h.take().contains(&Action::LineIn(LineInCommand::Stop)));
+    assert_eq!(h.room.view().backing_source, BackingSource::Songs);
 }

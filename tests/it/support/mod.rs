@@ -63,10 +63,19 @@ pub mod pcm {
     /// its own period, as JACK's and PipeWire's ALSA plugins (and dmix) do, paced by the
     /// server's clock.
     pub const VENUE_JACK: &str = "duetbox_venue_jack";
+    /// `pulse` capture from the monitor of the e2e daemon's second null sink
+    /// ([`super::PULSE_LINE_SINK`]): the box's line-in in the tests.
+    pub const LINE_IN: &str = "duetbox_line_in";
+    /// `pulse` playback into that sink: the venue's karaoke player.
+    pub const LINE_PLAYER: &str = "duetbox_line_player";
 }
 
 /// The null-sink name inside the private PulseAudio daemon.
 pub const PULSE_SINK: &str = "duetbox_test";
+
+/// A second null sink in each daemon: the line the venue's karaoke player plays into,
+/// whose monitor the box captures.
+pub const PULSE_LINE_SINK: &str = "duetbox_line";
 
 /// File names (in [`AlsaConfig::dir`]) the file PCMs record to.
 pub mod raw {
@@ -175,6 +184,16 @@ pcm.duetbox_pulse_e2e {{
     server "unix:{socket_e2e}"
     device "{pulse_sink}"
 }}
+pcm.{line_in} {{
+    type pulse
+    server "unix:{socket_e2e}"
+    device "{line_sink}.monitor"
+}}
+pcm.{line_player} {{
+    type pulse
+    server "unix:{socket_e2e}"
+    device "{line_sink}"
+}}
 pcm.{mono} {{
     type multi
     slaves.a {{ pcm "null"; channels 1 }}
@@ -197,6 +216,9 @@ pcm.!{broken_default} {{
             venue_jack = pcm::VENUE_JACK,
             venue_jack_file = file(raw::VENUE_JACK),
             broken_default = pcm::BROKEN_DEFAULT,
+            line_in = pcm::LINE_IN,
+            line_player = pcm::LINE_PLAYER,
+            line_sink = PULSE_LINE_SINK,
         );
         fs::write(&conf, text).expect("write the hermetic ALSA config");
         // Process-wide and read by alsa-lib at every open: set once, here, before any
@@ -273,8 +295,9 @@ pub fn within<T: Send + 'static>(
     }
 }
 
-/// A private PulseAudio daemon with one null sink ([`PULSE_SINK`], 48 kHz) and an
-/// anonymous native socket in [`AlsaConfig::pulse_dir`]. Killed by PID on drop.
+/// A private PulseAudio daemon with two null sinks ([`PULSE_SINK`] and
+/// [`PULSE_LINE_SINK`], 48 kHz) and an anonymous native socket in
+/// [`AlsaConfig::pulse_dir`]. Killed by PID on drop.
 pub struct PulseAudio {
     child: Child,
     log: PathBuf,
@@ -311,6 +334,9 @@ impl PulseAudio {
             ])
             .arg(format!(
                 "--load=module-null-sink sink_name={PULSE_SINK} rate={SAMPLE_RATE_HZ}"
+            ))
+            .arg(format!(
+                "--load=module-null-sink sink_name={PULSE_LINE_SINK} rate={SAMPLE_RATE_HZ}"
             ))
             .arg(format!(
                 "--load=module-native-protocol-unix auth-anonymous=1 socket={}",
