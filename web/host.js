@@ -228,15 +228,22 @@ function drawRoom() {
     $(`${id}-v`).textContent = `${value.toFixed(1)} dB`;
   }
   $('backing-mute').checked = r.backing_muted;
-  // The source picker shows only on a box with a line-in (audio.line_in).
-  $('source-row').hidden = !r.line_in_configured;
+  // The source picker shows only when there is a choice: a line-in (audio.line_in) or a
+  // WHIP client connected in the backing role.
+  const feed = r.peers.find((p) => p.role === 'backing');
+  $('source-row').hidden = !r.line_in_configured && !feed && r.backing_source === 'songs';
+  $('source-line-in-label').hidden = !r.line_in_configured;
+  $('source-whip-label').hidden = !feed;
+  $('source-whip-name').textContent = feed ? `WHIP: ${feed.name}` : 'WHIP feed';
   $('source-songs').checked = r.backing_source === 'songs';
   $('source-line-in').checked = r.backing_source === 'line_in';
-  const li = r.line_in;
-  $('line-in-state').textContent = !li ? ''
-    : li.live ? 'line-in live'
-    : li.problem ? `line-in failed: ${li.problem} (trying again)` : 'opening the line-in…';
-  $('line-in-state').classList.toggle('problem', Boolean(li && li.problem));
+  $('source-whip').checked = r.backing_source === 'whip';
+  const live = r.live_source;
+  const what = live && live.source === 'whip' ? 'WHIP feed' : 'line-in';
+  $('line-in-state').textContent = !live ? ''
+    : live.live ? `${what} live`
+    : live.problem ? `${what} failed: ${live.problem} (trying again)` : `opening the ${what}…`;
+  $('line-in-state').classList.toggle('problem', Boolean(live && live.problem));
 }
 
 $('login-form').onsubmit = (ev) => {

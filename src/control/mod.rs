@@ -35,7 +35,8 @@ use tracing::Instrument;
 
 use crate::audio::{AudioHandle, Report};
 use crate::engine::{Event, MixId, SingerId};
-use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings};
+use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings, Uplink};
+use crate::songs::feed::FeedGate;
 use crate::songs::library::Library;
 use crate::songs::line_in::{LineIn, LineInEvent};
 use crate::songs::player::{Player, PlayerEvent};
@@ -157,6 +158,18 @@ pub struct Control {
     max_singers: usize,
     library: watch::Receiver<Arc<Library>>,
     song_clock: watch::Receiver<SongClock>,
+    feed_gate: Arc<FeedGate>,
+}
+
+/// What a connection's media sends the box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sends {
+    /// Nothing (a listener).
+    Nothing,
+    /// A singer's voice.
+    Voice(SingerId),
+    /// A backing feed (the WHIP `backing` role).
+    Backing,
 }
 
 impl Control {
@@ -238,16 +251,23 @@ impl Control {
     pub async fn offer(
         &self,
         conn: ConnId,
-        singer: Option<SingerId>,
+        sends: Sends,
         offer_sdp: String,
         wait_for_candidates: bool,
     ) -> Result<Media, rtc::Error> {
-        let inbound = singer.map(|singer| Inbound {
-            singer,
-            audio: self.audio.clone(),
-        });
+        let uplink = match sends {
+            Sends::Nothing => Uplink::None,
+            Sends::Voice(singer) => Uplink::Voice(Inbound {
+                singer,
+                audio: self.audio.clone(),
+            }),
+            Sends::Backing => Uplink::Backing(crate::songs::feed::spawn(
+                self.audio.clone(),
+                self.feed_gate.clone(),
+            )),
+        };
         let (peer, answer, events) =
-            rtc::answer(&self.rtc, offer_sdp, inbound, wait_for_candidates).await?;
+            rtc::answer(&self.rtc, offer_sdp, uplink, wait_for_candidates).await?;
         let peer = Arc::new(peer);
         let (reply, reply_rx) = oneshot::channel();
         let attach = Request::Attach {
@@ -328,6 +348,8 @@ pub struct ControlTask {
     /// The line-in's thread, when the box has one.
     line_in: Option<LineIn>,
     line_in_events: mpsc::UnboundedReceiver<LineInEvent>,
+    /// Opened (with a generation) while the WHIP feed is the backing.
+    feed_gate: Arc<FeedGate>,
     song_clock: watch::Sender<SongClock>,
 }
 
@@ -354,7 +376,9 @@ pub fn start(
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let (view_tx, view) = watch::channel(Arc::new(room.view()));
     let venue_level_db = Arc::new(AtomicU32::new((-120.0f32).to_bits()));
+    let feed_gate = Arc::new(FeedGate::default());
     let control = Control {
+        feed_gate: feed_gate.clone(),
         requests: requests_tx,
         view,
         next_conn: Arc::new(AtomicU64::new(1)),
@@ -382,6 +406,7 @@ pub fn start(
         player_events,
         line_in,
         line_in_events,
+        feed_gate,
         song_clock: song_clock_tx,
     };
     Ok((control, task))
@@ -485,6 +510,7 @@ impl ControlTask {
             match action {
                 Action::Engine(command) => self.link.queue(command),
                 Action::Player(command) => self.player.send(command),
+                Action::Feed(generation) => self.feed_gate.set(generation),
                 Action::LineIn(command) => {
                     if let Some(line_in) = &self.line_in {
                         line_in.send(command);

@@ -19,11 +19,12 @@
 //! for the host and the next entry starts. A song that ends stops the transport: the
 //! host starts the next singers when they are ready.
 //!
-//! The *backing source* is the song files or the line-in (the venue's own player), one
-//! at a time, as the host chooses. Choosing the line-in stops the song and starts the
-//! capture as a new generation; while it is the source, songs do not start (the queue
-//! still orders who sings next). A line-in that fails is shown to the host (and tried
-//! again by its thread).
+//! The *backing source* is the song files, the line-in (the venue's own player) or a
+//! WHIP feed (a PC's audio sent in the `backing` role), one at a time, as the host
+//! chooses. Choosing a live source stops the song and starts the source as a new
+//! generation; while it plays, songs do not start (the queue still orders who sings
+//! next). A line-in that fails is shown to the host (and tried again by its thread); a
+//! WHIP feed that leaves hands the backing back to the songs.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -202,6 +203,8 @@ pub enum BackingSource {
     Songs,
     /// The line-in.
     LineIn,
+    /// The WHIP client in the `backing` role.
+    Whip,
 }
 
 impl BackingSource {
@@ -210,6 +213,7 @@ impl BackingSource {
         match self {
             BackingSource::Songs => "songs",
             BackingSource::LineIn => "line_in",
+            BackingSource::Whip => "whip",
         }
     }
 
@@ -218,17 +222,20 @@ impl BackingSource {
         match name {
             "songs" => Some(BackingSource::Songs),
             "line_in" => Some(BackingSource::LineIn),
+            "whip" => Some(BackingSource::Whip),
             _ => None,
         }
     }
 }
 
-/// The line-in while it is the source.
+/// A live source (line-in or WHIP feed) while it is the source.
 #[derive(Clone, Debug, PartialEq)]
-pub struct LineInState {
+pub struct LiveState {
+    /// Which.
+    pub source: BackingSource,
     /// Its generation.
     pub generation: u32,
-    /// Capturing (false until the device opened, and after it failed).
+    /// Playing (a line-in: false until the device opened, and after it failed).
     pub live: bool,
     /// Why it is not, when it failed.
     pub problem: Option<String>,
@@ -241,6 +248,8 @@ pub enum Effect {
     Player(PlayerCommand),
     /// Hand this to the line-in.
     LineIn(LineInCommand),
+    /// Let the WHIP backing feed's audio in as this generation (`None`: keep it out).
+    Feed(Option<u32>),
     /// Tell the engine the generation that may play, and whether it is held.
     Engine {
         /// Generation.
@@ -273,8 +282,10 @@ pub enum NightRefusal {
     BeyondTheEnd,
     /// The box has no line-in configured.
     NoLineIn,
-    /// The line-in is the backing source: songs wait.
-    LineInIsTheSource,
+    /// No WHIP backing feed is connected.
+    NoFeed,
+    /// A live source (line-in, WHIP feed) is the backing: songs wait.
+    LiveSourcePlays,
 }
 
 /// The queue and the transport. See the module docs.
@@ -287,7 +298,7 @@ pub struct Night {
     problems: VecDeque<Problem>,
     count_in: Duration,
     beats: u32,
-    line_in: Option<LineInState>,
+    live: Option<LiveState>,
 }
 
 impl Night {
@@ -381,62 +392,62 @@ impl Night {
 
     /// The backing source.
     pub fn source(&self) -> BackingSource {
-        match self.line_in {
-            Some(_) => BackingSource::LineIn,
-            None => BackingSource::Songs,
-        }
+        self.live
+            .as_ref()
+            .map_or(BackingSource::Songs, |live| live.source)
     }
 
-    /// The line-in, while it is the source.
-    pub fn line_in(&self) -> Option<&LineInState> {
-        self.line_in.as_ref()
+    /// The live source, while one plays.
+    pub fn live(&self) -> Option<&LiveState> {
+        self.live.as_ref()
     }
 
-    /// The host chooses the backing source (`line_in_configured`: the box has one).
+    /// The host chooses the backing source; `available` says whether the box has it now
+    /// (a configured line-in, a connected WHIP feed; songs always).
     pub fn set_source(
         &mut self,
         source: BackingSource,
-        line_in_configured: bool,
+        available: bool,
     ) -> Result<Vec<Effect>, NightRefusal> {
         if source == self.source() {
             return Ok(Vec::new());
         }
         match source {
-            BackingSource::LineIn => {
-                if !line_in_configured {
-                    return Err(NightRefusal::NoLineIn);
-                }
-                let mut effects = if self.now.is_some() {
-                    self.stop()
-                } else {
-                    Vec::new()
-                };
-                let generation = self.bump();
-                effects.extend([
-                    Effect::Engine {
-                        generation,
-                        paused: false,
-                    },
-                    Effect::LineIn(LineInCommand::Start { generation }),
-                ]);
-                self.line_in = Some(LineInState {
-                    generation,
-                    live: false,
-                    problem: None,
-                });
-                Ok(effects)
-            }
-            BackingSource::Songs => {
-                self.line_in = None;
-                let generation = self.bump();
-                Ok(vec![
-                    Effect::LineIn(LineInCommand::Stop),
-                    Effect::Engine {
-                        generation,
-                        paused: false,
-                    },
-                ])
-            }
+            BackingSource::LineIn if !available => return Err(NightRefusal::NoLineIn),
+            BackingSource::Whip if !available => return Err(NightRefusal::NoFeed),
+            _ => {}
+        }
+        // What plays now stops: the song, or the other live source.
+        let mut effects = match self.live.take() {
+            Some(live) => vec![Self::stop_live(live.source)],
+            None if self.now.is_some() => self.stop(),
+            None => Vec::new(),
+        };
+        let generation = self.bump();
+        effects.push(Effect::Engine {
+            generation,
+            paused: false,
+        });
+        let start = match source {
+            BackingSource::Songs => return Ok(effects),
+            BackingSource::LineIn => Effect::LineIn(LineInCommand::Start { generation }),
+            BackingSource::Whip => Effect::Feed(Some(generation)),
+        };
+        effects.push(start);
+        self.live = Some(LiveState {
+            source,
+            generation,
+            // A feed is chosen only while connected; a line-in says when it opened.
+            live: source == BackingSource::Whip,
+            problem: None,
+        });
+        Ok(effects)
+    }
+
+    fn stop_live(source: BackingSource) -> Effect {
+        match source {
+            BackingSource::LineIn => Effect::LineIn(LineInCommand::Stop),
+            _ => Effect::Feed(None),
         }
     }
 
@@ -500,8 +511,8 @@ impl Night {
             command,
             Transport::Play | Transport::Next | Transport::Start(_)
         );
-        if starts && self.line_in.is_some() {
-            return Err(NightRefusal::LineInIsTheSource);
+        if starts && self.live.is_some() {
+            return Err(NightRefusal::LiveSourcePlays);
         }
         match command {
             Transport::Play => match self.now.as_mut() {
@@ -619,8 +630,11 @@ impl Night {
             SongFeedback::LineIn {
                 generation,
                 problem,
-            } => match self.line_in.as_mut() {
-                Some(line_in) if line_in.generation == generation => {
+            } => match self.live.as_mut() {
+                Some(line_in)
+                    if line_in.source == BackingSource::LineIn
+                        && line_in.generation == generation =>
+                {
                     line_in.live = problem.is_none();
                     line_in.problem = problem;
                     (Vec::new(), true)
@@ -814,7 +828,7 @@ mod tests {
         let effects = night
             .set_source(BackingSource::LineIn, true)
             .expect("line-in");
-        let generation = night.line_in().expect("line-in state").generation;
+        let generation = night.live().expect("line-in state").generation;
         assert!(
             effects.contains(&Effect::Player(PlayerCommand::Stop)),
             "{effects:?}"
@@ -836,10 +850,7 @@ mod tests {
             Ok(Vec::new())
         );
         for command in [Transport::Play, Transport::Next] {
-            assert_eq!(
-                night.transport(command),
-                Err(NightRefusal::LineInIsTheSource)
-            );
+            assert_eq!(night.transport(command), Err(NightRefusal::LiveSourcePlays));
         }
         assert_eq!(night.queue().len(), 1, "the queue waits");
 
@@ -849,7 +860,7 @@ mod tests {
             problem: Some("alsa:hw:9: open: No such file or directory".into()),
         };
         assert_eq!(night.feedback(failed), (Vec::new(), true));
-        let state = night.line_in().expect("still the source");
+        let state = night.live().expect("still the source");
         assert!(!state.live && state.problem.is_some(), "{state:?}");
         let stale = SongFeedback::LineIn {
             generation: generation.wrapping_sub(1),
@@ -862,15 +873,37 @@ mod tests {
         };
         night.feedback(live);
         assert_eq!(
-            night.line_in().map(|l| (l.live, l.problem.clone())),
+            night.live().map(|l| (l.live, l.problem.clone())),
             Some((true, None))
         );
 
+        // The WHIP feed takes over from the line-in, which stops.
+        assert_eq!(
+            night.set_source(BackingSource::Whip, false),
+            Err(NightRefusal::NoFeed)
+        );
+        let effects = night.set_source(BackingSource::Whip, true).expect("feed");
+        let feed = generation_of(&effects);
+        assert_eq!(
+            effects,
+            vec![
+                Effect::LineIn(LineInCommand::Stop),
+                Effect::Engine {
+                    generation: feed,
+                    paused: false
+                },
+                Effect::Feed(Some(feed)),
+            ]
+        );
+        assert!(night
+            .live()
+            .is_some_and(|l| l.live && l.source == BackingSource::Whip));
+
         let effects = night.set_source(BackingSource::Songs, true).expect("songs");
-        assert_eq!(effects[0], Effect::LineIn(LineInCommand::Stop));
+        assert_eq!(effects[0], Effect::Feed(None));
         assert!(
-            generation_of(&effects) != generation,
-            "a new generation flushes the line-in"
+            generation_of(&effects) != feed && feed != generation,
+            "each source a new generation"
         );
         assert!(
             night.transport(Transport::Play).is_ok(),

@@ -52,7 +52,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use super::night::{
-    BackingSource, Effect, EntryId, LineInState, Night, NightRefusal, NowPlaying, Problem,
+    BackingSource, Effect, EntryId, LiveState, Night, NightRefusal, NowPlaying, Problem,
     SongFeedback, SongRef, Transport,
 };
 use super::throttle::PinThrottle;
@@ -211,6 +211,9 @@ pub enum Role {
     Singer,
     /// Hears the venue mix.
     Listener,
+    /// A WHIP client whose audio the host may choose as the backing (admitted with the
+    /// host PIN; one at a time; no seat).
+    Backing,
 }
 
 impl Role {
@@ -219,6 +222,7 @@ impl Role {
         match self {
             Role::Singer => "singer",
             Role::Listener => "listener",
+            Role::Backing => "backing",
         }
     }
 }
@@ -341,8 +345,9 @@ impl fmt::Display for Refusal {
                 NightRefusal::NothingPlaying => "no song is playing",
                 NightRefusal::BeyondTheEnd => "that is past the end of the song",
                 NightRefusal::NoLineIn => "this box has no line-in (audio.line_in)",
-                NightRefusal::LineInIsTheSource => {
-                    "the line-in is the backing: switch the backing to songs first"
+                NightRefusal::NoFeed => "no WHIP backing feed is connected",
+                NightRefusal::LiveSourcePlays => {
+                    "a live source is the backing: switch the backing to songs first"
                 }
             }),
         }
@@ -574,6 +579,9 @@ pub enum Action {
     Player(PlayerCommand),
     /// Hand this to the line-in.
     LineIn(LineInCommand),
+    /// Let the WHIP backing feed's audio into the backing as this generation (`None`:
+    /// keep it out).
+    Feed(Option<u32>),
     /// From now on this connection's media hears `mix`.
     Route {
         /// The connection.
@@ -700,8 +708,8 @@ pub struct RoomView {
     pub backing_muted: bool,
     /// Where the backing comes from.
     pub backing_source: BackingSource,
-    /// The line-in, while it is the source.
-    pub line_in: Option<LineInState>,
+    /// The live source (line-in, WHIP feed), while one plays.
+    pub live: Option<LiveState>,
     /// Whether the box has a line-in.
     pub line_in_configured: bool,
     /// Slots open to new singers (the first this many).
@@ -719,12 +727,8 @@ impl RoomView {
 
     /// (singers, listeners) in the room, reconnecting ones included.
     pub fn counts(&self) -> (usize, usize) {
-        let singers = self
-            .participants
-            .iter()
-            .filter(|p| p.role == Role::Singer)
-            .count();
-        (singers, self.participants.len() - singers)
+        let count = |role| self.participants.iter().filter(|p| p.role == role).count();
+        (count(Role::Singer), count(Role::Listener))
     }
 }
 
@@ -858,9 +862,17 @@ impl Room {
                     check_gain("backing_gain_db", gain_db)?;
                 }
                 if let Some(source) = source {
+                    let available = match source {
+                        BackingSource::Songs => true,
+                        BackingSource::LineIn => self.config.line_in,
+                        BackingSource::Whip => self
+                            .participants
+                            .values()
+                            .any(|p| p.role == Role::Backing && p.presence == Presence::Live),
+                    };
                     let effects = self
                         .night
-                        .set_source(source, self.config.line_in)
+                        .set_source(source, available)
                         .map_err(Refusal::Night)?;
                     self.carry_out(effects);
                 }
@@ -1073,7 +1085,7 @@ impl Room {
             backing_gain_db: self.backing_gain_db,
             backing_muted: self.backing_muted,
             backing_source: self.night.source(),
-            line_in: self.night.line_in().cloned(),
+            live: self.night.live().cloned(),
             line_in_configured: self.config.line_in,
             singer_limit: self.singer_limit,
             pin_set: !self.pin.is_empty(),
@@ -1095,6 +1107,7 @@ impl Room {
             match effect {
                 Effect::Player(command) => self.emit(Action::Player(command)),
                 Effect::LineIn(command) => self.emit(Action::LineIn(command)),
+                Effect::Feed(generation) => self.emit(Action::Feed(generation)),
                 Effect::Engine { generation, paused } => {
                     self.emit(Action::Engine(Command::Backing { generation, paused }))
                 }
@@ -1170,10 +1183,6 @@ impl Room {
         found
     }
 
-    fn pin_ok(&self, pin: Option<&str>) -> bool {
-        self.pin.is_empty() || constant_time_eq(pin.unwrap_or("").as_bytes(), self.pin.as_bytes())
-    }
-
     fn route_of(&self, p: &Participant, peer: PeerId) -> MixId {
         match p.slot {
             Some(slot) if !self.slots[slot.0].settings.hears_venue_mix() => {
@@ -1227,12 +1236,21 @@ impl Room {
             self.changed = true;
             return Ok(self.welcome(peer, true));
         }
-        if !self.pin.is_empty() {
+        // A backing feed is admitted with the host PIN (it can take over the speakers),
+        // everyone else with the room's.
+        let backing = request.role == Role::Backing;
+        let pin = if backing {
+            self.config.host_pin.as_str()
+        } else {
+            self.pin.as_str()
+        };
+        if !pin.is_empty() || backing {
             if let Some(from) = request.from {
                 // A guesser who must wait is refused without looking at the PIN.
                 self.throttle.check(from, now).map_err(Refusal::SlowDown)?;
             }
-            if !self.pin_ok(request.pin.as_deref()) {
+            let given = request.pin.as_deref().unwrap_or("");
+            if pin.is_empty() || !constant_time_eq(given.as_bytes(), pin.as_bytes()) {
                 if let Some(from) = request.from {
                     self.throttle.failed(from, now);
                 }
@@ -1251,6 +1269,12 @@ impl Room {
             Role::Listener => {
                 if self.listeners() >= self.config.max_listeners {
                     return Err(Refusal::Full(Role::Listener));
+                }
+                None
+            }
+            Role::Backing => {
+                if self.participants.values().any(|p| p.role == Role::Backing) {
+                    return Err(Refusal::Full(Role::Backing));
                 }
                 None
             }
@@ -1358,6 +1382,12 @@ impl Room {
         }
         self.emit(Action::Left { peer, reason });
         self.night.forget(peer);
+        if p.role == Role::Backing && self.night.source() == BackingSource::Whip {
+            // The feed is gone: the songs have the backing again.
+            if let Ok(effects) = self.night.set_source(BackingSource::Songs, true) {
+                self.carry_out(effects);
+            }
+        }
         match p.slot {
             Some(slot) => {
                 self.slots[slot.0].holder = None;

@@ -157,7 +157,7 @@ mod tests {
         };
         let view = RoomView {
             backing_source: crate::control::night::BackingSource::Songs,
-            line_in: None,
+            live: None,
             line_in_configured: false,
             queue: Vec::new(),
             song: None,

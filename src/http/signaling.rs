@@ -508,12 +508,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
             source: match obj.get("source") {
                 None => None,
                 Some(Value::String(s)) => Some(BackingSource::parse(s).ok_or_else(|| {
-                    WireError::new(ErrorCode::BadField, "`source` must be songs or line_in")
+                    WireError::new(
+                        ErrorCode::BadField,
+                        "`source` must be songs, line_in or whip",
+                    )
                 })?),
                 Some(_) => {
                     return Err(WireError::new(
                         ErrorCode::BadField,
-                        "`source` must be songs or line_in",
+                        "`source` must be songs, line_in or whip",
                     ))
                 }
             },
@@ -739,14 +742,16 @@ pub struct HostRoomView {
     pub backing_source: &'static str,
     /// Whether the box has a line-in to choose.
     pub line_in_configured: bool,
-    /// The line-in while it is the source: capturing, or why not.
-    pub line_in: Option<LineInView>,
+    /// The live source (line-in, WHIP feed) while one is the backing.
+    pub live_source: Option<LiveView>,
 }
 
-/// The line-in as the host sees it.
+/// A live source as the host sees it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LineInView {
-    /// Capturing.
+pub struct LiveView {
+    /// `line_in` or `whip`.
+    pub source: &'static str,
+    /// Playing (a line-in: its device is open).
     pub live: bool,
     /// Why not, naming the device.
     pub problem: Option<String>,
@@ -773,7 +778,8 @@ impl HostRoomView {
             backing_muted: view.backing_muted,
             backing_source: view.backing_source.as_str(),
             line_in_configured: view.line_in_configured,
-            line_in: view.line_in.as_ref().map(|l| LineInView {
+            live_source: view.live.as_ref().map(|l| LiveView {
+                source: l.source.as_str(),
                 live: l.live,
                 problem: l.problem.clone(),
             }),
@@ -1040,7 +1046,7 @@ mod tests {
         for bad in [r#""tape""#, "1", "null", r#""LINE_IN""#] {
             check(
                 &format!(r#"{{"type":"backing","source":{bad}}}"#),
-                "error BadField: `source` must be songs or line_in",
+                "error BadField: `source` must be songs, line_in or whip",
             );
         }
         assert!(parse(r#"{"type":"backing","source":"songs"}"#)

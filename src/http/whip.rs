@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::signaling;
 use super::AppState;
-use crate::control::{Control, Input, JoinRequest, MediaState, Refusal, Role, Token};
+use crate::control::{Control, Input, JoinRequest, MediaState, Refusal, Role, Sends, Token};
 use crate::rtc::PeerEvent;
 
 fn plain(status: StatusCode, text: impl Into<String>) -> Response {
@@ -75,8 +75,9 @@ pub fn parse_post(
         (Endpoint::Whep, _) => Role::Listener,
         (Endpoint::Whip, None | Some("singer")) => Role::Singer,
         (Endpoint::Whip, Some("listener")) => Role::Listener,
+        (Endpoint::Whip, Some("backing")) => Role::Backing,
         (Endpoint::Whip, Some(_)) => {
-            return Err((400, "role must be singer or listener".into()));
+            return Err((400, "role must be singer, listener or backing".into()));
         }
     };
     if !content_type.unwrap_or("").starts_with("application/sdp") {
@@ -201,9 +202,13 @@ async fn ingest(
         name = welcome.name.as_str(),
         role = welcome.role.as_str()
     );
-    let singer = (welcome.role == Role::Singer).then(|| welcome.peer.singer());
+    let sends = match welcome.role {
+        Role::Singer => Sends::Voice(welcome.peer.singer()),
+        Role::Listener => Sends::Nothing,
+        Role::Backing => Sends::Backing,
+    };
     let offered = control
-        .offer(conn, singer, sdp, true)
+        .offer(conn, sends, sdp, true)
         .instrument(span.clone())
         .await;
     let media = match offered {

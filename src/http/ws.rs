@@ -32,7 +32,7 @@ use super::signaling::{
 use super::{refusal_code, AppState};
 use crate::control::night::SongRef;
 use crate::control::{
-    ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Reply, Role,
+    ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Reply, Role, Sends,
 };
 use crate::limits::{Limits, TokenBucket};
 use crate::rtc::{Peer, PeerEvent};
@@ -294,8 +294,11 @@ impl Session {
                     return true;
                 }
                 let joined = self.joined.as_ref().expect("checked above");
-                let singer = (joined.role == Role::Singer).then(|| joined.peer.singer());
-                match self.control.offer(self.conn, singer, sdp, false).await {
+                let sends = match joined.role {
+                    Role::Singer => Sends::Voice(joined.peer.singer()),
+                    _ => Sends::Nothing,
+                };
+                match self.control.offer(self.conn, sends, sdp, false).await {
                     Ok(media) => {
                         self.media = Some(media.peer);
                         self.events = Some(media.events);

@@ -281,10 +281,10 @@ impl Fields {
     fn source(&mut self) -> Result<Option<BackingSource>, Failure> {
         match self.0.remove("source") {
             None => Ok(None),
-            Some(Value::String(s)) => BackingSource::parse(&s)
-                .map(Some)
-                .ok_or_else(|| Failure::new("bad_field", "`source` must be songs or line_in")),
-            Some(_) => Err(not_a("source", "string (songs or line_in)")),
+            Some(Value::String(s)) => BackingSource::parse(&s).map(Some).ok_or_else(|| {
+                Failure::new("bad_field", "`source` must be songs, line_in or whip")
+            }),
+            Some(_) => Err(not_a("source", "string (songs, line_in or whip)")),
         }
     }
 

@@ -218,7 +218,7 @@ mod tests {
     fn view() -> RoomView {
         RoomView {
             backing_source: crate::control::night::BackingSource::Songs,
-            line_in: None,
+            live: None,
             line_in_configured: false,
             queue: Vec::new(),
             song: None,

@@ -108,6 +108,26 @@ pub struct Inbound {
     pub audio: AudioHandle,
 }
 
+/// What a peer sends the box.
+#[derive(Clone)]
+pub enum Uplink {
+    /// Nothing (a listener): its RTP is drained.
+    None,
+    /// A singer's voice, to its seat.
+    Voice(Inbound),
+    /// A backing feed's packets, to the task that decodes them (full: dropped, counted).
+    Backing(mpsc::Sender<BackingPacket>),
+}
+
+/// One RTP packet of a backing feed.
+#[derive(Clone, Debug)]
+pub struct BackingPacket {
+    /// Its sequence number.
+    pub sequence: u16,
+    /// The Opus payload.
+    pub payload: bytes::Bytes,
+}
+
 /// One encoded mix frame on its way to a peer (the payload shared by every peer that
 /// hears the mix: cloning it is a reference count, not a copy).
 #[derive(Clone, Debug)]
@@ -227,7 +247,7 @@ struct Handler {
     events: mpsc::UnboundedSender<PeerEvent>,
     /// Shared with [`Outgoing::connected`].
     connected: Arc<AtomicBool>,
-    inbound: Option<Inbound>,
+    uplink: Uplink,
     gathered: Arc<Notify>,
     packets_per_s: f64,
     packets_burst: f64,
@@ -271,12 +291,19 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_track(&self, track: Arc<dyn TrackRemote>) {
-        let Some(inbound) = self.inbound.clone() else {
-            // A listener has nothing to send; drain so the stack does not buffer.
-            tokio::spawn(async move { while track.poll().await.is_some() {} });
-            return;
-        };
         let mut budget = TokenBucket::new(self.packets_per_s, self.packets_burst);
+        let inbound = match self.uplink.clone() {
+            Uplink::Voice(inbound) => inbound,
+            Uplink::None => {
+                // A listener has nothing to send; drain so the stack does not buffer.
+                tokio::spawn(async move { while track.poll().await.is_some() {} });
+                return;
+            }
+            Uplink::Backing(feed) => {
+                tokio::spawn(backing_track(track, feed, budget));
+                return;
+            }
+        };
         tokio::spawn(async move {
             let mut oversized = 0u64;
             let mut flooded = 0u64;
@@ -314,6 +341,41 @@ impl PeerConnectionEventHandler for Handler {
     }
 }
 
+/// Forwards a backing feed's packets (within the packet budget) to its decoder task.
+async fn backing_track(
+    track: Arc<dyn TrackRemote>,
+    feed: mpsc::Sender<BackingPacket>,
+    mut budget: TokenBucket,
+) {
+    let clock = crate::audio::AudioClock::start();
+    let (mut flooded, mut full) = (0u64, 0u64);
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        if !budget.take(clock.now()) {
+            flooded += 1;
+            if flooded == 1 || flooded.is_multiple_of(FLOOD_LOG_EVERY) {
+                tracing::warn!(
+                    dropped = flooded,
+                    "the backing feed sends packets faster than allowed; the excess is dropped"
+                );
+            }
+            continue;
+        }
+        let packet = BackingPacket {
+            sequence: packet.header.sequence_number,
+            payload: packet.payload,
+        };
+        match feed.try_send(packet) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => full += 1,
+            Err(mpsc::error::TrySendError::Closed(_)) => break,
+        }
+    }
+    tracing::debug!(flooded, full, "backing track ended");
+}
+
 fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
@@ -324,13 +386,13 @@ fn opus_codec() -> RTCRtpCodec {
     }
 }
 
-/// Answers `offer_sdp` with a new peer. A singer's RTP goes to `inbound`; every peer
+/// Answers `offer_sdp` with a new peer. What it sends goes where `uplink` says; every peer
 /// gets a sending track for its mix. With `wait_for_candidates` (WHIP) the answer holds
 /// every local candidate; otherwise candidates trickle out as [`PeerEvent`]s.
 pub async fn answer(
     settings: &RtcSettings,
     offer_sdp: String,
-    inbound: Option<Inbound>,
+    uplink: Uplink,
     wait_for_candidates: bool,
 ) -> Result<(Peer, String, mpsc::UnboundedReceiver<PeerEvent>), Error> {
     let mut media_engine = MediaEngine::default();
@@ -365,7 +427,7 @@ pub async fn answer(
     let handler = Arc::new(Handler {
         events: events_tx,
         connected: connected.clone(),
-        inbound,
+        uplink,
         gathered: gathered.clone(),
         packets_per_s: settings.packets_per_s,
         packets_burst: settings.packets_burst,
@@ -540,7 +602,7 @@ mod tests {
             packets_per_s: 200.0,
             packets_burst: 50.0,
         };
-        let (peer, answer_sdp, _events) = answer(&settings, OFFER.to_string(), None, false)
+        let (peer, answer_sdp, _events) = answer(&settings, OFFER.to_string(), Uplink::None, false)
             .await
             .expect("the offer is answered");
         assert!(

@@ -462,7 +462,7 @@ fn stopped(pcm: &str, device: &AlsaCapture, feed: &LiveFeed, next: Next) -> Next
 /// Backing frames waiting ahead of playout now: what the engine held after its last
 /// period, less what has played since, and the chunks not yet taken (a line-in's are
 /// about `chunk_frames` each).
-fn queued_frames(audio: &AudioHandle, chunk_frames: usize) -> f64 {
+pub(crate) fn queued_frames(audio: &AudioHandle, chunk_frames: usize) -> f64 {
     use std::sync::atomic::Ordering::Relaxed;
     let counters = &audio.counters;
     // The two are stored one after the other: read until a period did not end between.

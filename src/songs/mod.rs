@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod decode;
+pub mod feed;
 pub mod library;
 pub mod line_in;
 pub mod lyrics;

@@ -586,9 +586,9 @@ async fn the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns() {
         match tokio::time::timeout(Duration::from_millis(500), host.next()).await {
             Ok(Received::Json(v)) if v["type"] == "host_room" => {
                 assert_eq!(v["line_in_configured"], true, "{v}");
-                let problem = &v["line_in"]["problem"];
+                let problem = &v["live_source"]["problem"];
                 assert!(problem.is_null(), "the line-in failed: {problem}");
-                if v["backing_source"] == "line_in" && v["line_in"]["live"] == true {
+                if v["backing_source"] == "line_in" && v["live_source"]["live"] == true {
                     break;
                 }
             }
@@ -659,4 +659,138 @@ async fn the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns() {
             "venue: the voices at {voices:?} in window {w}"
         );
     }
+}
+
+/// Reads the host desk's messages until a `host_room` satisfies `ok`.
+async fn host_room_until(host: &mut Phone, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let begin = Instant::now();
+    loop {
+        assert!(
+            begin.elapsed() < Duration::from_secs(15),
+            "{what}: not in time"
+        );
+        match tokio::time::timeout(Duration::from_millis(500), host.next()).await {
+            Ok(Received::Json(v)) if v["type"] == "host_room" && ok(&v) => return v,
+            Ok(Received::Json(v)) if v["type"] == "error" => panic!("{what}: refused {v}"),
+            Ok(Received::Closed(c)) => panic!("{what}: host closed {c:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A PC's audio sent over WHIP in the `backing` role (OBS's use): admitted only with the
+/// host PIN, one at a time, silent until the host chooses it, then the backing in both
+/// singers' returns at the backing level; when it hangs up the songs have the backing
+/// again and its audio is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whip_backing_feed_needs_the_host_pin_and_plays_once_the_host_chooses_it() {
+    use duetbox::engine::testkit::tone_level;
+
+    use crate::support::whip_client::{Role, WhipClient};
+    use crate::whip::{singer, tone, wait_more};
+
+    const FEED_HZ: f32 = 330.0;
+    let _serial = SERIAL.lock().await;
+    let dir = box_dir("songs-whip-feed");
+    let mut config = loopback_box_config(&dir.join("state"));
+    config.room.host_pin = HOST_PIN.into();
+    let (running, base) = start_box(config).await;
+    let ana = singer(&base, "ana", None, tone(440.0)).await;
+    let ben = singer(&base, "ben", None, tone(660.0)).await;
+
+    for pin in [None, Some("0000")] {
+        let refused = WhipClient::connect(&base, Role::Backing, "OBS", pin, Some(tone(FEED_HZ)))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("a feed with PIN {pin:?} was admitted"));
+        assert_eq!(refused.status, Some(401), "{}", refused.message);
+    }
+    let feed = WhipClient::connect(
+        &base,
+        Role::Backing,
+        "OBS",
+        Some(HOST_PIN),
+        Some(tone(FEED_HZ)),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("the feed could not connect: {e:?}"));
+    let second = WhipClient::connect(
+        &base,
+        Role::Backing,
+        "OBS 2",
+        Some(HOST_PIN),
+        Some(tone(550.0)),
+    )
+    .await;
+    assert_eq!(
+        second.err().and_then(|e| e.status),
+        Some(409),
+        "one feed at a time"
+    );
+
+    // Connected but not chosen: nobody hears it.
+    wait_more(&ana, 2.0, "2 s of ana's return").await;
+    let left = ana.received().left();
+    let heard = tone_level(&left[left.len() - 48_000..], FEED_HZ);
+    assert!(
+        heard < 0.01,
+        "the feed is heard before the host chose it: {heard}"
+    );
+
+    let mut host = Phone::connect(running.https_addr).await;
+    host.send(json!({"type": "host", "v": 1, "pin": HOST_PIN}))
+        .await;
+    host.expect("host_welcome").await;
+    host_room_until(&mut host, "the feed listed", |v| {
+        v["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["role"] == "backing" && p["name"] == "OBS")
+        })
+    })
+    .await;
+    host.send(json!({"type": "backing", "source": "whip"}))
+        .await;
+    host_room_until(&mut host, "the feed chosen", |v| {
+        v["backing_source"] == "whip" && v["live_source"]["live"] == true
+    })
+    .await;
+    wait_more(&ana, 3.0, "3 s of ana's return over the feed").await;
+    wait_more(&ben, 0.5, "ben's return").await;
+    for (who, client, partner_hz) in [("ana", &ana, 660.0), ("ben", &ben, 440.0)] {
+        let left = client.received().left();
+        let last = &left[left.len() - 96_000..];
+        let levels: Vec<f32> = last
+            .chunks(WINDOW)
+            .map(|w| tone_level(w, FEED_HZ))
+            .collect();
+        eprintln!("{who}'s return: the WHIP feed at {levels:.3?}");
+        for (w, &level) in levels.iter().enumerate() {
+            assert!(
+                (0.2..=0.3).contains(&level),
+                "{who}'s return: the feed at {level} in window {w} of the last 2 s"
+            );
+        }
+        let partner = tone_level(last, partner_hz);
+        assert!(partner > 0.1, "{who} hears the partner at {partner}");
+    }
+
+    // The feed hangs up: the backing goes back to the songs, its audio with it.
+    let status = feed.delete().await.expect("DELETE the feed's session");
+    assert_eq!(status, 200);
+    feed.close().await;
+    host_room_until(&mut host, "the songs back", |v| {
+        v["backing_source"] == "songs"
+    })
+    .await;
+    wait_more(&ana, 1.0, "ana's return after the feed").await;
+    let left = ana.received().left();
+    let heard = tone_level(&left[left.len() - 24_000..], FEED_HZ);
+    assert!(
+        heard < 0.01,
+        "the feed is still heard after it left: {heard}"
+    );
+    ana.close().await;
+    ben.close().await;
+    drop(host);
+    running.stop().await.expect("the box stops");
 }

@@ -1470,10 +1470,82 @@ fn the_host_picks_the_line_in_only_on_a_box_that_has_one() {
     // The song transport waits while the line-in plays.
     assert_eq!(
         h.handle(secs(0.1), Input::Transport(Transport::Play)),
-        Err(Refusal::Night(NightRefusal::LineInIsTheSource))
+        Err(Refusal::Night(NightRefusal::LiveSourcePlays))
     );
     h.handle(secs(0.2), source(BackingSource::Songs))
         .expect("songs");
     assert!(h.take().contains(&Action::LineIn(LineInCommand::Stop)));
+    assert_eq!(h.room.view().backing_source, BackingSource::Songs);
+}
+
+#[test]
+fn a_backing_feed_needs_the_host_pin_takes_no_seat_and_hands_back_when_it_leaves() {
+    let mut h = Harness::new(config());
+    let feed = |h: &mut Harness, pin: Option<&str>| {
+        let mut request = h.request("OBS", Role::Backing);
+        request.pin = pin.map(str::to_string);
+        request.rejoinable = false;
+        request
+    };
+    // The singers' PIN is none here; the feed still needs the host's.
+    for pin in [None, Some(""), Some("hos"), Some("host2")] {
+        let request = feed(&mut h, pin);
+        assert_eq!(
+            h.join_with(secs(0.0), 9, request),
+            Err(Refusal::WrongPin),
+            "{pin:?}"
+        );
+    }
+    let request = feed(&mut h, Some("host"));
+    let welcome = h
+        .join_with(secs(0.0), 10, request)
+        .expect("the feed is admitted");
+    assert_eq!((welcome.role, welcome.slot), (Role::Backing, None));
+    let request = feed(&mut h, Some("host"));
+    assert_eq!(
+        h.join_with(secs(0.0), 11, request),
+        Err(Refusal::Full(Role::Backing)),
+        "one feed at a time"
+    );
+    assert_eq!(
+        h.room.view().counts(),
+        (0, 0),
+        "a feed is neither singer nor listener"
+    );
+    let choose = |s| Input::SetBacking {
+        gain_db: None,
+        muted: None,
+        source: Some(s),
+    };
+    // Not before its media is up.
+    assert_eq!(
+        h.handle(secs(0.1), choose(BackingSource::Whip)),
+        Err(Refusal::Night(NightRefusal::NoFeed))
+    );
+    h.handle(
+        secs(0.2),
+        Input::Media {
+            conn: ConnId(10),
+            state: MediaState::Connected,
+        },
+    )
+    .expect("media");
+    h.take();
+    h.handle(secs(0.3), choose(BackingSource::Whip))
+        .expect("the feed is the backing");
+    let actions = h.take();
+    let opened: Vec<u32> = pick(&actions, |a| match a {
+        Action::Feed(Some(g)) => Some(*g),
+        _ => None,
+    });
+    assert_eq!(opened.len(), 1, "{actions:?}");
+    assert!(engine_commands(&actions).contains(&Command::Backing {
+        generation: opened[0],
+        paused: false
+    }));
+    // The feed leaves: its audio is shut out and the songs have the backing again.
+    h.handle(secs(1.0), Input::Leave { conn: ConnId(10) })
+        .expect("leave");
+    assert!(h.take().contains(&Action::Feed(None)));
     assert_eq!(h.room.view().backing_source, BackingSource::Songs);
 }

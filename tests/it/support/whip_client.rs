@@ -85,6 +85,9 @@ pub enum Role {
     Singer,
     /// `POST /whep`, a `recvonly` audio transceiver: receives the venue mix.
     Listener,
+    /// `POST /whip?role=backing` (the host PIN as its bearer): sends its audio as a
+    /// backing feed, like a singer's voice.
+    Backing,
 }
 
 /// How a client behaves beyond its role.
@@ -414,6 +417,7 @@ impl WhipClient {
             let path = match role {
                 Role::Singer => format!("/whip?name={}&role=singer", query_escape(name)),
                 Role::Listener => format!("/whep?name={}", query_escape(name)),
+                Role::Backing => format!("/whip?name={}&role=backing", query_escape(name)),
             };
             let mut headers = vec![("Content-Type", "application/sdp".to_string())];
             if let Some(pin) = pin {
@@ -593,7 +597,7 @@ async fn build_peer(
         .map_err(|e| format!("building the client PeerConnection: {e}"))?;
     let pc: Arc<dyn PeerConnection> = Arc::new(pc);
     match role {
-        Role::Singer => {
+        Role::Singer | Role::Backing => {
             let ssrc = rand::random::<u32>();
             let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
                 "whip-client".to_string(),
