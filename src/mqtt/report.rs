@@ -88,6 +88,7 @@ pub fn state(
         "master_gain_db": view.master_gain_db,
         "backing_gain_db": view.backing_gain_db,
         "backing_muted": view.backing_muted,
+        "backing_source": view.backing_source.as_str(),
         "pin_set": view.pin_set,
         "song": view.song.as_ref().map(|s| json!({
             "entry": s.entry.id.0,
