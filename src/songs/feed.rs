@@ -26,6 +26,9 @@ const PIECE_FRAMES: usize = 480;
 /// Packets the task may be behind before the next ones are dropped.
 pub const FEED_QUEUE: usize = 64;
 
+/// Packets older than the last one in a row after which the sequence is taken afresh.
+const MAX_LATE_IN_A_ROW: u32 = 25;
+
 /// Lost packets (20 ms each) concealed at most; a longer gap starts afresh.
 const MAX_CONCEALED: u16 = 5;
 
@@ -55,49 +58,95 @@ pub fn spawn(audio: AudioHandle, gate: Arc<FeedGate>) -> mpsc::Sender<BackingPac
     tx
 }
 
+/// A feed's packets in order, decoded to interleaved stereo: gaps of up to
+/// [`MAX_CONCEALED`] packets concealed, late and repeated packets dropped (unless so many
+/// come in a row that the sender must have restarted its sequence). Pure but for libopus.
+pub struct Depacketizer {
+    decoder: opus::Decoder,
+    last: Option<u16>,
+    late_in_a_row: u32,
+    decoded: Vec<f32>,
+    /// Packets that were not Opus.
+    pub bad: u64,
+    /// Packets dropped as late or repeated.
+    pub late: u64,
+    /// Packets concealed.
+    pub concealed: u64,
+}
+
+impl Depacketizer {
+    /// A stereo 48 kHz decoder.
+    pub fn new() -> Result<Depacketizer, String> {
+        let decoder = opus::Decoder::new(SAMPLE_RATE_HZ, opus::Channels::Stereo)
+            .map_err(|e| format!("the backing feed's decoder: {e}"))?;
+        Ok(Depacketizer {
+            decoder,
+            last: None,
+            late_in_a_row: 0,
+            // A 120 ms packet is the longest Opus has.
+            decoded: vec![0.0; 2 * 5_760],
+            bad: 0,
+            late: 0,
+            concealed: 0,
+        })
+    }
+
+    /// Decodes packet `sequence` onto the end of `out`; false if it was dropped.
+    pub fn take(&mut self, sequence: u16, payload: &[u8], out: &mut Vec<f32>) -> bool {
+        let gap = self.last.map_or(0, |l| sequence.wrapping_sub(l));
+        if self.last.is_some() && (gap == 0 || gap > u16::MAX / 2) {
+            self.late += 1;
+            self.late_in_a_row += 1;
+            // Many "late" in a row is a sender that started its sequence afresh.
+            if self.late_in_a_row < MAX_LATE_IN_A_ROW {
+                return false;
+            }
+        }
+        self.late_in_a_row = 0;
+        self.last = Some(sequence);
+        if (2..=MAX_CONCEALED + 1).contains(&gap) {
+            for _ in 1..gap {
+                let concealment = &mut self.decoded[..2 * 960];
+                if let Ok(n) = self.decoder.decode_float(&[], concealment, false) {
+                    out.extend_from_slice(&self.decoded[..2 * n]);
+                    self.concealed += 1;
+                }
+            }
+        }
+        match self.decoder.decode_float(payload, &mut self.decoded, false) {
+            Ok(n) => {
+                out.extend_from_slice(&self.decoded[..2 * n]);
+                true
+            }
+            Err(_) => {
+                self.bad += 1;
+                if self.bad == 1 || self.bad.is_multiple_of(1000) {
+                    tracing::warn!(
+                        bad = self.bad,
+                        "the backing feed sends packets that are not Opus"
+                    );
+                }
+                false
+            }
+        }
+    }
+}
+
 async fn run(mut packets: mpsc::Receiver<BackingPacket>, audio: AudioHandle, gate: Arc<FeedGate>) {
-    let mut decoder = match opus::Decoder::new(SAMPLE_RATE_HZ, opus::Channels::Stereo) {
+    let mut depacketizer = match Depacketizer::new() {
         Ok(d) => d,
         Err(e) => {
-            tracing::error!(error = %e, "the backing feed's decoder cannot start");
+            tracing::error!(error = %e, "the backing feed cannot start");
             return;
         }
     };
     let target = 4 * audio.engine_period_frames + 2 * 960;
     let mut feed: Option<LiveFeed> = None;
     let mut playing: Option<u32> = None;
-    let mut last: Option<u16> = None;
-    // A 120 ms packet is the longest Opus has.
-    let mut decoded = vec![0.0f32; 2 * 5_760];
     let mut pending: Vec<f32> = Vec::with_capacity(2 * (5_760 + PIECE_FRAMES));
-    let (mut bad, mut late, mut concealed) = (0u64, 0u64, 0u64);
     while let Some(packet) = packets.recv().await {
-        let gap = match last {
-            None => 0,
-            Some(l) => packet.sequence.wrapping_sub(l),
-        };
-        if last.is_some() && (gap == 0 || gap > u16::MAX / 2) {
-            late += 1;
+        if !depacketizer.take(packet.sequence, &packet.payload, &mut pending) {
             continue;
-        }
-        last = Some(packet.sequence);
-        if (2..=MAX_CONCEALED + 1).contains(&gap) {
-            for _ in 1..gap {
-                if let Ok(n) = decoder.decode_float(&[], &mut decoded[..2 * 960], false) {
-                    pending.extend_from_slice(&decoded[..2 * n]);
-                    concealed += 1;
-                }
-            }
-        }
-        match decoder.decode_float(&packet.payload, &mut decoded, false) {
-            Ok(n) => pending.extend_from_slice(&decoded[..2 * n]),
-            Err(_) => {
-                bad += 1;
-                if bad == 1 || bad.is_multiple_of(1000) {
-                    tracing::warn!(bad, "the backing feed sends packets that are not Opus");
-                }
-                continue;
-            }
         }
         let generation = gate.get();
         if generation != playing {
@@ -135,9 +184,9 @@ async fn run(mut packets: mpsc::Receiver<BackingPacket>, audio: AudioHandle, gat
     }
     let stats = feed.map(|f| f.stats()).unwrap_or_default();
     tracing::info!(
-        bad,
-        late,
-        concealed,
+        bad = depacketizer.bad,
+        late = depacketizer.late,
+        concealed = depacketizer.concealed,
         dropped = stats.frames_dropped,
         trimmed = stats.frames_trimmed,
         ratio = stats.ratio,
@@ -148,6 +197,57 @@ async fn run(mut packets: mpsc::Receiver<BackingPacket>, audio: AudioHandle, gat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn packet(encoder: &mut opus::Encoder, hz: f32, n: usize) -> Vec<u8> {
+        let pcm: Vec<f32> = (0..960)
+            .flat_map(|i| {
+                let t = (n * 960 + i) as f32 / 48_000.0;
+                let v = 0.5 * (std::f32::consts::TAU * hz * t).sin();
+                [v, v]
+            })
+            .collect();
+        encoder.encode_vec_float(&pcm, 1500).expect("encode")
+    }
+
+    #[test]
+    fn packets_are_decoded_in_order_gaps_concealed_and_late_ones_dropped() {
+        let mut encoder =
+            opus::Encoder::new(48_000, opus::Channels::Stereo, opus::Application::Audio)
+                .expect("encoder");
+        let packets: Vec<Vec<u8>> = (0..40).map(|n| packet(&mut encoder, 440.0, n)).collect();
+        let mut d = Depacketizer::new().expect("decoder");
+        let mut out = Vec::new();
+        // 65534, 65535, 0 (a wrap), then 2: the lost 1 is concealed.
+        for (k, seq) in [65_534u16, 65_535, 0, 2].into_iter().enumerate() {
+            assert!(d.take(seq, &packets[k], &mut out), "{seq}");
+        }
+        assert_eq!(out.len(), 2 * 960 * 5, "four packets and one concealed");
+        assert_eq!(d.concealed, 1);
+        // A repeat and an older packet are dropped.
+        for seq in [2u16, 1, 65_000] {
+            assert!(!d.take(seq, &packets[5], &mut out), "{seq}");
+        }
+        assert_eq!((d.late, out.len()), (3, 2 * 960 * 5));
+        // A gap too long to conceal: the audio goes on from the new packet.
+        assert!(d.take(20, &packets[6], &mut out));
+        assert_eq!((d.concealed, out.len()), (1, 2 * 960 * 6));
+        // Not Opus: counted, nothing added.
+        assert!(!d.take(21, &[0xff; 3], &mut out));
+        assert_eq!((d.bad, out.len()), (1, 2 * 960 * 6));
+        // A sender that restarted its sequence far back (every packet "late") is
+        // followed after MAX_LATE_IN_A_ROW of them.
+        let mut taken = 0;
+        for k in 0..30u16 {
+            if d.take(45_000 + k, &packets[7 + usize::from(k)], &mut out) {
+                taken += 1;
+            }
+        }
+        assert_eq!(taken, 30 - MAX_LATE_IN_A_ROW + 1);
+        // What came out is the tone.
+        let left: Vec<f32> = out.iter().step_by(2).copied().collect();
+        let level = crate::engine::testkit::tone_level(&left[960..4 * 960], 440.0);
+        assert!((0.4..=0.6).contains(&level), "the tone at {level}");
+    }
 
     #[test]
     fn the_gate_holds_any_generation_or_none() {

@@ -321,6 +321,9 @@ impl PulseAudio {
         fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700))
             .expect("chmod the pulse runtime dir");
         let socket = dir.join("native");
+        // A daemon of an earlier test was killed and left its socket file: ready is when
+        // the new one accepts, and the old file must not look like it.
+        let _ = fs::remove_file(&socket);
         let log = dir.join("pulseaudio.log");
         let child = Command::new("pulseaudio")
             .env("HOME", &home)
@@ -353,7 +356,7 @@ impl PulseAudio {
             &daemon.log,
             &format!("the pulseaudio socket {}", socket.display()),
             Self::START_DEADLINE,
-            || socket.exists(),
+            || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
         );
         daemon
     }
