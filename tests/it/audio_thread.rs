@@ -24,6 +24,8 @@ fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn packets_from_another_thread_come_back_as_frames_and_reports() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let (handle, join) = audio::spawn(EngineConfig::default(), || {
         Ok(Box::new(NullSink::new(240)) as Box<dyn Sink>)
     })

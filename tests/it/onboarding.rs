@@ -52,6 +52,8 @@ fn poll<T>(what: &str, deadline: Duration, f: impl FnMut() -> Option<T>) -> T {
 
 #[test]
 fn avahi_and_mdns_sd_find_the_box_and_see_its_goodbye() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let lan = Lan::create();
     let dir = scratch_dir("onb-mdns");
     // The Pi's own avahi-daemon (it answers for the machine's name) and a client's.
@@ -257,6 +259,8 @@ fn s_client(lan: &Lan, ca: &Path, connect: Ipv4Addr, check: &[&str]) -> (bool, S
 
 #[test]
 fn the_certificate_verifies_for_the_local_name_and_the_ip_and_follows_a_new_address() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let lan = Lan::create();
     let dir = scratch_dir("onb-cert");
     let state = dir.join("box/state");
@@ -399,6 +403,8 @@ fn the_ca_cannot_vouch_for_a_public_name_or_address() {
 
 #[test]
 fn an_operators_own_certificate_is_served_and_no_ca_is_offered() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = scratch_dir("onb-own");
     let (cert, key) = (dir.join("own-cert.pem"), dir.join("own-key.pem"));
     self_signed(

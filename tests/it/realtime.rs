@@ -111,6 +111,8 @@ fn the_counter_sees_allocations() {
 
 #[test]
 fn steady_state_audio_path_allocates_nothing() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let config = EngineConfig::default();
     let period = config.period_samples;
     let mut engine = Engine::new(config);

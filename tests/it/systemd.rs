@@ -181,6 +181,8 @@ fn runtime() -> tokio::runtime::Runtime {
 
 #[test]
 fn ready_after_the_port_answers_then_pings_only_while_audio_runs() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = support::scratch_dir("systemd-notify");
     let manager = Manager::bind(&dir);
     let mut the_box = BoxProcess::start(
@@ -267,6 +269,8 @@ fn ready_after_the_port_answers_then_pings_only_while_audio_runs() {
 
 #[test]
 fn sigterm_tells_a_connected_phone_and_exits_zero_within_5s() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = support::scratch_dir("systemd-sigterm");
     let manager = Manager::bind(&dir);
     let mut the_box = BoxProcess::start(
@@ -341,6 +345,8 @@ fn systemd_analyze(args: &[&str]) -> (bool, String) {
 
 #[test]
 fn the_unit_verifies_without_a_word() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = support::scratch_dir("systemd-verify");
     let unit = unit_copy(&dir);
     let (ok, text) = systemd_analyze(&["verify", "--man=no", &unit.display().to_string()]);
@@ -352,6 +358,8 @@ fn the_unit_verifies_without_a_word() {
 
 #[test]
 fn the_unit_exposure_is_at_most_2() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = support::scratch_dir("systemd-security");
     let unit = unit_copy(&dir);
     let (_, text) = systemd_analyze(&["security", "--offline=yes", &unit.display().to_string()]);
@@ -373,6 +381,8 @@ fn the_unit_exposure_is_at_most_2() {
 
 #[test]
 fn the_unit_keeps_its_promises() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let text = std::fs::read_to_string(repo().join("systemd/duetbox.service"))
         .expect("systemd/duetbox.service");
     let lines: Vec<&str> = text.lines().map(str::trim).collect();
@@ -427,6 +437,8 @@ fn the_unit_keeps_its_promises() {
 
 #[test]
 fn socket_activation_serves_on_the_sockets_systemd_passes_and_binds_none() {
+    // Takes its turn (see `support::SERIAL`).
+    let _serial = crate::support::SERIAL.blocking_lock();
     let dir = support::scratch_dir("socket-activation");
     let (http_port, https_port) = (support::free_port(), support::free_port());
     // The configured port is held here: binding it would fail, so the box must use

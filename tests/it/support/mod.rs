@@ -29,10 +29,12 @@ use duetbox::audio::{Sink, SinkError};
 use duetbox::config::Config;
 use duetbox::engine::SAMPLE_RATE_HZ;
 
-/// Tests that run a box with real-time media take turns on this: two of them at once
-/// (three Chromiums, several peers, a pulse daemon) starve each other's audio on two
-/// cores and make a dropout that neither caused. Async tests `.lock().await`; plain
-/// tests `blocking_lock()`.
+/// Tests that run a box, an audio thread, a daemon, a browser or a CPU-heavy tool take
+/// turns on this: two of them at once (three Chromiums, several peers, a pulse daemon,
+/// systemd-analyze) starve each other's audio on two cores and make a dropout that
+/// neither caused (the JACK duet lost part of a voice beside the audio-thread test and
+/// beside the pulse clock test). Only light tests (file PCMs, parsing, the tidy checks)
+/// run beside them. Async tests `.lock().await`; plain tests `blocking_lock()`.
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How the test binary's failures tell a person to install a missing real part.
