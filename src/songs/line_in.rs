@@ -31,12 +31,15 @@ use crate::output::AlsaCapture;
 /// The capture period asked of the device, frames (5 ms at 48 kHz).
 pub const CAPTURE_PERIOD_FRAMES: usize = 240;
 
+/// Reads at most thrown away as the backlog of a device just opened (1 s).
+const MAX_BACKLOG_READS: usize = 200;
+
 /// How long a failed device waits before it is opened again.
 pub const RETRY: Duration = Duration::from_secs(2);
 
-/// How far the resampling ratio may stray from the nominal one (±1 %: crystals differ by
-/// 0.01 % or so; a sound card that is 1 % off is broken).
-const MAX_RATIO_DEVIATION: f64 = 0.01;
+/// How far the resampling ratio may stray from the nominal one: ±0.2 %, 3.5 cents of
+/// pitch at most (crystals differ by 0.01 % or so; a source 0.2 % off is broken).
+const MAX_RATIO_DEVIATION: f64 = 0.002;
 
 /// Seconds over which the measured fill is averaged (the queue's level jumps by a chunk
 /// at every push and pull; the average is the level).
@@ -52,7 +55,7 @@ const GAIN_I: f64 = GAIN_P / 8.0;
 
 /// How long after a start the feed trims instead of steering: a capture often starts
 /// with a burst (what the device or sound server buffered while it opened), and
-/// steering it away at 1 % would take seconds of late backing.
+/// steering it away at 0.2 % would take many seconds of late backing.
 const SETTLE_S: f64 = 3.0;
 
 /// Fill above the target at which the feed stops steering and drops input until the
@@ -380,6 +383,23 @@ fn capture(
                     rate: device.rate(),
                 });
                 let mut stereo = vec![0.0; 2 * device.period_frames()];
+                // What the device (or its sound server) buffered while it opened comes
+                // first, in a burst: read it away until a read has to wait for its
+                // period, so the feed starts in step with real time.
+                let period = Duration::from_secs_f64(
+                    device.period_frames() as f64 / f64::from(device.rate().max(1)),
+                );
+                let mut drained = 0usize;
+                while drained < MAX_BACKLOG_READS {
+                    let before = audio.clock.now();
+                    if device.read(&mut stereo).is_err() {
+                        break;
+                    }
+                    drained += 1;
+                    if audio.clock.now().saturating_sub(before) >= period / 2 {
+                        break;
+                    }
+                }
                 // What the resampler makes of one capture period.
                 let chunk_frames = device.period_frames() * SAMPLE_RATE_HZ as usize
                     / device.rate().max(1) as usize;
