@@ -15,10 +15,14 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::line_in::{queued_frames, LiveFeed};
+use super::line_in::{queued_frames, target_frames, LiveFeed};
 use crate::audio::AudioHandle;
 use crate::engine::SAMPLE_RATE_HZ;
 use crate::rtc::BackingPacket;
+
+/// A feed's usual packet (20 ms): what a lost one is concealed with, and the slack its
+/// queue keeps for each delivery.
+const PACKET_FRAMES: usize = 960;
 
 /// Frames handed to the drift correction at a time (10 ms).
 const PIECE_FRAMES: usize = 480;
@@ -106,7 +110,7 @@ impl Depacketizer {
         self.last = Some(sequence);
         if (2..=MAX_CONCEALED + 1).contains(&gap) {
             for _ in 1..gap {
-                let concealment = &mut self.decoded[..2 * 960];
+                let concealment = &mut self.decoded[..2 * PACKET_FRAMES];
                 if let Ok(n) = self.decoder.decode_float(&[], concealment, false) {
                     out.extend_from_slice(&self.decoded[..2 * n]);
                     self.concealed += 1;
@@ -140,7 +144,7 @@ async fn run(mut packets: mpsc::Receiver<BackingPacket>, audio: AudioHandle, gat
             return;
         }
     };
-    let target = 4 * audio.engine_period_frames + 2 * 960;
+    let target = target_frames(&audio, PACKET_FRAMES);
     let mut feed: Option<LiveFeed> = None;
     let mut playing: Option<u32> = None;
     let mut pending: Vec<f32> = Vec::with_capacity(2 * (5_760 + PIECE_FRAMES));

@@ -317,10 +317,11 @@ impl Drop for LineIn {
     }
 }
 
-/// The level a line-in keeps queued: what the audio thread holds back anyway (it tops
-/// its own queue up to four engine periods) and two capture periods of slack.
-fn target_frames(audio: &AudioHandle, capture_period: usize) -> usize {
-    4 * audio.engine_period_frames + 2 * capture_period
+/// The level a live source keeps queued: what the audio thread holds back anyway (it
+/// tops its own queue up to four engine periods) and two of the source's deliveries
+/// (`chunk_frames`: a capture period, a feed's packet) of slack.
+pub(crate) fn target_frames(audio: &AudioHandle, chunk_frames: usize) -> usize {
+    4 * audio.engine_period_frames + 2 * chunk_frames
 }
 
 fn run(
