@@ -151,6 +151,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             count_in_beats: config.songs.count_in_beats,
             count_in: config.songs.count_in(),
             line_in: false,
+            max_lead: Duration::from_secs_f64(config.audio.max_lead_ms / 1000.0),
+            speaker_latency: Duration::from_secs_f64(config.audio.speaker_latency_ms / 1000.0),
         },
         rtc,
         audio.clone(),

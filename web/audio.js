@@ -36,6 +36,8 @@ export const DB_FLOOR = -160;
  * route remote WebRTC audio into Web Audio; the volume slider then sets the element's
  * volume instead). */
 const SILENT_FALLBACK_S = 3;
+/** The longest sync delay the graph can hold, s (sync.js's MAX_EXTRA_MS). */
+const MAX_EXTRA_S = 2;
 
 function round1(x) {
   return Math.round(x * 10) / 10;
@@ -89,6 +91,9 @@ export class PhoneAudio {
     this.playback = 'webaudio';
     this.silentSeconds = 0;
     this.onMicEnded = null;
+    /** The delay (ms) this phone adds to the return mix to play it with the speakers
+     * (sync.js); kept across streams. */
+    this.extraMs = 0;
   }
 
   /** Creates or resumes the AudioContext. Must run synchronously inside a user tap:
@@ -230,15 +235,40 @@ export class PhoneAudio {
     analyser.smoothingTimeConstant = 0; // Readings are averaged here, over WINDOW.
     const gain = ctx.createGain();
     gain.gain.value = this.playback === 'webaudio' ? this.volume : 0;
+    // The sync delay: what this phone waits so it plays each frame with the speakers.
+    const delay = ctx.createDelay(MAX_EXTRA_S);
+    delay.delayTime.value = this.extraMs / 1000;
     source.connect(analyser);
-    source.connect(gain);
+    source.connect(delay);
+    delay.connect(gain);
     gain.connect(ctx.destination);
-    this.remote = { source, analyser, gain, buf: new Float32Array(analyser.frequencyBinCount) };
+    this.remote = { source, analyser, delay, gain, buf: new Float32Array(analyser.frequencyBinCount) };
     this.toneReadings = [];
   }
 
+  /** Sets the sync delay (ms). It glides over about 50 ms (a jump would click); a
+   * phone playing through the media element (no Web Audio) cannot delay and says so
+   * (false). */
+  setExtraDelay(ms) {
+    this.extraMs = ms;
+    if (!this.remote || this.playback !== 'webaudio') return false;
+    this.remote.delay.delayTime.setTargetAtTime(ms / 1000, this.ctx.currentTime, 0.015);
+    return true;
+  }
+
+  /** The sync delay in effect (ms): 0 while the media element plays. */
+  appliedExtraMs() {
+    return this.remote && this.playback === 'webaudio' ? this.extraMs : 0;
+  }
+
+  /** The Web Audio output of the return mix (after the sync delay and the volume), for
+   * a test that listens to what this phone plays. */
+  outputNode() {
+    return this.remote ? this.remote.gain : null;
+  }
+
   detachRemoteGraph() {
-    if (this.remote) disconnectNodes(this.remote.source, this.remote.gain);
+    if (this.remote) disconnectNodes(this.remote.source, this.remote.delay, this.remote.gain);
     this.remote = null;
     this.toneReadings = [];
   }

@@ -11,6 +11,7 @@ import { checkName, mixMessage } from './protocol.js';
 import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
+import { BoxClock, describeOffset, playoutReport, steer } from './sync.js';
 import { View, explain } from './view.js';
 
 /** Minimum gap (ms) between `mix` messages while a slider is dragged. */
@@ -81,6 +82,10 @@ const app = {
   mixSentAt: 0,
   songClock: null,
   song: null,
+  syncTimers: [],
+  syncOffsetMs: null,
+  leadMs: null,
+  jitterTargetMs: 0,
 };
 
 function httpsAddress() {
@@ -160,6 +165,8 @@ const session = new Session({
       audio.setRemote(stream);
       if (!stream) {
         stopStats();
+  stopSync();
+        stopSync();
         app.boxDelayMs = null;
         app.lossPct = null;
         app.jitterBufferMs = null;
@@ -172,12 +179,15 @@ const session = new Session({
       app.rttMs = ms;
       updateLatency();
     },
+    pong: (sent, received, now) => boxClock.add(sent, received, now),
+    sync: onSync,
     live: () => {
       app.everLive = true;
       view.leaveLabel(true);
       audio.resume();
       requestWakeLock();
       startStats();
+      startSync();
     },
     stopped: onStopped,
     mic: async () => {
@@ -219,9 +229,9 @@ function heardSongMs() {
     const frames = c.position + delta + Math.max(0, now - src.timestamp) * 48;
     // `timestamp` is when WebRTC handed the frame to the page's audio; the ear gets it
     // the page's output latency later.
-    return frames / 48 - audio.outputDelayMs();
+    return frames / 48 - audio.outputDelayMs() - audio.appliedExtraMs();
   }
-  return c.position / 48 + (performance.now() - c.at) - audio.outputDelayMs();
+  return c.position / 48 + (performance.now() - c.at) - audio.outputDelayMs() - audio.appliedExtraMs();
 }
 
 function lyricsFrame() {
@@ -318,6 +328,61 @@ async function collectStats() {
   const codecId = (out.inbound && out.inbound.codecId) || (out.outbound && out.outbound.codecId);
   if (codecId && codecs.has(codecId)) out.codec = codecs.get(codecId);
   return out;
+}
+
+/** Playout sync (sync.js): the box's clock, measured once a second while live, and a
+ * report of what this phone plays every SYNC_REPORT_MS; the box answers with how far
+ * it is from the speakers, and the extra delay moves by most of that. */
+const boxClock = new BoxClock();
+const SYNC_PING_MS = 1000;
+const SYNC_REPORT_MS = 500;
+
+function startSync() {
+  stopSync();
+  // A quick burst first, so the first reports have a clock to go by.
+  for (let k = 0; k < 5; k++) app.syncTimers.push(setTimeout(() => session.send({ type: 'ping', t: performance.now() }), 100 * k));
+  app.syncTimers.push(setInterval(() => session.send({ type: 'ping', t: performance.now() }), SYNC_PING_MS));
+  app.syncTimers.push(setInterval(reportPlayout, SYNC_REPORT_MS));
+}
+
+function stopSync() {
+  for (const t of app.syncTimers) clearInterval(t);
+  app.syncTimers = [];
+  app.syncOffsetMs = null;
+}
+
+function playingSource() {
+  const pc = session.peerConnection();
+  const receiver = pc && pc.getReceivers().find((r) => r.track && r.track.kind === 'audio');
+  const sources = receiver && receiver.getSynchronizationSources ? receiver.getSynchronizationSources() : [];
+  return { receiver, source: sources && sources[0] };
+}
+
+function reportPlayout() {
+  if (app.state !== 'live') return;
+  const { source } = playingSource();
+  const extra = audio.playback === 'webaudio' ? audio.appliedExtraMs() : app.jitterTargetMs;
+  const msg = playoutReport(source, performance.timeOrigin, audio.outputDelayMs(), extra, boxClock.offset());
+  if (msg) session.send(msg);
+}
+
+function onSync(msg) {
+  app.syncOffsetMs = msg.offset_ms;
+  app.leadMs = msg.lead_ms;
+  const extra = steer(audio.extraMs, msg.offset_ms);
+  if (!audio.setExtraDelay(extra)) {
+    // Played by the media element: the jitter buffer's target is the only delay there.
+    const { receiver } = playingSource();
+    if (receiver && 'jitterBufferTarget' in receiver) {
+      try {
+        receiver.jitterBufferTarget = Math.round(extra);
+        app.jitterTargetMs = Math.round(extra);
+      } catch (_) {
+        // Out of the browser's range: leave it.
+      }
+    }
+  }
+  updateLatency();
 }
 
 function startStats() {
@@ -480,8 +545,17 @@ window.duetboxTest = {
   localSdp: () => session.localSdp(),
   /** Who this phone is to the box: { peer, slot }. */
   identity: () => ({ peer: app.peer, slot: app.slot }),
+  /** The current peer connection (a test delays its media). */
+  peerConnection: () => session.peerConnection(),
+  /** The return mix's Web Audio output: { ctx, node } (a test listens to it). */
+  output: () => ({ ctx: audio.ctx, node: audio.outputNode() }),
+  /** Playout sync: the last offset from the speakers (ms), the extra delay, the lead,
+   * the clock's best round trip. */
+  sync: () => ({ offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt() }),
   /** When each lyric line appeared: [{ line, at (performance.now()), ms }]. */
   lyricsAppeared: () => lyrics.appeared,
+  /** The start (ms of the song) of every lyric line of the song loaded. */
+  lyricLines: () => lyrics.lines.map((l) => l.start_ms),
   /** The song position (ms) of what this phone plays now, or null. */
   heardSongMs: () => heardSongMs(),
   /** The last `queue` message (entries, song), or null. */

@@ -72,6 +72,9 @@ function saveToken(storage, token) {
  *                              the number of listeners (null from an older box)
  *   remote(stream | null)      the return mix to play (null: none any more)
  *   rtt(ms)                    a ping's round trip
+ *   pong(sent, received, now)  a pong: when its ping left and it came back
+ *                              (performance.now()), the box's clock `now` (ms)
+ *   sync(msg)                  the box's answer to a `playout` report
  *   live()                     media flows (after every (re)connect)
  *   stopped(code, detail)      the session ended for good (code null after Leave)
  *   mic()                      async: the microphone { stream, track } or null (a
@@ -267,7 +270,14 @@ export class Session {
         this.hooks.room(msg.peers, typeof msg.listeners === 'number' ? msg.listeners : null);
         break;
       case 'pong':
-        if (typeof msg.t === 'number') this.hooks.rtt(Math.max(0, performance.now() - msg.t));
+        if (typeof msg.t === 'number') {
+          const received = performance.now();
+          this.hooks.rtt(Math.max(0, received - msg.t));
+          if (typeof msg.now === 'number' && this.hooks.pong) this.hooks.pong(msg.t, received, msg.now);
+        }
+        break;
+      case 'sync':
+        if (typeof msg.offset_ms === 'number' && this.hooks.sync) this.hooks.sync(msg);
         break;
       case 'songs':
       case 'queued':

@@ -5,6 +5,7 @@
 // what to show. Room rows come from protocol.roomRows.
 
 import { roomRows } from './protocol.js';
+import { describeOffset } from './sync.js';
 
 /** Bottom of the visible level bars in dBFS; quieter than this shows as empty. */
 const METER_FLOOR_DB = -60;
@@ -129,6 +130,7 @@ export class View {
       latBox: byId('lat-box'),
       latPhone: byId('lat-phone'),
       latLoss: byId('lat-loss'),
+      latSync: byId('lat-sync'),
       leave: byId('leave'),
       audio: byId('remote-audio'),
     };
@@ -230,8 +232,9 @@ export class View {
     }
   }
 
-  latency({ rttMs, boxDelayMs, jitterBufferMs, lossPct }) {
+  latency({ rttMs, boxDelayMs, jitterBufferMs, lossPct, syncOffsetMs }) {
     const ui = this.ui;
+    ui.latSync.textContent = describeOffset(syncOffsetMs) || '\u2013';
     ui.latRtt.textContent = fmtMs(rttMs);
     ui.latBox.textContent = fmtMs(boxDelayMs);
     ui.latPhone.textContent = fmtMs(jitterBufferMs);

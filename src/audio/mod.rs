@@ -438,9 +438,9 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
     while let Some(command) = handle.commands.pop() {
         engine.handle_command(command);
     }
-    let period = engine.config().period_samples;
-    // The engine's queue holds 2 s, far more than 4 periods plus a chunk: all fits.
-    while engine.backing_queued() < 4 * 2 * period {
+    // The engine's queue holds 2 s, far more than the lead, 4 periods and a chunk: all
+    // fits.
+    while engine.backing_queued() < engine.backing_wanted() {
         let Some(chunk) = handle.backing.pop() else {
             break;
         };

@@ -171,6 +171,11 @@ pub struct AudioConfig {
     pub realtime_priority: u8,
     /// The ALSA capture PCM of the line-in ("" = none).
     pub line_in: String,
+    /// What the speaker path adds after the ALSA device (a venue DSP, wireless
+    /// speakers), ms: the speakers' time on the box's timeline (`docs/sync.md`).
+    pub speaker_latency_ms: f64,
+    /// How far ahead of the speakers the phones' backing may play, ms (0 to 500).
+    pub max_lead_ms: f64,
 }
 
 impl Default for AudioConfig {
@@ -186,6 +191,8 @@ impl Default for AudioConfig {
             limiter_release_ms: 80.0,
             realtime_priority: 70,
             line_in: String::new(),
+            speaker_latency_ms: 0.0,
+            max_lead_ms: 400.0,
         }
     }
 }
@@ -618,6 +625,21 @@ impl Config {
                 "audio.limiter_release_ms",
                 a.limiter_release_ms,
                 "must be between 1 and 2000",
+            );
+        }
+        if !(0.0..=500.0).contains(&a.speaker_latency_ms) {
+            return bad(
+                "audio.speaker_latency_ms",
+                a.speaker_latency_ms,
+                "must be between 0 and 500",
+            );
+        }
+        let most = f64::from(crate::engine::MAX_LEAD_FRAMES) / 48.0;
+        if !(0.0..=most).contains(&a.max_lead_ms) {
+            return bad(
+                "audio.max_lead_ms",
+                a.max_lead_ms,
+                "must be between 0 and 500",
             );
         }
         if a.realtime_priority > 99 {

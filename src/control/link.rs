@@ -8,7 +8,7 @@
 //! and goes before the thread saw either cancels out. So what waits is bounded by the
 //! state it describes, not by how many commands were sent: at most three per seat
 //! (add, settings, and a removal of the seat's previous singer) plus one each for the
-//! master, the backing level, the backing transport and the listener count (a newer
+//! master, the backing level, the backing transport, the lead and the listener count (a newer
 //! transport command names the newest generation, which flushes whatever an older one
 //! would have).
 //!
@@ -61,6 +61,7 @@ impl EngineLink {
             Command::SetMaster { .. }
             | Command::SetBacking { .. }
             | Command::SetListeners(_)
+            | Command::SetLead { .. }
             | Command::Backing { .. } => {
                 let same = std::mem::discriminant(&command);
                 if let Some(slot) = self

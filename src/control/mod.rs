@@ -20,6 +20,7 @@
 pub mod link;
 pub mod night;
 pub mod room;
+pub mod sync;
 pub mod throttle;
 
 use std::collections::HashMap;
@@ -92,6 +93,10 @@ pub struct SongClock {
     /// How much later the speakers play what the audio thread writes (the device's
     /// delay, as it last said), frames.
     pub device_delay_frames: u64,
+    /// What the speaker path adds after the device (`audio.speaker_latency_ms`), frames.
+    pub speaker_frames: u32,
+    /// How far ahead of `position` the return mixes carried the backing, frames.
+    pub lead_frames: u32,
 }
 
 impl SongClock {
@@ -104,8 +109,33 @@ impl SongClock {
         let since = now.saturating_sub(self.at);
         let moved =
             (since.as_nanos() * u128::from(crate::engine::SAMPLE_RATE_HZ) / 1_000_000_000) as u64;
-        (self.position + moved)
-            .saturating_sub(u64::from(self.latency_frames) + self.device_delay_frames)
+        (self.position + moved).saturating_sub(self.speakers_behind_frames())
+    }
+
+    /// How long after a frame is rendered the speakers play it: the limiter, the
+    /// device's buffer and the speaker path, frames.
+    pub fn speakers_behind_frames(&self) -> u64 {
+        u64::from(self.latency_frames) + self.device_delay_frames + u64::from(self.speaker_frames)
+    }
+
+    /// The RTP timestamp (of a return mix whose timestamps start at `offset`) that
+    /// carries the frame rendered at this report's mix time.
+    pub fn rtp_at_report(&self, offset: u32) -> u32 {
+        let heard_at = self.mix_time
+            + u64::from(self.latency_frames)
+            + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
+        offset.wrapping_add(heard_at as u32)
+    }
+
+    /// When (audio clock, µs) the speakers play the mix frame that a return mix (whose
+    /// timestamps start at `offset`) carries at RTP timestamp `rtp`: the box's
+    /// timeline from RTP time to speaker time. Valid for timestamps within about 12
+    /// hours of this report.
+    pub fn speakers_play_us(&self, rtp: u32, offset: u32) -> i64 {
+        let frames = i64::from(rtp.wrapping_sub(self.rtp_at_report(offset)) as i32);
+        let rate = i64::from(crate::engine::SAMPLE_RATE_HZ);
+        self.at.as_micros() as i64
+            + (frames + self.speakers_behind_frames() as i64) * 1_000_000 / rate
     }
 
     /// Where the speakers are in `song` at `now`, ms of the song (negative during its
@@ -220,7 +250,7 @@ impl Control {
             .await?
         {
             Reply::Joined(welcome) => Ok((welcome, bye_rx)),
-            Reply::Done | Reply::Queued(_) => {
+            Reply::Done | Reply::Queued(_) | Reply::Sync(_) => {
                 unreachable!("the room answers a join with a welcome")
             }
         }
@@ -351,6 +381,8 @@ pub struct ControlTask {
     /// Opened (with a generation) while the WHIP feed is the backing.
     feed_gate: Arc<FeedGate>,
     song_clock: watch::Sender<SongClock>,
+    /// `audio.speaker_latency_ms`, frames.
+    speaker_frames: u32,
 }
 
 /// Builds the room, its task, the song player's thread and the handle. Run the task
@@ -371,8 +403,12 @@ pub fn start(
         Some(pcm) => Some(LineIn::spawn(pcm, audio.clone(), line_in_tx)?),
         None => None,
     };
+    let speaker_frames = crate::engine::frames_in(config.speaker_latency) as u32;
     let room = Room::new(config);
-    let (song_clock_tx, song_clock) = watch::channel(SongClock::default());
+    let (song_clock_tx, song_clock) = watch::channel(SongClock {
+        speaker_frames,
+        ..SongClock::default()
+    });
     let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
     let (view_tx, view) = watch::channel(Arc::new(room.view()));
     let venue_level_db = Arc::new(AtomicU32::new((-120.0f32).to_bits()));
@@ -408,6 +444,7 @@ pub fn start(
         line_in_events,
         feed_gate,
         song_clock: song_clock_tx,
+        speaker_frames,
     };
     Ok((control, task))
 }
@@ -725,6 +762,8 @@ impl ControlTask {
                             .counters
                             .output_delay_frames
                             .load(Ordering::Relaxed),
+                        speaker_frames: self.speaker_frames,
+                        lead_frames: position.lead,
                     });
                     let _ = self.room.handle(
                         self.now(),

@@ -55,6 +55,7 @@ use super::night::{
     BackingSource, Effect, EntryId, LiveState, Night, NightRefusal, NowPlaying, Problem,
     SongFeedback, SongRef, Transport,
 };
+use super::sync::{Steer, Timeline};
 use super::throttle::PinThrottle;
 use crate::engine::{Command, MixId, SingerId, SingerSettings};
 use crate::songs::line_in::LineInCommand;
@@ -534,6 +535,16 @@ pub enum Input {
     Transport(Transport),
     /// News from the player or the engine about the song.
     Song(SongFeedback),
+    /// A phone's playout report, as the box measured it (`control::sync`): it plays
+    /// `delay_us` behind the speakers, `extra_us` of which it adds itself.
+    Playout {
+        /// The connection.
+        conn: ConnId,
+        /// Its playout behind the speakers', µs (its extra included).
+        delay_us: i64,
+        /// The delay it adds of its own, µs.
+        extra_us: i64,
+    },
     /// Time passed: expire what is due ([`Room::next_deadline`]).
     Tick,
     /// The box is stopping: every connection ends, no more joins.
@@ -547,6 +558,8 @@ pub enum Reply {
     Joined(Welcome),
     /// A queue entry was made.
     Queued(EntryId),
+    /// What to tell a phone after its playout report.
+    Sync(Steer),
     /// Done.
     Done,
 }
@@ -633,6 +646,10 @@ pub struct RoomConfig {
     pub count_in: Duration,
     /// Whether the box has a line-in the host may choose.
     pub line_in: bool,
+    /// The most the phones' backing may lead the speakers' (`control::sync`).
+    pub max_lead: Duration,
+    /// What the speaker path adds after the output device (`audio.speaker_latency_ms`).
+    pub speaker_latency: Duration,
 }
 
 /// One participant as everyone may see it.
@@ -654,6 +671,8 @@ pub struct ParticipantView {
     pub delay_ms: f32,
     /// Loss over the last report interval, %.
     pub loss_pct: f32,
+    /// How far its playout is from the speakers', ms (positive: late), once it reports.
+    pub sync_ms: Option<f32>,
 }
 
 /// One slot as everyone may see it.
@@ -716,6 +735,8 @@ pub struct RoomView {
     pub singer_limit: usize,
     /// Whether joining needs a PIN (never the PIN itself).
     pub pin_set: bool,
+    /// How far ahead of the speakers the phones' backing plays, ms.
+    pub lead_ms: f32,
 }
 
 impl RoomView {
@@ -750,6 +771,8 @@ struct Participant {
     rejoinable: bool,
     figures: SingerFigures,
     loss_pct: f32,
+    /// Its last sync offset, ms, shown to the host.
+    sync_ms: Option<f32>,
 }
 
 struct Slot {
@@ -771,6 +794,9 @@ pub struct Room {
     shutting_down: bool,
     throttle: PinThrottle,
     night: Night,
+    timeline: Timeline<PeerId>,
+    /// The lead the engine was last told, frames.
+    lead_frames: u32,
     actions: VecDeque<Action>,
     changed: bool,
 }
@@ -785,6 +811,7 @@ impl Room {
             })
             .collect();
         let night = Night::with_count_in(config.count_in, config.count_in_beats);
+        let max_lead = config.max_lead;
         Room {
             master_gain_db: config.master_gain_db,
             backing_gain_db: config.backing_gain_db,
@@ -798,6 +825,8 @@ impl Room {
             shutting_down: false,
             throttle: PinThrottle::new(),
             night,
+            timeline: Timeline::new(max_lead),
+            lead_frames: 0,
             actions: VecDeque::new(),
             changed: false,
         }
@@ -994,8 +1023,24 @@ impl Room {
                 self.changed |= changed;
                 Ok(Reply::Done)
             }
+            Input::Playout {
+                conn,
+                delay_us,
+                extra_us,
+            } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                let steer = self.timeline.report(now, peer, delay_us, extra_us);
+                let p = self.participants.get_mut(&peer).expect("found by its conn");
+                let ms = steer.offset_us as f32 / 1000.0;
+                if p.sync_ms.is_none_or(|old| (old - ms).abs() >= 1.0) {
+                    p.sync_ms = Some(ms);
+                    self.changed = true;
+                }
+                Ok(Reply::Sync(steer))
+            }
             Input::Tick => {
                 self.expire(now);
+                self.timeline.retune(now);
                 Ok(Reply::Done)
             }
             Input::Shutdown => {
@@ -1007,6 +1052,7 @@ impl Room {
                 Ok(Reply::Done)
             }
         };
+        self.update_lead();
         if std::mem::take(&mut self.changed) && !self.actions.contains(&Action::Changed) {
             self.actions.push_back(Action::Changed);
         }
@@ -1069,6 +1115,7 @@ impl Room {
                     },
                     delay_ms: p.figures.delay_ms,
                     loss_pct: p.loss_pct,
+                    sync_ms: p.sync_ms,
                 })
                 .collect(),
             slots: self
@@ -1089,6 +1136,7 @@ impl Room {
             line_in_configured: self.config.line_in,
             singer_limit: self.singer_limit,
             pin_set: !self.pin.is_empty(),
+            lead_ms: self.lead_frames as f32 / 48.0,
         }
     }
 
@@ -1311,6 +1359,7 @@ impl Room {
                     ..SingerFigures::default()
                 },
                 loss_pct: 0.0,
+                sync_ms: None,
             },
         );
         if request.role == Role::Listener {
@@ -1366,6 +1415,8 @@ impl Room {
         p.conn = None;
         p.presence = Presence::Reconnecting;
         p.live_by = None;
+        p.sync_ms = None;
+        self.timeline.forget(peer);
         self.emit(Action::Bye {
             conn,
             reason: ByeReason::Timeout,
@@ -1373,7 +1424,23 @@ impl Room {
         self.changed = true;
     }
 
+    /// Tells the engine the lead the phones need, while songs are the backing (a live
+    /// source has nothing queued ahead to lead with).
+    fn update_lead(&mut self) {
+        let lead = if self.night.source() == BackingSource::Songs {
+            crate::engine::frames_in(Duration::from_micros(self.timeline.lead_us() as u64)) as u32
+        } else {
+            0
+        };
+        if lead != self.lead_frames {
+            self.lead_frames = lead;
+            self.emit(Action::Engine(Command::SetLead { frames: lead }));
+            self.changed = true;
+        }
+    }
+
     fn remove(&mut self, peer: PeerId, reason: ByeReason) {
+        self.timeline.forget(peer);
         let Some(p) = self.participants.remove(&peer) else {
             return;
         };

@@ -37,6 +37,17 @@
 //! generation the last period started with, at which mix time; [`Event::BackingEnded`]
 //! comes when the last frame of a song has been rendered.
 //!
+//! # Lead (sync)
+//!
+//! The speakers play the venue buffer a device buffer after a period is rendered; a
+//! phone plays its return mix a network, a jitter buffer and its own output later.
+//! [`Command::SetLead`] lets every encoded mix (the personal mixes and the venue
+//! *encode*, not the speakers) carry the backing `lead` frames ahead of the speakers,
+//! from audio already queued, so a phone that plays its mix `lead` later than the
+//! speakers plays each backing frame when the speakers do. Voices are never led: they
+//! cannot be, and the venue's voice stays as early as it is. A change of lead crossfades
+//! over one period.
+//!
 //! # Real time
 //!
 //! In steady state [`Engine::render_period`], [`Engine::handle_packet`] and
@@ -96,6 +107,10 @@ pub fn frames_in(d: Duration) -> u64 {
 
 /// Seconds of stereo backing audio the engine can hold ahead of playout.
 const BACKING_CAPACITY_S: usize = 2;
+
+/// The most the phones' backing may lead the speakers' ([`Command::SetLead`]): 500 ms.
+/// The player decodes about 1 s ahead, so this much is always queued while a song plays.
+pub const MAX_LEAD_FRAMES: u32 = 24_000;
 
 /// Events held until polled; more are dropped and counted (a caller that never polls).
 const EVENT_CAPACITY: usize = 64;
@@ -173,6 +188,12 @@ pub enum Command {
         /// Holds the backing in place (it renders silence and keeps its queue).
         paused: bool,
     },
+    /// How many frames ahead of the speakers the encoded mixes carry the backing (see
+    /// *Lead* in the module docs); at most [`MAX_LEAD_FRAMES`] (more is clamped).
+    SetLead {
+        /// Frames, 48 kHz.
+        frames: u32,
+    },
 }
 
 /// Backing-track audio for [`Engine::push_backing`].
@@ -199,6 +220,8 @@ pub struct BackingPosition {
     pub mix_time: u64,
     /// Whether the backing advanced in that period (false: paused, or nothing queued).
     pub playing: bool,
+    /// How many frames ahead of `position` the encoded mixes carried the backing.
+    pub lead: u32,
 }
 
 /// Why a command was refused.
@@ -349,9 +372,19 @@ pub struct Engine {
     /// The song frame after the song's last, once its last audio is queued.
     backing_end: Option<u64>,
     backing_last: BackingPosition,
+    /// Frames the encoded mixes' backing leads the speakers' (and what it was last
+    /// period: a change crossfades).
+    lead: u32,
+    lead_before: u32,
     master: f32,
     listeners: u32,
+    /// The speakers' bus: backing at the read head, and the voices.
     bus: Vec<f32>,
+    /// The encoded mixes' bus: backing `lead` frames on, and the voices.
+    lead_bus: Vec<f32>,
+    /// The venue mix as encoded (from `lead_bus`), with its own limiter.
+    venue_sent: Vec<f32>,
+    venue_sent_limiter: Limiter,
     venue_limiter: Limiter,
     venue_encoder: MixEncoder,
     venue_meter: Meter,
@@ -424,10 +457,16 @@ impl Engine {
                 position: 0,
                 mix_time: 0,
                 playing: false,
+                lead: 0,
             },
+            lead: 0,
+            lead_before: 0,
             master: mixer::db_to_gain(config.master_gain_db),
             listeners: 0,
             bus: vec![0.0; 2 * period],
+            lead_bus: vec![0.0; 2 * period],
+            venue_sent: vec![0.0; 2 * period],
+            venue_sent_limiter: limiter(),
             venue_limiter: limiter(),
             venue_encoder: MixEncoder::new(&config.encoder),
             venue_meter: Meter::new(),
@@ -506,6 +545,7 @@ impl Engine {
                     self.backing_paused = paused;
                 }
             }
+            Command::SetLead { frames } => self.lead = frames.min(MAX_LEAD_FRAMES),
         }
     }
 
@@ -560,6 +600,12 @@ impl Engine {
         self.backing_len
     }
 
+    /// Backing samples the engine should hold before a period: four periods beyond the
+    /// lead, so the encoded mixes find theirs.
+    pub fn backing_wanted(&self) -> usize {
+        2 * (4 * self.config.period_samples + self.lead.max(self.lead_before) as usize)
+    }
+
     /// Renders the period whose first frame plays at `now` into `venue` (interleaved
     /// stereo, exactly `2 * period_samples` long), and feeds every active encoder.
     pub fn render_period(&mut self, now: Duration, venue: &mut [f32]) {
@@ -590,8 +636,9 @@ impl Engine {
                     seat.reverb.process_add(&seat.voice, wet, &mut seat.own);
                 }
             }
-            for (b, &o) in self.bus.iter_mut().zip(&seat.own) {
+            for ((b, l), &o) in self.bus.iter_mut().zip(&mut self.lead_bus).zip(&seat.own) {
                 *b += o;
+                *l += o;
             }
         }
         for (v, &b) in venue.iter_mut().zip(&self.bus) {
@@ -605,14 +652,26 @@ impl Engine {
                 .iter()
                 .any(|s| s.singer.is_some() && s.route == MixId::Venue);
         if venue_needed {
-            self.venue_encoder.feed(venue, self.mix_time);
+            // What phones hear of the venue: the same voices, the backing led. Its own
+            // limiter, so a lead of 0 encodes exactly what the speakers play.
+            for (v, &b) in self.venue_sent.iter_mut().zip(&self.lead_bus) {
+                *v = b * self.master;
+            }
+            self.venue_sent_limiter.process(&mut self.venue_sent);
+            self.venue_encoder.feed(&self.venue_sent, self.mix_time);
         }
         for seat in &mut self.seats {
             if seat.singer.is_none() || seat.route == MixId::Venue {
                 continue;
             }
             let minus = 1.0 - seat.settings.monitor.clamp(0.0, 1.0);
-            mixer::mix_minus(&self.bus, &seat.own, minus, self.master, &mut seat.personal);
+            mixer::mix_minus(
+                &self.lead_bus,
+                &seat.own,
+                minus,
+                self.master,
+                &mut seat.personal,
+            );
             seat.limiter.process(&mut seat.personal);
             seat.personal_meter.add_stereo(&seat.personal);
             seat.encoder.feed(&seat.personal, self.mix_time);
@@ -777,6 +836,7 @@ impl Engine {
             position: self.backing_head,
             mix_time: self.mix_time,
             playing: have > 0,
+            lead: self.lead,
         };
         let gain = if self.backing_muted {
             0.0
@@ -787,6 +847,7 @@ impl Engine {
             *b = self.backing[(self.backing_read + k) % cap] * gain;
         }
         self.bus[have..].fill(0.0);
+        self.render_lead(gain);
         self.backing_read = (self.backing_read + have) % cap;
         self.backing_len -= have;
         self.backing_head += (have / 2) as u64;
@@ -801,6 +862,37 @@ impl Engine {
             self.stats.backing_underrun_frames += ((want - have) / 2) as u64;
         }
         self.backing_meter.add_stereo(&self.bus);
+    }
+
+    /// The encoded mixes' backing: `lead` frames past the read head, what is queued of
+    /// it (silence past the end); a changed lead crossfades from the old one.
+    fn render_lead(&mut self, gain: f32) {
+        let cap = self.backing.len();
+        let len = if self.backing_paused {
+            0
+        } else {
+            self.backing_len
+        };
+        let (backing, read) = (&self.backing, self.backing_read);
+        let at = |offset: usize, k: usize| {
+            if offset + k < len {
+                backing[(read + offset + k) % cap]
+            } else {
+                0.0
+            }
+        };
+        let (from, to) = (2 * self.lead_before as usize, 2 * self.lead as usize);
+        let frames = self.lead_bus.len() / 2;
+        for (k, l) in self.lead_bus.iter_mut().enumerate() {
+            let v = if from == to {
+                at(to, k)
+            } else {
+                let w = (k / 2) as f32 / frames as f32;
+                (1.0 - w) * at(from, k) + w * at(to, k)
+            };
+            *l = v * gain;
+        }
+        self.lead_before = self.lead;
     }
 
     fn push_event(&mut self, event: Event) {

@@ -1018,6 +1018,7 @@ fn a_seek_flushes_what_was_queued_and_the_next_period_plays_the_new_position() {
             position: 100_000 + 9 * period as u64,
             mix_time: 19 * period as u64,
             playing: true,
+            lead: 0,
         }
     );
     assert_eq!(d.engine.stats().backing_underrun_frames, 0);
@@ -1100,4 +1101,91 @@ fn a_songs_end_is_reported_once_when_its_last_frame_plays_and_is_no_underrun() {
         (period / 2) as u64
     );
     assert_eq!(d.events.len(), 1);
+}
+
+#[test]
+fn the_encoded_mixes_carry_the_backing_ahead_of_the_speakers_by_the_lead() {
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    let latency = d.engine.output_latency_frames();
+    let singer = SingerId(1);
+    d.engine.handle_command(Command::AddSinger {
+        singer,
+        settings: SingerSettings::default(),
+    });
+    d.push(1, 0, 12_000, false);
+    d.engine.handle_command(Command::SetLead { frames: 2_400 });
+    let mut sent = Vec::new();
+    let render = |d: &mut Deck, periods: usize, sent: &mut Vec<f32>| {
+        for _ in 0..periods {
+            d.render(1);
+            sent.extend(left(d.engine.personal_mix(singer).expect("a personal mix")));
+        }
+    };
+    render(&mut d, 20, &mut sent);
+    let heard = d.heard(0);
+    assert_same(
+        &heard,
+        &expected(0, heard.len()),
+        "the speakers are not led",
+    );
+    // (The first period crossfaded from no lead.)
+    let got: Vec<_> = sent[period + latency..]
+        .iter()
+        .map(|&v| decode_frame(v))
+        .collect();
+    assert_same(
+        &got,
+        &expected((period + 2_400) as u64, got.len()),
+        "the return leads by 2400 frames",
+    );
+    assert_eq!(d.engine.backing_position().lead, 2_400);
+    assert_eq!(d.engine.backing_wanted(), 2 * (4 * period + 2_400));
+    // A smaller lead: one period of crossfade, then exactly the new lead.
+    d.engine.handle_command(Command::SetLead { frames: 1_200 });
+    let from = sent.len();
+    render(&mut d, 10, &mut sent);
+    let got: Vec<_> = sent[from + period + latency..]
+        .iter()
+        .map(|&v| decode_frame(v))
+        .collect();
+    let first = (21 * period + 1_200) as u64;
+    assert_same(&got, &expected(first, got.len()), "then it leads by 1200");
+    // Past what is queued, the led backing is silence (the song ends early on the
+    // phones), never stale audio; the speakers play on to the end.
+    let from = sent.len();
+    render(&mut d, 22, &mut sent);
+    let led_end = 12_000 - 1_200 - 30 * period;
+    let tail: Vec<_> = sent[from + latency..]
+        .iter()
+        .map(|&v| decode_frame(v))
+        .collect();
+    assert_same(
+        &tail[..led_end],
+        &expected(first + 9 * period as u64, led_end),
+        "to the end",
+    );
+    assert!(
+        tail[led_end..].iter().all(Option::is_none),
+        "silence after the end"
+    );
+    let heard = d.heard(0);
+    assert_same(
+        &heard[..12_000 - latency],
+        &expected(0, 12_000 - latency),
+        "speakers to the end",
+    );
+    // The lead is capped.
+    d.engine
+        .handle_command(Command::SetLead { frames: u32::MAX });
+    d.render(1);
+    assert_eq!(d.engine.backing_position().lead, MAX_LEAD_FRAMES);
+}
+
+/// Panics at the first frame where `got` and `want` differ (not with both lists).
+fn assert_same(got: &[Option<u64>], want: &[Option<u64>], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(k) = (0..got.len()).find(|&k| got[k] != want[k]) {
+        panic!("{what}: frame {k} is {:?}, not {:?}", got[k], want[k]);
+    }
 }

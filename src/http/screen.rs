@@ -154,6 +154,7 @@ mod tests {
             level_db: -12.04,
             delay_ms: 20.0,
             loss_pct: 1.0,
+            sync_ms: None,
         };
         let view = RoomView {
             backing_source: crate::control::night::BackingSource::Songs,
@@ -188,6 +189,7 @@ mod tests {
             backing_muted: false,
             singer_limit: 2,
             pin_set: true,
+            lead_ms: 0.0,
         };
         let s = state_json("Stage left", Some("https://10.0.0.2:8443/"), &view, -3.0);
         assert_eq!(s["slots"][0]["name"], "Mia");

@@ -23,6 +23,9 @@ pub const MAX_SDP_BYTES: usize = 64 * 1024;
 /// Longest song search accepted, characters.
 pub const MAX_QUERY_CHARS: usize = crate::songs::library::MAX_QUERY_CHARS;
 
+/// The most delay a phone may say it adds of its own, ms.
+pub const MAX_EXTRA_MS: f64 = 2_000.0;
+
 /// Furthest a song search pages.
 pub const MAX_OFFSET: u64 = 1_000_000;
 
@@ -63,6 +66,17 @@ pub enum ClientMessage {
     Ping {
         /// Echoed back.
         t: f64,
+    },
+    /// What the phone plays (`docs/sync.md`): the return mix's RTP timestamp `rtp`
+    /// reaches its listener's ear at `at` (the box's clock, ms, from `pong`'s `now`),
+    /// `extra` ms of which the phone adds itself.
+    Playout {
+        /// RTP timestamp of the return mix.
+        rtp: u32,
+        /// When it is heard, box clock, ms.
+        at: f64,
+        /// The phone's own added delay, ms (0 to [`MAX_EXTRA_MS`]).
+        extra: f64,
     },
     /// Leave now.
     Leave,
@@ -382,6 +396,30 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
                 .ok_or_else(|| WireError::new(ErrorCode::BadField, "`t` must be a number"))?;
             Ok(ClientMessage::Ping { t })
         }
+        "playout" => {
+            let rtp = field(&obj, "rtp")?
+                .as_u64()
+                .and_then(|r| u32::try_from(r).ok())
+                .ok_or_else(|| {
+                    WireError::new(ErrorCode::BadField, "`rtp` must be an RTP timestamp")
+                })?;
+            let at = field(&obj, "at")?
+                .as_f64()
+                .filter(|a| a.is_finite() && *a >= 0.0)
+                .ok_or_else(|| {
+                    WireError::new(ErrorCode::BadField, "`at` must be the box's time, ms")
+                })?;
+            let extra = field(&obj, "extra")?
+                .as_f64()
+                .filter(|e| (0.0..=MAX_EXTRA_MS).contains(e))
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        format!("`extra` must be a delay from 0 to {MAX_EXTRA_MS} ms"),
+                    )
+                })?;
+            Ok(ClientMessage::Playout { rtp, at, extra })
+        }
         "leave" => Ok(ClientMessage::Leave),
         "songs" => {
             let query = match obj.get("query") {
@@ -554,6 +592,8 @@ pub struct PeerView {
     pub loss_pct: f32,
     /// connecting | live | reconnecting.
     pub state: &'static str,
+    /// How far its playout is from the speakers', ms (positive: late), once measured.
+    pub sync_ms: Option<f32>,
 }
 
 impl ServerMessage {
@@ -590,6 +630,7 @@ impl PeerView {
             delay_ms: round1(p.delay_ms),
             loss_pct: round1(p.loss_pct),
             state: p.presence.as_str(),
+            sync_ms: p.sync_ms.map(round1),
         }
     }
 }
@@ -654,6 +695,16 @@ pub enum ServerMessage {
     Pong {
         /// Echo.
         t: f64,
+        /// The box's clock when it answered, ms (what `playout` times are on).
+        now: f64,
+    },
+    /// After a `playout` report: how far the phone is from the speakers.
+    Sync {
+        /// Its playout minus the speakers' for the same backing frame, ms (positive:
+        /// late; take this much of the extra delay off).
+        offset_ms: f64,
+        /// How far ahead of the speakers the return mixes carry the backing, ms.
+        lead_ms: f64,
     },
     /// A refusal.
     Error {
@@ -744,6 +795,8 @@ pub struct HostRoomView {
     pub line_in_configured: bool,
     /// The live source (line-in, WHIP feed) while one is the backing.
     pub live_source: Option<LiveView>,
+    /// How far ahead of the speakers the phones' backing plays, ms (`docs/sync.md`).
+    pub lead_ms: f32,
 }
 
 /// A live source as the host sees it.
@@ -778,6 +831,7 @@ impl HostRoomView {
             backing_muted: view.backing_muted,
             backing_source: view.backing_source.as_str(),
             line_in_configured: view.line_in_configured,
+            lead_ms: round1(view.lead_ms),
             live_source: view.live.as_ref().map(|l| LiveView {
                 source: l.source.as_str(),
                 live: l.live,
@@ -1110,6 +1164,26 @@ mod tests {
             "error BadField: `monitor` must be a number from 0 to 1",
         );
         check(r#"{"type":"ping","t":12.5}"#, "Ping { t: 12.5 }");
+        check(
+            r#"{"type":"playout","rtp":4294967295,"at":81234.5,"extra":12.25}"#,
+            "Playout { rtp: 4294967295, at: 81234.5, extra: 12.25 }",
+        );
+        check(
+            r#"{"type":"playout","rtp":4294967296,"at":1,"extra":0}"#,
+            "error BadField: `rtp` must be an RTP timestamp",
+        );
+        for at in ["-1", "\"soon\"", "null"] {
+            check(
+                &format!(r#"{{"type":"playout","rtp":1,"at":{at},"extra":0}}"#),
+                "error BadField: `at` must be the box's time, ms",
+            );
+        }
+        for extra in ["-0.5", "2000.5", "1e300"] {
+            check(
+                &format!(r#"{{"type":"playout","rtp":1,"at":5,"extra":{extra}}}"#),
+                "error BadField: `extra` must be a delay from 0 to 2000 ms",
+            );
+        }
         check(r#"{"type":"leave"}"#, "Leave");
         check(
             r#"{"type":"dance"}"#,

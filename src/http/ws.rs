@@ -40,6 +40,10 @@ use crate::rtc::{Peer, PeerEvent};
 /// A phone with media gets the song clock at least this often.
 const SONG_CLOCK_EVERY: Duration = Duration::from_secs(1);
 
+/// A playout report further than this from the box's now, or from the speakers, is
+/// not a measurement (µs).
+const PLAYOUT_WINDOW_US: i64 = 10_000_000;
+
 /// Close code for an oversize frame (RFC 6455 §7.4.1).
 const CLOSE_TOO_BIG: u16 = 1009;
 
@@ -96,7 +100,7 @@ struct Session {
     /// Logged in as the host page.
     host: bool,
     /// The song clock as last sent: generation, playing, when.
-    clock_sent: Option<(u32, bool, Instant)>,
+    clock_sent: Option<(u32, bool, u32, Instant)>,
 }
 
 impl Session {
@@ -347,7 +351,12 @@ impl Session {
                 true
             }
             ClientMessage::Ping { t } => {
-                self.send(ServerMessage::Pong { t });
+                let now = self.control.audio_now().as_micros() as f64 / 1000.0;
+                self.send(ServerMessage::Pong { t, now });
+                true
+            }
+            ClientMessage::Playout { rtp, at, extra } => {
+                self.playout(rtp, at, extra).await;
                 true
             }
             ClientMessage::Leave => {
@@ -432,9 +441,10 @@ impl Session {
         let clock = self.control.song_clock();
         let now = Instant::now();
         let due = match self.clock_sent {
-            Some((generation, playing, at)) => {
+            Some((generation, playing, lead, at)) => {
                 generation != clock.generation
                     || playing != clock.playing
+                    || lead != clock.lead_frames
                     || now.duration_since(at) >= SONG_CLOCK_EVERY
             }
             None => true,
@@ -442,22 +452,65 @@ impl Session {
         if !due {
             return;
         }
-        let heard_at = clock.mix_time
-            + u64::from(clock.latency_frames)
-            + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
-        let rtp = media.timestamp_offset().wrapping_add(heard_at as u32);
+        let rtp = clock.rtp_at_report(media.timestamp_offset());
+        // The return mix carries the backing the lead ahead of the speakers.
+        let frame = clock.position + u64::from(clock.lead_frames) * u64::from(clock.playing);
         // The song's own frame: the count-in comes before its first.
         let position = match self.control.view().song.as_ref() {
-            Some(s) if s.now.generation == clock.generation => s.now.song_frame(clock.position),
-            _ => clock.position as i64,
+            Some(s) if s.now.generation == clock.generation => s.now.song_frame(frame),
+            _ => frame as i64,
         };
-        self.clock_sent = Some((clock.generation, clock.playing, now));
+        self.clock_sent = Some((clock.generation, clock.playing, clock.lead_frames, now));
         self.send(ServerMessage::SongClock {
             generation: clock.generation,
             position,
             rtp,
             playing: clock.playing,
         });
+    }
+
+    /// A phone's playout report: where it is against the speakers, on the box's
+    /// timeline (`SongClock::speakers_play_us`), goes to the room; its answer (the
+    /// offset to steer by) goes back. Without media or a clock there is nothing to say.
+    async fn playout(&mut self, rtp: u32, at_ms: f64, extra_ms: f64) {
+        let Some(media) = self.media.as_ref() else {
+            return;
+        };
+        let now_us = self.control.audio_now().as_micros() as i64;
+        let at_us = (at_ms * 1000.0) as i64;
+        if (at_us - now_us).abs() > PLAYOUT_WINDOW_US {
+            self.error(
+                ErrorCode::BadField,
+                "`at` is not near the box's time: take it from pong's `now`",
+            );
+            return;
+        }
+        let clock = self.control.song_clock();
+        if clock.at.is_zero() {
+            return;
+        }
+        let delay_us = at_us - clock.speakers_play_us(rtp, media.timestamp_offset());
+        if delay_us.abs() > PLAYOUT_WINDOW_US {
+            self.error(
+                ErrorCode::BadField,
+                "`rtp` is not a timestamp this phone was sent lately",
+            );
+            return;
+        }
+        tracing::debug!(delay_us, extra_ms, "playout");
+        let input = Input::Playout {
+            conn: self.conn,
+            delay_us,
+            extra_us: (extra_ms * 1000.0) as i64,
+        };
+        match self.control.handle(input).await {
+            Ok(Reply::Sync(steer)) => self.send(ServerMessage::Sync {
+                offset_ms: steer.offset_us as f64 / 1000.0,
+                lead_ms: steer.lead_us as f64 / 1000.0,
+            }),
+            Ok(_) => {}
+            Err(refusal) => self.error(refusal_code(refusal), refusal.to_string()),
+        }
     }
 
     fn send_queue(&mut self, view: &crate::control::RoomView) {

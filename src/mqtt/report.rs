@@ -234,6 +234,7 @@ mod tests {
                     level_db: -18.04,
                     delay_ms: 12.0,
                     loss_pct: 0.0,
+                    sync_ms: None,
                 },
                 ParticipantView {
                     peer: PeerId(4),
@@ -244,6 +245,7 @@ mod tests {
                     level_db: -120.0,
                     delay_ms: 0.0,
                     loss_pct: 0.0,
+                    sync_ms: None,
                 },
             ],
             slots: vec![
@@ -266,6 +268,7 @@ mod tests {
             backing_muted: false,
             singer_limit: 2,
             pin_set: true,
+            lead_ms: 0.0,
         }
     }
 

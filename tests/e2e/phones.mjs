@@ -17,6 +17,7 @@
 //   node phones.mjs --url https://HOST:PORT/ --out DIR --seconds N [--pin PIN]
 //        [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
 //        [--watch] [--strict-tls] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
+//        [--delay NAME:MS]...
 //        --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
 //
 // ENGINE is chromium (default) or firefox. WAVPATH is `-` for listeners, for a singer
@@ -28,6 +29,9 @@
 // `--mix NAME:MONITOR:REVERB` moves that singer's sliders (percent) once all are live.
 // `--freeze NAME:AFTER_S:FOR_S` stops that phone's whole browser (SIGSTOP to its
 // process group) AFTER_S seconds after all are live, for FOR_S seconds.
+// `--delay NAME:MS` (Chromium) delays that phone's return mix MS ms before its jitter
+// buffer (an encoded-frame transform: a longer downlink, as the box and the page see
+// it), from its first packet.
 // `--watch` samples every phone every 100 ms while they sing (see below).
 // `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
 // page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
@@ -55,7 +59,7 @@
 // (mark `song playing`). With --screen, the venue screen is open from then on (in the
 // same browser; screenshot screen.png at the end). With --marker-hz, every phone taps
 // the track it receives and notes when bursts of F Hz begin (the song's lyric-line
-// markers). Each result then carries `night`: `{lyrics: [{line, at, ms}], onsets:
+// markers, heard at the page's Web Audio output). Each result then carries `night`: `{lyrics: [{line, at, ms}], onsets:
 // [at]}` (`at` in ms since the Unix epoch, from the page's performance clock), and a
 // `{"kind":"screen","lyrics":[{line, at, ms}],"counted":[{count, at, ms}]}` line
 // follows (the count-in numbers the screen showed).
@@ -129,7 +133,7 @@ function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
     phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null,
-    night: null, hostPin: null, screen: null, markerHz: null,
+    night: null, hostPin: null, screen: null, markerHz: null, delays: [],
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -196,6 +200,12 @@ function parseArgs(argv) {
         opts.markerHz = Number(value);
         if (!(opts.markerHz > 0)) throw new UsageError('--marker-hz must be a positive number');
         break;
+      case '--delay': {
+        const [name, ms] = value.split(':');
+        if (!name || !(Number(ms) >= 0 && Number(ms) <= 1000)) throw new UsageError(`--delay ${value}: expected NAME:MS (0 to 1000)`);
+        opts.delays.push({ name, ms: Number(ms) });
+        break;
+      }
       case '--expect-error': {
         const last = opts.phones[opts.phones.length - 1];
         if (!last) throw new UsageError('--expect-error must follow the --phone it applies to');
@@ -216,6 +226,12 @@ function parseArgs(argv) {
     names.add(p.name);
   }
   for (const m of opts.mixes) if (!names.has(m.name)) throw new UsageError(`--mix names no phone ${m.name}`);
+  for (const d of opts.delays) {
+    const phone = opts.phones.find((p) => p.name === d.name);
+    if (!phone) throw new UsageError(`--delay names no phone ${d.name}`);
+    if (phone.engine !== 'chromium') throw new UsageError(`--delay ${d.name}: Chromium phones only`);
+    phone.delayMs = d.ms;
+  }
   if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
   if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
   if (opts.night !== null && (opts.hostPin === null || opts.phones[0].role !== 'singer' || opts.phones[0].engine !== 'chromium')) {
@@ -245,11 +261,37 @@ function parsePhone(spec) {
   const wav = wavArg === '-' ? null : path.resolve(wavArg);
   if (wav && !fs.existsSync(wav)) throw new UsageError(`--phone ${spec}: no such file ${wav}`);
   if (wav && engine === 'firefox') throw new UsageError(`--phone ${spec}: Firefox's fake microphone is its own tone (use -)`);
-  return { name, role, wav, engine, expectError: null };
+  return { name, role, wav, engine, expectError: null, delayMs: 0 };
 }
 
 function sleep(ms) {
   return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/**
+ * Runs in the page before its own scripts (--delay): every RTCPeerConnection it makes
+ * delays each received packet `delay` ms before the jitter buffer, by an encoded-frame
+ * transform in a worker, set when the track arrives (Chromium ignores one set once
+ * media flows). A longer downlink, as the page, its jitter buffer and the box see it.
+ */
+function delayReturnMix(delay) {
+  const code = `onrtctransform = (e) => {
+    const t = e.transformer;
+    const d = t.options.delay;
+    t.readable.pipeThrough(new TransformStream({
+      transform(frame, out) { setTimeout(() => out.enqueue(frame), d); },
+    })).pipeTo(t.writable);
+  };`;
+  const url = URL.createObjectURL(new Blob([code], { type: 'text/javascript' }));
+  const Original = window.RTCPeerConnection;
+  window.RTCPeerConnection = class extends Original {
+    // At once: Chromium ignores a receiver transform set after createOffer.
+    addTransceiver(...args) {
+      const t = super.addTransceiver(...args);
+      t.receiver.transform = new RTCRtpScriptTransform(new Worker(url), { delay });
+      return t;
+    }
+  };
 }
 
 /** One browser and page, Chromium through playwright-core. */
@@ -273,6 +315,7 @@ class ChromiumBrowser {
       viewport: VIEWPORT, deviceScaleFactor: 2, isMobile: true, hasTouch: true, ignoreHTTPSErrors: !opts.strictTls,
     });
     this.page = await context.newPage();
+    if (this.phone.spec.delayMs > 0) await this.page.addInitScript(delayReturnMix, this.phone.spec.delayMs);
     this.page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warning') this.phone.log(`console.${msg.type()}: ${msg.text()}`);
     });
@@ -537,7 +580,7 @@ class Phone {
       }
       return {
         state: t.state(), error: t.error(), levels: t.toneLevels(fs), mic_db: t.micLevel(), stats,
-        identity: t.identity(), mix: t.mix(),
+        identity: t.identity(), mix: t.mix(), sync: t.sync(),
       };
     }, freqs);
     const levels = {};
@@ -555,6 +598,7 @@ class Phone {
       mic_db: m.mic_db,
       identity: m.identity,
       mix: m.mix,
+      sync: m.sync,
       stats: m.stats,
       tls: this.driver.tls ?? null,
     };
@@ -589,62 +633,122 @@ class Phone {
     this.log(`added ${title}${partner ? ` with ${partner.spec.name}` : ''}`);
   }
 
-  /** Starts tapping the received track for onsets of `hz` bursts (lyric markers). */
+  /** Starts listening to what this phone plays (its Web Audio output, after the sync
+   * delay) for onsets of `hz` bursts (the song's markers), each timed by the context's
+   * own clock and output timestamp: when the phone's output plays it. */
   async tapMarkers(hz) {
-    await this.driver.evaluate((f) => {
-      const el = document.getElementById('remote-audio');
-      const ctx = new AudioContext();
-      const src = ctx.createMediaStreamSource(el.srcObject);
-      const block = 256;
-      const proc = ctx.createScriptProcessor(block, 1, 1);
-      const k = 2 * Math.cos((2 * Math.PI * f) / ctx.sampleRate);
-      let quiet = 0;
-      let loud = 0;
-      let candidate = 0;
-      window.__markers = { onsets: [], ctx };
-      proc.onaudioprocess = (ev) => {
-        const x = ev.inputBuffer.getChannelData(0);
-        // Goertzel over a Hann window: the amplitude of f in this block, with the
-        // backing and the voices (an octave and more away) kept out of it.
-        let s1 = 0;
-        let s2 = 0;
-        for (let i = 0; i < x.length; i++) {
-          const w = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / (x.length - 1));
-          const s0 = x[i] * w + k * s1 - s2;
-          s2 = s1;
-          s1 = s0;
+    await this.driver.evaluate(async (f) => {
+      const { ctx, node } = window.duetboxTest.output();
+      // An AudioWorklet sees each 128-frame quantum at its context time: no guessing
+      // at a processor's buffering.
+      const code = `class Tap extends AudioWorkletProcessor {
+        constructor(o) {
+          super();
+          this.k = 2 * Math.cos((2 * Math.PI * o.processorOptions.f) / sampleRate);
+          this.ring = new Float32Array(4096);
+          this.idx = 0; this.t0 = null; this.quiet = 0; this.loud = 0; this.candidate = 0;
         }
-        const amp = (4 * Math.sqrt(Math.max(0, s1 * s1 + s2 * s2 - k * s1 * s2))) / x.length;
-        // A burst lasts 120 ms (22 blocks): four loud blocks in a row after 200 ms of
-        // quiet are one, and its onset is the first of them.
-        if (amp > 0.08) {
-          if (loud === 0) {
-            // This block's samples are heard two blocks before ev.playbackTime (the
-            // processor's double buffer); the context's output timestamp maps context
-            // time to performance time at the speaker.
-            const ts = ctx.getOutputTimestamp();
-            const ctxTime = ev.playbackTime - (2 * block) / ctx.sampleRate;
-            candidate = performance.timeOrigin + ts.performanceTime + (ctxTime - ts.contextTime) * 1000;
+        process(inputs) {
+          const x = inputs[0] && inputs[0][0];
+          if (!x) return true;
+          // The context advances 128 frames a quantum: frame i plays at t0 + i / rate.
+          if (this.t0 === null) this.t0 = currentTime;
+          for (let i = 0; i < x.length; i++) {
+            this.ring[this.idx % 4096] = x[i];
+            this.idx += 1;
+            if (this.idx % 256 === 0) this.block(this.idx - 256);
           }
-          loud += 1;
-          if (loud === 4 && quiet >= 40) window.__markers.onsets.push(candidate);
-          if (loud >= 4) quiet = 0;
-        } else {
-          if (loud < 4) quiet += loud;
-          loud = 0;
-          quiet += 1;
+          return true;
         }
+        // Goertzel over a Hann window: the amplitude of f in frames [from, from + n).
+        amp(from, n) {
+          let s1 = 0, s2 = 0;
+          for (let i = 0; i < n; i++) {
+            const w = 0.5 - 0.5 * Math.cos((2 * Math.PI * i) / (n - 1));
+            const s0 = this.ring[(from + i) % 4096] * w + this.k * s1 - s2;
+            s2 = s1; s1 = s0;
+          }
+          return (4 * Math.sqrt(Math.max(0, s1 * s1 + s2 * s2 - this.k * s1 * s2))) / n;
+        }
+        block(start) {
+          // A burst lasts 120 ms (22 blocks of 256): four loud blocks in a row after
+          // 200 ms of quiet are one; then its onset is found to the frame.
+          if (this.amp(start, 256) > 0.08) {
+            if (this.loud === 0) this.candidate = start;
+            this.loud += 1;
+            if (this.loud === 4 && this.quiet >= 40) {
+              this.port.postMessage(this.t0 + this.onset(this.candidate) / sampleRate);
+            }
+            if (this.loud >= 4) this.quiet = 0;
+          } else {
+            if (this.loud < 4) this.quiet += this.loud;
+            this.loud = 0;
+            this.quiet += 1;
+          }
+        }
+        // The first 128-frame window (sliding by 4) at half the burst's amplitude: its
+        // middle is the onset (the same rule as the test's reading of the speakers).
+        onset(c) {
+          const half = 0.5 * this.amp(c + 512, 128);
+          for (let s = c - 256; s <= c + 256; s += 4) if (this.amp(s, 128) >= half) return s + 64;
+          return c;
+        }
+      }
+      registerProcessor('duetbox-marker-tap', Tap);`;
+      await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: 'text/javascript' })));
+      const tap = new AudioWorkletNode(ctx, 'duetbox-marker-tap', { processorOptions: { f } });
+      const mute = ctx.createGain();
+      mute.gain.value = 0;
+      node.connect(tap);
+      tap.connect(mute);
+      mute.connect(ctx.destination);
+      window.__markers = { onsets: [], tap, heard: [] };
+      // What the page believes it plays (its song position from the box's song clock
+      // and its receiver, the sync delay and the output latency), every 5 ms: the
+      // phone's own account, set against what the tap hears.
+      setInterval(() => {
+        const ms = window.duetboxTest.heardSongMs();
+        if (typeof ms === 'number') window.__markers.heard.push([performance.now(), ms]);
+        if (window.__markers.heard.length > 8000) window.__markers.heard.shift();
+      }, 5);
+      tap.port.onmessage = (ev) => {
+        // The context's output timestamp: which context time the output plays at which
+        // performance time.
+        const ts = ctx.getOutputTimestamp();
+        window.__markers.onsets.push(performance.timeOrigin + ts.performanceTime + (ev.data - ts.contextTime) * 1000);
       };
-      src.connect(proc);
-      proc.connect(ctx.destination);
     }, hz);
   }
 
   async nightReport() {
-    return this.driver.evaluate(() => ({
-      lyrics: window.duetboxTest.lyricsAppeared().map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })),
-      onsets: window.__markers ? window.__markers.onsets : [],
-    }));
+    return this.driver.evaluate(async () => {
+      const pc = window.duetboxTest.peerConnection();
+      const diag = { playout: null, ctx: null };
+      try {
+        const st = await pc.getStats();
+        st.forEach((v) => { if (v.type === 'media-playout') diag.playout = v; });
+        const { ctx } = window.duetboxTest.output();
+        diag.ctx = { base: ctx.baseLatency, out: ctx.outputLatency, rate: ctx.sampleRate };
+      } catch (_) { /* diagnostics only */ }
+      const m = window.__markers;
+      // When the page believed each line's first millisecond played (epoch ms).
+      const believed = (ms) => {
+        const h = m ? m.heard : [];
+        for (let i = 1; i < h.length; i++) {
+          const [t0, s0] = h[i - 1];
+          const [t1, s1] = h[i];
+          if (s0 < ms && s1 >= ms && s1 - s0 < 50) return performance.timeOrigin + t0 + ((ms - s0) / (s1 - s0)) * (t1 - t0);
+        }
+        return null;
+      };
+      const lyrics = window.duetboxTest.lyricsAppeared();
+      return {
+        lyrics: lyrics.map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })),
+        onsets: m ? m.onsets : [],
+        believed: window.duetboxTest.lyricLines().map((start) => believed(start)).filter((t) => t !== null),
+        diag,
+      };
+    });
   }
 
   /** Sends `signal` to every process of this phone's browser. */

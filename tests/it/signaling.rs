@@ -135,7 +135,23 @@ async fn abuse(addr: SocketAddr) {
     assert_eq!(error_code(&mut p).await, "bad_json");
     // Still a working session after all that.
     p.send(json!({"type": "ping", "t": 42.5})).await;
-    assert_eq!(p.expect("pong").await["t"], 42.5);
+    let pong = p.expect("pong").await;
+    assert_eq!(pong["t"], 42.5);
+    // Playout reports (docs/sync.md) are on the box's clock, which pong tells: one a
+    // minute away from it, or with a delay out of range, is refused.
+    let now = pong["now"].as_f64().expect("pong carries the box's clock");
+    p.send(json!({"type": "playout", "rtp": 1, "at": now + 60_000.0, "extra": 0}))
+        .await;
+    let v = p.expect("error").await;
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not near the box's time")),
+        "{v}"
+    );
+    p.send(json!({"type": "playout", "rtp": 1, "at": now, "extra": 5000}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
     p.send(json!({"type": "leave"})).await;
     assert_eq!(p.expect("bye").await["reason"], "left");
 

@@ -26,6 +26,8 @@ fn config() -> RoomConfig {
         count_in_beats: 0,
         count_in: Duration::ZERO,
         line_in: true,
+        max_lead: Duration::from_millis(400),
+        speaker_latency: Duration::ZERO,
     }
 }
 
@@ -99,7 +101,9 @@ impl Harness {
             },
         )? {
             Reply::Joined(w) => Ok(w),
-            Reply::Done | Reply::Queued(_) => panic!("a join answers with a welcome"),
+            Reply::Done | Reply::Queued(_) | Reply::Sync(_) => {
+                panic!("a join answers with a welcome")
+            }
         }
     }
 
@@ -1548,4 +1552,59 @@ fn a_backing_feed_needs_the_host_pin_takes_no_seat_and_hands_back_when_it_leaves
         .expect("leave");
     assert!(h.take().contains(&Action::Feed(None)));
     assert_eq!(h.room.view().backing_source, BackingSource::Songs);
+}
+
+#[test]
+fn playout_reports_set_the_lead_and_each_phones_offset() {
+    let mut h = Harness::new(config());
+    let mia = h.join(secs(0.0), 1, "Mia", Role::Singer);
+    let lou = h.join(secs(0.0), 2, "Lou", Role::Listener);
+    h.take();
+    let playout = |conn, delay_ms: i64, extra_ms: i64| Input::Playout {
+        conn: ConnId(conn),
+        delay_us: delay_ms * 1000,
+        extra_us: extra_ms * 1000,
+    };
+    // The listener plays 70 ms behind the speakers, the singer 10 ms: the lead covers
+    // the listener (and 5 ms), and each is told how far it is from it.
+    let steer = |r: Result<Reply, Refusal>| match r {
+        Ok(Reply::Sync(s)) => s,
+        other => panic!("a playout report answers with a steer: {other:?}"),
+    };
+    let s = steer(h.handle(secs(1.0), playout(2, 70, 0)));
+    assert_eq!((s.lead_us, s.offset_us), (75_000, -5_000));
+    let s = steer(h.handle(secs(1.1), playout(1, 10, 0)));
+    assert_eq!((s.lead_us, s.offset_us), (75_000, -65_000));
+    assert_eq!(
+        engine_commands(&h.take()),
+        vec![Command::SetLead { frames: 3_600 }],
+        "the engine is told the lead once"
+    );
+    assert_eq!(h.participant(mia.peer).and_then(|p| p.sync_ms), Some(-65.0));
+    assert_eq!(h.participant(lou.peer).and_then(|p| p.sync_ms), Some(-5.0));
+    assert_eq!(h.room.view().lead_ms, 75.0);
+    // A stranger's connection has no say.
+    assert_eq!(
+        h.handle(secs(1.2), playout(9, 500, 0)),
+        Err(Refusal::NotJoined)
+    );
+    // A live source has nothing queued ahead: no lead while it plays; back with songs.
+    let source = |s| Input::SetBacking {
+        gain_db: None,
+        muted: None,
+        source: Some(s),
+    };
+    h.handle(secs(2.0), source(BackingSource::LineIn)).unwrap();
+    assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 0 }));
+    h.handle(secs(3.0), source(BackingSource::Songs)).unwrap();
+    assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 3_600 }));
+    // The listener leaves: ten seconds later the lead falls to what the singer needs.
+    h.handle(secs(4.0), Input::Leave { conn: ConnId(2) })
+        .unwrap();
+    for k in 0..24 {
+        h.handle(secs(4.5 + 0.5 * f64::from(k)), playout(1, 10, 0))
+            .unwrap();
+    }
+    assert_eq!(h.room.view().lead_ms, 15.0);
+    assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 720 }));
 }
