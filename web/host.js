@@ -176,12 +176,23 @@ function levelWidth(db) {
   return `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
 }
 
+/** A phone's offset from the speakers, for the desk. */
+function syncText(ms) {
+  const a = Math.round(Math.abs(ms));
+  if (a <= 10) return 'in time';
+  return ms > 0 ? `${a} ms late` : `${a} ms early`;
+}
+
 function drawRoom() {
   const r = host.room;
   const slots = $('slots');
   const byPeer = new Map(r.peers.map((p) => [p.peer, p]));
   const listeners = r.peers.filter((p) => p.role === 'listener').length;
-  $('listeners').textContent = `${listeners} listener${listeners === 1 ? '' : 's'}`;
+  // Sync (docs/sync.md): how far ahead of the speakers the phones' backing plays, and
+  // the listener furthest from the speakers.
+  const far = r.peers.filter((p) => typeof p.sync_ms === 'number').reduce((m, p) => Math.max(m, Math.abs(p.sync_ms)), 0);
+  const lead = typeof r.lead_ms === 'number' && r.lead_ms > 0 ? ` · phones led ${Math.round(r.lead_ms)} ms, furthest ${Math.round(far)} ms off` : '';
+  $('listeners').textContent = `${listeners} listener${listeners === 1 ? '' : 's'}${lead}`;
   // Rebuild only when the slots' holders changed, so sliders are not yanked mid-drag.
   const shape = r.slots.map((s) => s.peer || '-').join(',');
   if (slots.dataset.shape !== shape) {
@@ -219,7 +230,8 @@ function drawRoom() {
     const row = slots.querySelector(`[data-slot="${s.slot}"]`);
     const p = s.peer ? byPeer.get(s.peer) : null;
     if (!row) continue;
-    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss` : '';
+    const sync = p && typeof p.sync_ms === 'number' ? ` · ${syncText(p.sync_ms)}` : '';
+    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss${sync}` : '';
     row.querySelector('.meter i').style.width = p ? levelWidth(p.level_db) : '0';
   }
   for (const [id, value] of [['master', r.master_gain_db], ['backing', r.backing_gain_db]]) {

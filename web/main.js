@@ -86,6 +86,7 @@ const app = {
   syncOffsetMs: null,
   leadMs: null,
   jitterTargetMs: 0,
+  syncHistory: [],
 };
 
 function httpsAddress() {
@@ -370,6 +371,9 @@ function onSync(msg) {
   app.syncOffsetMs = msg.offset_ms;
   app.leadMs = msg.lead_ms;
   const extra = steer(audio.extraMs, msg.offset_ms);
+  // The last minute of the loop, for the test hook.
+  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10]);
+  if (app.syncHistory.length > 120) app.syncHistory.shift();
   if (!audio.setExtraDelay(extra)) {
     // Played by the media element: the jitter buffer's target is the only delay there.
     const { receiver } = playingSource();
@@ -550,8 +554,11 @@ window.duetboxTest = {
   /** The return mix's Web Audio output: { ctx, node } (a test listens to it). */
   output: () => ({ ctx: audio.ctx, node: audio.outputNode() }),
   /** Playout sync: the last offset from the speakers (ms), the extra delay, the lead,
-   * the clock's best round trip. */
-  sync: () => ({ offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt() }),
+   * the clock's best round trip, and the last minute of [epoch ms, offset, extra]. */
+  sync: () => ({
+    offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(),
+    history: app.syncHistory.map(([t, offset, extra]) => [performance.timeOrigin + t, offset, extra]),
+  }),
   /** When each lyric line appeared: [{ line, at (performance.now()), ms }]. */
   lyricsAppeared: () => lyrics.appeared,
   /** The start (ms of the song) of every lyric line of the song loaded. */

@@ -205,6 +205,10 @@ pub enum Report {
         at: Duration,
         /// How much later the outputs carry it (the limiter's look-ahead), frames.
         latency_frames: u32,
+        /// How much later than `at` says the device period holding it is written: a
+        /// device period longer than the engine's stamps a burst's renders earlier than
+        /// they are written (see the loop), frames.
+        bridge_frames: u32,
     },
 }
 
@@ -405,6 +409,7 @@ where
                         position,
                         at: now,
                         latency_frames,
+                        bridge_frames: lead_frames as u32,
                     },
                 );
             }

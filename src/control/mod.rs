@@ -95,6 +95,9 @@ pub struct SongClock {
     pub device_delay_frames: u64,
     /// What the speaker path adds after the device (`audio.speaker_latency_ms`), frames.
     pub speaker_frames: u32,
+    /// How much later than `at` the device period holding this frame is written (a
+    /// device period longer than the engine's), frames.
+    pub bridge_frames: u32,
     /// How far ahead of `position` the return mixes carried the backing, frames.
     pub lead_frames: u32,
 }
@@ -113,9 +116,12 @@ impl SongClock {
     }
 
     /// How long after a frame is rendered the speakers play it: the limiter, the
-    /// device's buffer and the speaker path, frames.
+    /// period bridge, the device's buffer and the speaker path, frames.
     pub fn speakers_behind_frames(&self) -> u64 {
-        u64::from(self.latency_frames) + self.device_delay_frames + u64::from(self.speaker_frames)
+        u64::from(self.latency_frames)
+            + u64::from(self.bridge_frames)
+            + self.device_delay_frames
+            + u64::from(self.speaker_frames)
     }
 
     /// The RTP timestamp (of a return mix whose timestamps start at `offset`) that
@@ -749,6 +755,7 @@ impl ControlTask {
                     position,
                     at,
                     latency_frames,
+                    bridge_frames,
                 } => {
                     self.song_clock.send_replace(SongClock {
                         generation: position.generation,
@@ -763,6 +770,7 @@ impl ControlTask {
                             .output_delay_frames
                             .load(Ordering::Relaxed),
                         speaker_frames: self.speaker_frames,
+                        bridge_frames,
                         lead_frames: position.lead,
                     });
                     let _ = self.room.handle(
@@ -820,5 +828,52 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
+
+    #[test]
+    fn the_timeline_maps_a_return_mix_timestamp_to_when_the_speakers_play_it() {
+        let clock = SongClock {
+            generation: 1,
+            position: 0,
+            mix_time: 480_000,
+            at: Duration::from_secs(10),
+            playing: true,
+            latency_frames: 48,
+            device_delay_frames: 1_440,
+            speaker_frames: 480,
+            bridge_frames: 0,
+            lead_frames: 0,
+        };
+        let offset = 0xFFFF_FF00u32;
+        // The timestamp that carries the report's own frame: rendered at 10 s, heard
+        // from the speakers 1 + 30 + 10 ms later.
+        let rtp = clock.rtp_at_report(offset);
+        assert_eq!(
+            rtp,
+            offset.wrapping_add(480_000 + 48 + ENCODER_LOOKAHEAD_FRAMES as u32)
+        );
+        assert_eq!(clock.speakers_play_us(rtp, offset), 10_041_000);
+        // 480 frames later (and across the 32-bit wrap): 10 ms later; earlier ones too.
+        assert_eq!(
+            clock.speakers_play_us(rtp.wrapping_add(480), offset),
+            10_051_000
+        );
+        assert_eq!(
+            clock.speakers_play_us(rtp.wrapping_sub(4_800), offset),
+            9_941_000
+        );
+        // A device period longer than the engine's writes the frame later still.
+        let bridged = SongClock {
+            bridge_frames: 544,
+            ..clock
+        };
+        assert_eq!(bridged.speakers_play_us(rtp, offset), 10_041_000 + 11_333);
+        assert_eq!(bridged.position_at(clock.at), 0);
     }
 }
