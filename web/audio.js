@@ -94,6 +94,10 @@ export class PhoneAudio {
     /** The delay (ms) this phone adds to the return mix to play it with the speakers
      * (sync.js); kept across streams. */
     this.extraMs = 0;
+    /** Called with ({ times: [context s], db: [dB] }) as the return mix plays: its
+     * level every 2.5 ms (sync-tap.js). */
+    this.onLevels = null;
+    this.tapModule = null;
   }
 
   /** Creates or resumes the AudioContext. Must run synchronously inside a user tap:
@@ -242,7 +246,9 @@ export class PhoneAudio {
     source.connect(delay);
     delay.connect(gain);
     gain.connect(ctx.destination);
-    this.remote = { source, analyser, delay, gain, buf: new Float32Array(analyser.frequencyBinCount) };
+    const remote = { source, analyser, delay, gain, tap: null, buf: new Float32Array(analyser.frequencyBinCount) };
+    this.remote = remote;
+    this.attachLevelTap(remote);
     this.toneReadings = [];
   }
 
@@ -267,8 +273,36 @@ export class PhoneAudio {
     return this.remote ? this.remote.gain : null;
   }
 
+  /** Listens to the level of what plays (after the sync delay, before the volume),
+   * where the browser has AudioWorklet; sync.js sets it against the box's levels. */
+  attachLevelTap(remote) {
+    const ctx = this.ctx;
+    if (!ctx.audioWorklet || typeof AudioWorkletNode === 'undefined') return;
+    if (!this.tapModule) this.tapModule = ctx.audioWorklet.addModule('/sync-tap.js');
+    this.tapModule.then(() => {
+      if (this.remote !== remote) return;
+      const tap = new AudioWorkletNode(ctx, 'duetbox-level-tap', { numberOfOutputs: 1 });
+      const mute = ctx.createGain();
+      mute.gain.value = 0;
+      remote.delay.connect(tap);
+      tap.connect(mute);
+      mute.connect(ctx.destination);
+      tap.port.onmessage = (ev) => {
+        if (this.onLevels && this.remote === remote) this.onLevels(ev.data);
+      };
+      remote.tap = tap;
+      remote.tapMute = mute;
+    }).catch((err) => console.warn('level tap unavailable:', err && err.message));
+  }
+
+  /** Performance time (ms) at which context time `t` (s) is heard. */
+  heardAt(t) {
+    const ts = this.ctx.getOutputTimestamp();
+    return ts.performanceTime + (t - ts.contextTime) * 1000;
+  }
+
   detachRemoteGraph() {
-    if (this.remote) disconnectNodes(this.remote.source, this.remote.delay, this.remote.gain);
+    if (this.remote) disconnectNodes(this.remote.source, this.remote.delay, this.remote.gain, this.remote.tap, this.remote.tapMute);
     this.remote = null;
     this.toneReadings = [];
   }

@@ -11,7 +11,9 @@ import { checkName, mixMessage } from './protocol.js';
 import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
-import { BoxClock, describeOffset, playoutReport, steer } from './sync.js';
+import {
+  BoxClock, PlayedLevels, PlayoutCorrection, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer,
+} from './sync.js';
 import { View, explain } from './view.js';
 
 /** Minimum gap (ms) between `mix` messages while a slider is dragged. */
@@ -87,6 +89,8 @@ const app = {
   leadMs: null,
   jitterTargetMs: 0,
   syncHistory: [],
+  matchR: null,
+  matchWhy: [],
 };
 
 function httpsAddress() {
@@ -182,6 +186,7 @@ const session = new Session({
     },
     pong: (sent, received, now) => boxClock.add(sent, received, now),
     sync: onSync,
+    envelope: onEnvelope,
     live: () => {
       app.everLive = true;
       view.leaveLabel(true);
@@ -230,7 +235,7 @@ function heardSongMs() {
     const frames = c.position + delta + Math.max(0, now - src.timestamp) * 48;
     // `timestamp` is when WebRTC handed the frame to the page's audio; the ear gets it
     // the page's output latency later.
-    return frames / 48 - audio.outputDelayMs() - audio.appliedExtraMs();
+    return frames / 48 - audio.outputDelayMs() - audio.appliedExtraMs() - correction.value();
   }
   return c.position / 48 + (performance.now() - c.at) - audio.outputDelayMs() - audio.appliedExtraMs();
 }
@@ -337,6 +342,45 @@ async function collectStats() {
 const boxClock = new BoxClock();
 const SYNC_PING_MS = 1000;
 const SYNC_REPORT_MS = 500;
+/** How often the page asks for the box's levels of its mix (2 s of them each time). */
+const SYNC_ENVELOPE_MS = 2000;
+/** What the page played, and how much later than its receiver says it plays. */
+const played = new PlayedLevels();
+const correction = new PlayoutCorrection();
+
+audio.onLevels = ({ times, db }) => {
+  const offset = boxClock.offset();
+  if (offset === null) return;
+  played.add(times.map((t) => audio.heardAt(t) + offset), db);
+};
+
+/** The receiver's account of when (box-clock ms) this phone plays RTP timestamp `rtp`,
+ * or null: its last synchronization source, the output latency and the sync delay. */
+function receiverPredictor() {
+  const { source } = playingSource();
+  const offset = boxClock.offset();
+  if (!source || typeof source.rtpTimestamp !== 'number' || offset === null) return null;
+  const base = sourceTimeToPerf(source.timestamp, performance.timeOrigin) + audio.outputDelayMs() + audio.appliedExtraMs() + offset;
+  return (rtp) => base + ((rtp - source.rtpTimestamp) | 0) / 48;
+}
+
+function onEnvelope(msg) {
+  const predict = receiverPredictor();
+  if (!predict || audio.playback !== 'webaudio') return;
+  // A delay that moved within the window would smear the match: wait for it to settle.
+  if (app.syncHistory.length >= 4) {
+    const recent = app.syncHistory.slice(-4).map((h) => h[2]);
+    if (Math.max(...recent) - Math.min(...recent) > 5) return;
+  }
+  const why = {};
+  const m = matchLevels({ rtp: msg.rtp >>> 0, step: msg.step, codes: parseLevels(msg.levels) }, predict, played.points, why);
+  app.matchWhy.push(why);
+  if (app.matchWhy.length > 20) app.matchWhy.shift();
+  if (m) {
+    correction.add(m.lagMs);
+    app.matchR = m.r;
+  }
+}
 
 function startSync() {
   stopSync();
@@ -344,12 +388,14 @@ function startSync() {
   for (let k = 0; k < 5; k++) app.syncTimers.push(setTimeout(() => session.send({ type: 'ping', t: performance.now() }), 100 * k));
   app.syncTimers.push(setInterval(() => session.send({ type: 'ping', t: performance.now() }), SYNC_PING_MS));
   app.syncTimers.push(setInterval(reportPlayout, SYNC_REPORT_MS));
+  app.syncTimers.push(setInterval(() => session.send({ type: 'envelope' }), SYNC_ENVELOPE_MS));
 }
 
 function stopSync() {
   for (const t of app.syncTimers) clearInterval(t);
   app.syncTimers = [];
   app.syncOffsetMs = null;
+  correction.clear();
 }
 
 function playingSource() {
@@ -363,7 +409,8 @@ function reportPlayout() {
   if (app.state !== 'live') return;
   const { source } = playingSource();
   const extra = audio.playback === 'webaudio' ? audio.appliedExtraMs() : app.jitterTargetMs;
-  const msg = playoutReport(source, performance.timeOrigin, audio.outputDelayMs(), extra, boxClock.offset());
+  // What the levels matched adds to the receiver's account (0 until they match).
+  const msg = playoutReport(source, performance.timeOrigin, audio.outputDelayMs() + correction.value(), extra, boxClock.offset());
   if (msg) session.send(msg);
 }
 
@@ -557,6 +604,7 @@ window.duetboxTest = {
    * the clock's best round trip, and the last minute of [epoch ms, offset, extra]. */
   sync: () => ({
     offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(),
+    correction_ms: correction.value(), matches: correction.lags.slice(), match_r: app.matchR, match_why: app.matchWhy,
     history: app.syncHistory.map(([t, offset, extra]) => [performance.timeOrigin + t, offset, extra]),
   }),
   /** When each lyric line appeared: [{ line, at (performance.now()), ms }]. */

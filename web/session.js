@@ -75,6 +75,7 @@ function saveToken(storage, token) {
  *   pong(sent, received, now)  a pong: when its ping left and it came back
  *                              (performance.now()), the box's clock `now` (ms)
  *   sync(msg)                  the box's answer to a `playout` report
+ *   envelope(msg)              the levels of the return mix as the box encoded it
  *   live()                     media flows (after every (re)connect)
  *   stopped(code, detail)      the session ended for good (code null after Leave)
  *   mic()                      async: the microphone { stream, track } or null (a
@@ -278,6 +279,9 @@ export class Session {
         break;
       case 'sync':
         if (typeof msg.offset_ms === 'number' && this.hooks.sync) this.hooks.sync(msg);
+        break;
+      case 'envelope':
+        if (typeof msg.levels === 'string' && this.hooks.envelope) this.hooks.envelope(msg);
         break;
       case 'songs':
       case 'queued':

@@ -86,3 +86,170 @@ export function describeOffset(offsetMs) {
   if (ms <= 10) return `in time with the speakers (±${Math.max(1, ms)} ms)`;
   return offsetMs > 0 ? `${ms} ms behind the speakers` : `${ms} ms ahead of the speakers`;
 }
+
+/** How far (ms) either side of the receiver's account the true playout is searched
+ * (Chromium's gap was seen at -100 ms after the box's output stalled). */
+export const MATCH_RANGE_MS = 150;
+/** The search's steps (ms): coarse over the whole range, then fine around the best. */
+export const MATCH_COARSE_MS = 2.5;
+export const MATCH_FINE_MS = 0.25;
+/** A match counts only this well correlated (Pearson's r)... */
+export const MATCH_MIN_R = 0.8;
+/** ...over at least this many levels (0.5 s)... */
+export const MATCH_MIN_POINTS = 200;
+/** ...of a mix that moves at least this much (dB, standard deviation): a steady tone
+ * matches anywhere. */
+export const MATCH_MIN_SPREAD_DB = 0.25;
+/** Levels are compared smoothed over this many either side (±5 ms): steady chords
+ * beat at tens of Hz (330, 440 and 660 Hz repeat every 9.1 ms), and at 2.5 ms that
+ * ripple would match itself a few periods off. */
+export const MATCH_SMOOTH = 2;
+/** The best match must beat any lag more than MATCH_RIVAL_MS away by this much (r):
+ * a mix that repeats matches itself a period off. */
+export const MATCH_MARGIN = 0.03;
+export const MATCH_RIVAL_MS = 15;
+/** Played levels kept (ms). */
+const PLAYED_KEEP_MS = 4000;
+
+/** A box envelope code (0–255) as dB: 0 is -90 dBFS, 255 is 0 dBFS. */
+export function codeToDb(code) {
+  return (code * 90) / 255 - 90;
+}
+
+/** Parses an `envelope` message's hex levels into codes. */
+export function parseLevels(hex) {
+  const out = [];
+  for (let i = 0; i + 1 < hex.length; i += 2) out.push(parseInt(hex.slice(i, i + 2), 16));
+  return out;
+}
+
+/** Levels of what the page played: [box-clock ms, dB], oldest first, the last 4 s. */
+export class PlayedLevels {
+  constructor() {
+    this.points = [];
+  }
+
+  add(boxMs, db) {
+    for (let i = 0; i < boxMs.length; i++) this.points.push([boxMs[i], db[i]]);
+    const last = this.points.length ? this.points[this.points.length - 1][0] : 0;
+    let drop = 0;
+    while (drop < this.points.length && this.points[drop][0] < last - PLAYED_KEEP_MS) drop++;
+    if (drop) this.points.splice(0, drop);
+  }
+}
+
+/**
+ * How much later (ms) than `predict` says the phone really plays its return mix, from
+ * the box's levels of the mix and the levels the phone played; null unless they match
+ * well. `box`: { rtp, step, codes } (the first level's RTP timestamp, frames per
+ * level); `predict(rtp)`: the box-clock ms the page believes it plays timestamp `rtp`
+ * (its receiver's account); `played`: [box-clock ms, dB] in time order.
+ */
+export function matchLevels(box, predict, played, why = {}) {
+  if (!box.codes.length || played.length < 2) return null;
+  const boxDb = smooth(box.codes.map(codeToDb));
+  played = smoothPoints(played);
+  const mean = boxDb.reduce((a, b) => a + b, 0) / boxDb.length;
+  const spread = Math.sqrt(boxDb.reduce((a, b) => a + (b - mean) * (b - mean), 0) / boxDb.length);
+  why.spread = Math.round(spread * 10) / 10;
+  if (spread < MATCH_MIN_SPREAD_DB) return null;
+  const at = boxDb.map((_, k) => predict((box.rtp + k * box.step) >>> 0));
+  const scores = [];
+  const search = (from, to, step, best) => {
+    for (let lag = from; lag <= to + 1e-9; lag += step) {
+      const r = correlateAt(boxDb, at, lag, played);
+      if (r && r.n >= MATCH_MIN_POINTS) {
+        scores.push([lag, r.r]);
+        if (!best || r.r > best.r) best = { lag, r: r.r };
+      }
+    }
+    return best;
+  };
+  const coarse = search(-MATCH_RANGE_MS, MATCH_RANGE_MS, MATCH_COARSE_MS, null);
+  if (!coarse) return null;
+  // A repeating mix matches itself at more than one lag: then it says nothing.
+  const rival = scores.filter(([lag]) => Math.abs(lag - coarse.lag) > MATCH_RIVAL_MS).reduce((m, [, r]) => Math.max(m, r), -1);
+  Object.assign(why, { lag: coarse.lag, r: Math.round(coarse.r * 1000) / 1000, rival: Math.round(rival * 1000) / 1000 });
+  if (coarse.r - rival < MATCH_MARGIN) return null;
+  const best = search(coarse.lag - MATCH_COARSE_MS, coarse.lag + MATCH_COARSE_MS, MATCH_FINE_MS, coarse);
+  if (best.r < MATCH_MIN_R) return null;
+  return { lagMs: Math.round(best.lag * 100) / 100, r: best.r };
+}
+
+/** A centred moving average over MATCH_SMOOTH levels either side (symmetric: it
+ * moves no edge in time). */
+function smooth(db) {
+  const out = [];
+  for (let k = 0; k < db.length; k++) {
+    const from = Math.max(0, k - MATCH_SMOOTH);
+    const to = Math.min(db.length - 1, k + MATCH_SMOOTH);
+    let sum = 0;
+    for (let i = from; i <= to; i++) sum += db[i];
+    out.push(sum / (to - from + 1));
+  }
+  return out;
+}
+
+/** The same for the played [time, dB] points. */
+function smoothPoints(points) {
+  const db = smooth(points.map((p) => p[1]));
+  return points.map((p, k) => [p[0], db[k]]);
+}
+
+/** Pearson's r between the box's levels and the played levels `lag` ms after the
+ * predicted times (played levels interpolated), over the levels both have. */
+function correlateAt(boxDb, at, lag, played) {
+  let j = 0;
+  let n = 0;
+  let sx = 0;
+  let sy = 0;
+  let sxx = 0;
+  let syy = 0;
+  let sxy = 0;
+  for (let k = 0; k < boxDb.length; k++) {
+    const t = at[k] + lag;
+    while (j + 1 < played.length && played[j + 1][0] <= t) j++;
+    if (j + 1 >= played.length || played[j][0] > t) continue;
+    const [t0, y0] = played[j];
+    const [t1, y1] = played[j + 1];
+    if (t1 - t0 > 10) continue;
+    const y = y0 + ((t - t0) / (t1 - t0)) * (y1 - y0);
+    const x = boxDb[k];
+    n += 1;
+    sx += x;
+    sy += y;
+    sxx += x * x;
+    syy += y * y;
+    sxy += x * y;
+  }
+  if (n < 2) return null;
+  const cov = sxy - (sx * sy) / n;
+  const vx = sxx - (sx * sx) / n;
+  const vy = syy - (sy * sy) / n;
+  if (vx <= 0 || vy <= 0) return null;
+  return { r: cov / Math.sqrt(vx * vy), n };
+}
+
+/** The median of the last few matches: the correction the page applies. */
+export class PlayoutCorrection {
+  constructor(keep = 5) {
+    this.keep = keep;
+    this.lags = [];
+  }
+
+  add(lagMs) {
+    this.lags.push(lagMs);
+    if (this.lags.length > this.keep) this.lags.shift();
+  }
+
+  /** ms to add to the receiver's account (0 before any match). */
+  value() {
+    if (!this.lags.length) return 0;
+    const s = [...this.lags].sort((a, b) => a - b);
+    return s[Math.floor(s.length / 2)];
+  }
+
+  clear() {
+    this.lags = [];
+  }
+}

@@ -20,6 +20,7 @@ use crossbeam_queue::ArrayQueue;
 
 use crate::engine::codec::MAX_ENCODED_BYTES;
 use crate::engine::jitter::MAX_PAYLOAD_BYTES;
+use crate::engine::mixer::MAX_ENVELOPE;
 use crate::engine::{
     BackingAudio, BackingPosition, Command, Engine, EngineConfig, Event, Level, MixId, Output,
     ReceiverStats, RtpAudio, SingerId, Tap, SAMPLE_RATE_HZ,
@@ -167,12 +168,19 @@ pub struct FrameSlot {
     pub samples: u32,
     len: u16,
     data: [u8; MAX_ENCODED_BYTES],
+    envelope_len: u8,
+    envelope: [u8; MAX_ENVELOPE],
 }
 
 impl FrameSlot {
     /// The Opus payload.
     pub fn payload(&self) -> &[u8] {
         &self.data[..self.len as usize]
+    }
+
+    /// Its level every 2.5 ms (`engine::mixer::envelope`).
+    pub fn envelope(&self) -> &[u8] {
+        &self.envelope[..self.envelope_len as usize]
     }
 }
 
@@ -467,6 +475,7 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
                 start,
                 samples,
                 payload,
+                envelope,
             } => {
                 let mut slot = FrameSlot {
                     mix,
@@ -474,8 +483,11 @@ fn render(engine: &mut Engine, handle: &AudioHandle, now: Duration, venue: &mut 
                     samples: samples as u32,
                     len: payload.len() as u16,
                     data: [0; MAX_ENCODED_BYTES],
+                    envelope_len: envelope.len() as u8,
+                    envelope: [0; MAX_ENVELOPE],
                 };
                 slot.data[..payload.len()].copy_from_slice(payload);
+                slot.envelope[..envelope.len()].copy_from_slice(envelope);
                 if handle.frames.push(slot).is_err() {
                     handle
                         .counters

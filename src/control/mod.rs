@@ -35,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::audio::{AudioHandle, Report};
+use crate::engine::mixer::ENVELOPE_BLOCK;
 use crate::engine::{Event, MixId, SingerId};
 use crate::rtc::{self, Inbound, OutFrame, Peer, PeerEvent, RtcSettings, Uplink};
 use crate::songs::feed::FeedGate;
@@ -180,7 +181,25 @@ enum Request {
         peer: Arc<Peer>,
         reply: oneshot::Sender<bool>,
     },
+    Envelope {
+        conn: ConnId,
+        reply: oneshot::Sender<Option<Envelope>>,
+    },
 }
+
+/// The last levels of the mix a connection hears, as encoded
+/// (`engine::mixer::envelope`): what a phone sets against what it plays to find when
+/// it plays it (`docs/sync.md`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Envelope {
+    /// Mix time (the encoder's input) of the first level.
+    pub start: u64,
+    /// One level per `engine::mixer::ENVELOPE_BLOCK` frames, oldest first.
+    pub levels: Vec<u8>,
+}
+
+/// Levels kept per mix: 2 s.
+const ENVELOPE_KEEP: usize = 800;
 
 /// The handle every surface holds. Cheap to clone.
 #[derive(Clone)]
@@ -323,6 +342,16 @@ impl Control {
         })
     }
 
+    /// The last 2 s of levels of the mix `conn` hears (`None`: it hears none yet).
+    pub async fn envelope(&self, conn: ConnId) -> Option<Envelope> {
+        let (reply, reply_rx) = oneshot::channel();
+        self.requests
+            .send(Request::Envelope { conn, reply })
+            .await
+            .ok()?;
+        reply_rx.await.ok().flatten()
+    }
+
     /// The room now.
     pub fn view(&self) -> Arc<RoomView> {
         self.view.borrow().clone()
@@ -389,6 +418,15 @@ pub struct ControlTask {
     song_clock: watch::Sender<SongClock>,
     /// `audio.speaker_latency_ms`, frames.
     speaker_frames: u32,
+    /// The levels of each mix someone hears, as encoded.
+    envelopes: HashMap<MixId, KeptEnvelope>,
+}
+
+/// [`Envelope`] as the control task keeps it.
+#[derive(Debug, Default)]
+struct KeptEnvelope {
+    start: u64,
+    levels: std::collections::VecDeque<u8>,
 }
 
 /// Builds the room, its task, the song player's thread and the handle. Run the task
@@ -451,6 +489,7 @@ pub fn start(
         feed_gate,
         song_clock: song_clock_tx,
         speaker_frames,
+        envelopes: HashMap::new(),
     };
     Ok((control, task))
 }
@@ -537,6 +576,18 @@ impl ControlTask {
             Request::Attach { conn, peer, reply } => {
                 let attached = self.attach(conn, peer);
                 let _ = reply.send(attached);
+            }
+            Request::Envelope { conn, reply } => {
+                let envelope = self
+                    .fanout
+                    .iter()
+                    .find(|(_, conns)| conns.contains(&conn))
+                    .and_then(|(mix, _)| self.envelopes.get(mix))
+                    .map(|e| Envelope {
+                        start: e.start,
+                        levels: e.levels.iter().copied().collect(),
+                    });
+                let _ = reply.send(envelope);
             }
         }
     }
@@ -698,10 +749,25 @@ impl ControlTask {
     /// Hands every encoded frame to the writers of the connections that hear its mix,
     /// without waiting for any of them.
     fn fan_out(&mut self) {
+        let mut any = false;
         while let Some(frame) = self.audio.frames.pop() {
+            any = true;
             let Some(subscribers) = self.fanout.get(&frame.mix) else {
                 continue;
             };
+            let levels = frame.envelope();
+            let kept = self.envelopes.entry(frame.mix).or_default();
+            let end = kept.start + (kept.levels.len() * ENVELOPE_BLOCK) as u64;
+            if kept.levels.is_empty() || end != frame.start {
+                // The first frame, or a gap (a reset encoder): start over.
+                kept.levels.clear();
+                kept.start = frame.start;
+            }
+            kept.levels.extend(levels.iter().copied());
+            while kept.levels.len() > ENVELOPE_KEEP {
+                kept.levels.pop_front();
+                kept.start += ENVELOPE_BLOCK as u64;
+            }
             let out = OutFrame {
                 start: frame.start,
                 payload: Bytes::copy_from_slice(frame.payload()),
@@ -714,6 +780,11 @@ impl ControlTask {
                     media.dropped += 1;
                 }
             }
+        }
+        if any {
+            // Only the mixes someone hears.
+            let fanout = &self.fanout;
+            self.envelopes.retain(|mix, _| fanout.contains_key(mix));
         }
     }
 

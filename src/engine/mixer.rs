@@ -72,6 +72,8 @@ impl SingerSettings {
 /// An Opus encoder fed period by period, emitting one frame whenever it has one.
 pub struct MixEncoder {
     encoder: Encoder,
+    envelope: [u8; MAX_ENVELOPE],
+    envelope_len: usize,
     frame_samples: usize,
     pending: Vec<f32>,
     filled: usize,
@@ -92,6 +94,8 @@ impl MixEncoder {
     pub fn new(config: &EncoderConfig) -> MixEncoder {
         MixEncoder {
             encoder: Encoder::new(config),
+            envelope: [0; MAX_ENVELOPE],
+            envelope_len: 0,
             frame_samples: config.frame_samples,
             pending: vec![0.0; 2 * config.frame_samples],
             filled: 0,
@@ -137,6 +141,7 @@ impl MixEncoder {
                     self.out_start = self.pending_start;
                     self.ready = true;
                     self.frames += 1;
+                    self.envelope_len = envelope(&self.pending, &mut self.envelope);
                 }
             }
         }
@@ -159,10 +164,36 @@ impl MixEncoder {
         &self.out[..self.out_len]
     }
 
+    /// The level envelope of the last frame produced (see [`envelope`]).
+    pub fn last_envelope(&self) -> &[u8] {
+        &self.envelope[..self.envelope_len]
+    }
+
     /// Marks the ready frame as taken.
     pub fn take(&mut self) {
         self.ready = false;
     }
+}
+
+/// Frames per envelope value: 2.5 ms.
+pub const ENVELOPE_BLOCK: usize = 120;
+
+/// Envelope values of the longest frame (20 ms).
+pub const MAX_ENVELOPE: usize = 8;
+
+/// The level of `stereo` (interleaved) per [`ENVELOPE_BLOCK`] frames into `out`, as
+/// codes of 90/255 dB from -90 dBFS (0, and silence) to 0 dBFS (255); returns how many.
+/// What a phone compares with what it plays to find when it plays it (`docs/sync.md`).
+/// Allocates nothing.
+pub fn envelope(stereo: &[f32], out: &mut [u8; MAX_ENVELOPE]) -> usize {
+    let mut n = 0;
+    for (block, code) in stereo.chunks_exact(2 * ENVELOPE_BLOCK).zip(out.iter_mut()) {
+        let power = block.iter().map(|v| v * v).sum::<f32>() / block.len() as f32;
+        let db = 10.0 * power.max(1e-12).log10();
+        *code = ((db + 90.0) * 255.0 / 90.0).round().clamp(0.0, 255.0) as u8;
+        n += 1;
+    }
+    n
 }
 
 /// Adds `mono * gain` into interleaved `stereo` with pan gains `(l, r)`.
@@ -183,6 +214,29 @@ pub fn mix_minus(bus: &[f32], own: &[f32], minus: f32, master: f32, out: &mut [f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_envelope_codes_each_2_5_ms_from_minus_90_to_0_dbfs() {
+        // 10 ms: a full-scale square, a 0.5 sine, silence, a -100 dBFS whisper.
+        let mut stereo = Vec::new();
+        for k in 0..4 * ENVELOPE_BLOCK {
+            let v = match k / ENVELOPE_BLOCK {
+                0 => 1.0,
+                1 => 0.5 * (2.0 * std::f32::consts::PI * 1000.0 * k as f32 / 48_000.0).sin(),
+                2 => 0.0,
+                _ => 1e-5,
+            };
+            stereo.extend_from_slice(&[v, v]);
+        }
+        let mut out = [7u8; MAX_ENVELOPE];
+        assert_eq!(envelope(&stereo, &mut out), 4);
+        // 0.5 sine: -9.03 dBFS → (90 - 9.03) × 255 / 90 = 229.4.
+        assert_eq!(&out[..4], &[255, 229, 0, 0]);
+        assert_eq!(&out[4..], &[7; 4], "only the frame's blocks are written");
+        // A 20 ms frame fills all eight.
+        assert_eq!(envelope(&[0.1; 2 * 8 * ENVELOPE_BLOCK], &mut out), 8);
+        assert!(out.iter().all(|&c| c == 198), "{out:?}");
+    }
 
     #[test]
     fn centre_pan_keeps_power() {

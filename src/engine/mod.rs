@@ -268,6 +268,8 @@ pub enum Output<'a> {
         samples: usize,
         /// The Opus payload.
         payload: &'a [u8],
+        /// Its level every 2.5 ms ([`mixer::envelope`]).
+        envelope: &'a [u8],
     },
 }
 
@@ -697,6 +699,7 @@ impl Engine {
                         start,
                         samples,
                         payload,
+                        envelope: self.venue_encoder.last_envelope(),
                     });
                 }
                 0
@@ -712,12 +715,13 @@ impl Engine {
                 seat.encoder.take();
                 self.poll_seat = Some(idx);
                 self.stats.frames_encoded += 1;
-                let payload = self.seats[idx - 1].encoder.last_payload();
+                let encoder = &self.seats[idx - 1].encoder;
                 return Some(Output::Frame {
                     mix: MixId::Personal(singer),
                     start,
                     samples,
-                    payload,
+                    payload: encoder.last_payload(),
+                    envelope: encoder.last_envelope(),
                 });
             }
         }

@@ -78,6 +78,8 @@ pub enum ClientMessage {
         /// The phone's own added delay, ms (0 to [`MAX_EXTRA_MS`]).
         extra: f64,
     },
+    /// Asks for the levels of this phone's return mix (answered with `envelope`).
+    Envelope,
     /// Leave now.
     Leave,
     /// Search the song library.
@@ -420,6 +422,7 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
                 })?;
             Ok(ClientMessage::Playout { rtp, at, extra })
         }
+        "envelope" => Ok(ClientMessage::Envelope),
         "leave" => Ok(ClientMessage::Leave),
         "songs" => {
             let query = match obj.get("query") {
@@ -697,6 +700,15 @@ pub enum ServerMessage {
         t: f64,
         /// The box's clock when it answered, ms (what `playout` times are on).
         now: f64,
+    },
+    /// The levels of this phone's return mix as the box encoded it, 2.5 ms apart.
+    Envelope {
+        /// The RTP timestamp whose audio the first level describes.
+        rtp: u32,
+        /// Frames (48 kHz) per level.
+        step: u32,
+        /// Two hex digits per level: 0 = -90 dBFS or less, 255 = 0 dBFS.
+        levels: String,
     },
     /// After a `playout` report: how far the phone is from the speakers.
     Sync {
@@ -1185,6 +1197,7 @@ mod tests {
             );
         }
         check(r#"{"type":"leave"}"#, "Leave");
+        check(r#"{"type":"envelope"}"#, "Envelope");
         check(
             r#"{"type":"dance"}"#,
             "error UnknownType: unknown message type `dance`",

@@ -359,6 +359,10 @@ impl Session {
                 self.playout(rtp, at, extra).await;
                 true
             }
+            ClientMessage::Envelope => {
+                self.envelope().await;
+                true
+            }
             ClientMessage::Leave => {
                 // The room answers with a goodbye, which ends the session (below).
                 if let Err(refusal) = self.control.handle(Input::Leave { conn: self.conn }).await {
@@ -511,6 +515,26 @@ impl Session {
             Ok(_) => {}
             Err(refusal) => self.error(refusal_code(refusal), refusal.to_string()),
         }
+    }
+
+    /// The levels of this phone's return mix, by RTP time: the phone sets them against
+    /// what it plays to find when it really plays it (`docs/sync.md`).
+    async fn envelope(&mut self) {
+        let Some(offset) = self.media.as_ref().map(|m| m.timestamp_offset()) else {
+            return;
+        };
+        let Some(envelope) = self.control.envelope(self.conn).await else {
+            return;
+        };
+        let rtp = offset
+            .wrapping_add(envelope.start as u32)
+            .wrapping_add(crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES as u32);
+        let levels = envelope.levels.iter().map(|l| format!("{l:02x}")).collect();
+        self.send(ServerMessage::Envelope {
+            rtp,
+            step: crate::engine::mixer::ENVELOPE_BLOCK as u32,
+            levels,
+        });
     }
 
     fn send_queue(&mut self, view: &crate::control::RoomView) {

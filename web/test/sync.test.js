@@ -60,3 +60,78 @@ test('the singer is told in words', () => {
   assert.equal(describeOffset(42), '42 ms behind the speakers');
   assert.equal(describeOffset(-42), '42 ms ahead of the speakers');
 });
+
+import { MATCH_MIN_R, PlayedLevels, PlayoutCorrection, codeToDb, matchLevels, parseLevels } from '../sync.js';
+
+/** A mix with a beat: levels (codes) every 2.5 ms for 2 s. */
+function beat(n) {
+  const codes = [];
+  for (let k = 0; k < n; k++) {
+    const inBeat = (k % 200) < 12; // a 30 ms hit every 500 ms
+    const wobble = Math.round(8 * Math.sin(k * 0.37) + 6 * Math.sin(k * 0.05));
+    codes.push(Math.max(0, Math.min(255, (inBeat ? 230 : 170) + wobble)));
+  }
+  return codes;
+}
+
+test('the levels the phone played are found against the box\'s, within a level (2.5 ms)', () => {
+  const codes = beat(800);
+  const box = { rtp: 4294967000, step: 120, codes };
+  // The page believes RTP r plays at 1000 ms + (r - box.rtp) / 48; really 13.7 ms later.
+  const predict = (r) => 1000 + ((r - box.rtp) | 0) / 48;
+  const truth = -97.3;
+  const played = new PlayedLevels();
+  // Played at 44.1 kHz blocks (110 frames, 2.494 ms), levels a few dB off and noisy.
+  const times = [];
+  const db = [];
+  for (let t = 850; t < 1000 + 2000 + 30; t += 110 / 44.1) {
+    // The block's level: the box's levels it overlaps, weighted by the overlap.
+    const w = 110 / 44.1;
+    let level = 0;
+    for (let u = 0; u < 10; u++) {
+      const k = Math.floor((t + ((u + 0.5) * w) / 10 - 1000 - truth) / 2.5);
+      level += (k >= 0 && k < codes.length ? codeToDb(codes[k]) : -90) / 10;
+    }
+    times.push(t);
+    db.push(level - 4 + 0.8 * Math.sin(t * 7.1));
+  }
+  played.add(times, db);
+  const m = matchLevels(box, predict, played.points);
+  assert.ok(m, 'a match');
+  assert.ok(Math.abs(m.lagMs - truth) <= 1.5, `lag ${m.lagMs}`);
+  assert.ok(m.r >= MATCH_MIN_R);
+});
+
+test('a steady mix, or too little played, matches nothing', () => {
+  const steady = { rtp: 0, step: 120, codes: new Array(800).fill(200) };
+  const played = new PlayedLevels();
+  played.add([0, 2.5, 5], [-20, -20, -20]);
+  assert.equal(matchLevels(steady, (r) => r / 48, played.points), null);
+  const box = { rtp: 0, step: 120, codes: beat(800) };
+  assert.equal(matchLevels(box, (r) => r / 48, played.points), null, 'too few points');
+});
+
+test('hex levels parse; the correction is the median of the last matches', () => {
+  assert.deepEqual(parseLevels('00ff7f'), [0, 255, 127]);
+  assert.equal(codeToDb(255), 0);
+  assert.equal(codeToDb(0), -90);
+  const c = new PlayoutCorrection(3);
+  assert.equal(c.value(), 0);
+  c.add(10);
+  c.add(30);
+  c.add(12);
+  assert.equal(c.value(), 12);
+  c.add(11);
+  c.add(13);
+  assert.equal(c.value(), 12, 'the oldest went');
+  c.clear();
+  assert.equal(c.value(), 0);
+});
+
+test('played levels keep the last four seconds', () => {
+  const p = new PlayedLevels();
+  const t = [];
+  for (let k = 0; k < 2400; k++) t.push(k * 2.5);
+  p.add(t, t.map(() => -20));
+  assert.ok(p.points[0][0] >= 6000 - 4000 - 2.5 && p.points[0][0] <= 6000 - 4000 + 2.5, `${p.points[0][0]}`);
+});
