@@ -230,26 +230,35 @@ function correlateAt(boxDb, at, lag, played) {
   return { r: cov / Math.sqrt(vx * vy), n };
 }
 
-/** The median of the last few matches: the correction the page applies. */
+/** The correction the page applies: the median of the last few matches, once at least
+ * AGREE of them lie within AGREE_MS of it (one wild match, or a mix that matches
+ * itself a period off now and then, moves nothing); until then the last agreed value
+ * (0 at first). */
+export const AGREE = 3;
+export const AGREE_MS = 2.5;
+
 export class PlayoutCorrection {
   constructor(keep = 5) {
     this.keep = keep;
     this.lags = [];
+    this.agreed = 0;
   }
 
   add(lagMs) {
     this.lags.push(lagMs);
     if (this.lags.length > this.keep) this.lags.shift();
+    const s = [...this.lags].sort((a, b) => a - b);
+    const median = s[Math.floor(s.length / 2)];
+    if (s.filter((l) => Math.abs(l - median) <= AGREE_MS).length >= AGREE) this.agreed = median;
   }
 
-  /** ms to add to the receiver's account (0 before any match). */
+  /** ms to add to the receiver's account. */
   value() {
-    if (!this.lags.length) return 0;
-    const s = [...this.lags].sort((a, b) => a - b);
-    return s[Math.floor(s.length / 2)];
+    return this.agreed;
   }
 
   clear() {
     this.lags = [];
+    this.agreed = 0;
   }
 }

@@ -40,6 +40,9 @@ use crate::rtc::{Peer, PeerEvent};
 /// A phone with media gets the song clock at least this often.
 const SONG_CLOCK_EVERY: Duration = Duration::from_secs(1);
 
+/// A phone gets its mix's levels at most this often.
+const ENVELOPE_EVERY: Duration = Duration::from_millis(500);
+
 /// A playout report further than this from the box's now, or from the speakers, is
 /// not a measurement (µs).
 const PLAYOUT_WINDOW_US: i64 = 10_000_000;
@@ -101,6 +104,8 @@ struct Session {
     host: bool,
     /// The song clock as last sent: generation, playing, when.
     clock_sent: Option<(u32, bool, u32, Instant)>,
+    /// When this phone was last sent its mix's levels.
+    envelope_sent: Option<Instant>,
 }
 
 impl Session {
@@ -523,6 +528,15 @@ impl Session {
         let Some(offset) = self.media.as_ref().map(|m| m.timestamp_offset()) else {
             return;
         };
+        // 2 s of levels cover a request every 2 s; more often is refused quietly.
+        let now = Instant::now();
+        if self
+            .envelope_sent
+            .is_some_and(|at| now.duration_since(at) < ENVELOPE_EVERY)
+        {
+            return;
+        }
+        self.envelope_sent = Some(now);
         let Some(envelope) = self.control.envelope(self.conn).await else {
             return;
         };
@@ -596,6 +610,7 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
         queue_sent: None,
         host: false,
         clock_sent: None,
+        envelope_sent: None,
     };
     let mut room_updates = s.control.subscribe();
     let mut room_tick =

@@ -111,19 +111,22 @@ test('a steady mix, or too little played, matches nothing', () => {
   assert.equal(matchLevels(box, (r) => r / 48, played.points), null, 'too few points');
 });
 
-test('hex levels parse; the correction is the median of the last matches', () => {
+test('hex levels parse; the correction is the median of agreeing matches', () => {
   assert.deepEqual(parseLevels('00ff7f'), [0, 255, 127]);
   assert.equal(codeToDb(255), 0);
   assert.equal(codeToDb(0), -90);
-  const c = new PlayoutCorrection(3);
+  const c = new PlayoutCorrection(5);
   assert.equal(c.value(), 0);
-  c.add(10);
-  c.add(30);
+  c.add(-37);
+  assert.equal(c.value(), 0, 'one wild match moves nothing');
   c.add(12);
-  assert.equal(c.value(), 12);
-  c.add(11);
   c.add(13);
-  assert.equal(c.value(), 12, 'the oldest went');
+  assert.equal(c.value(), 0, 'two do not agree with the median yet');
+  c.add(12.5);
+  assert.equal(c.value(), 12.5, 'three within 2.5 ms of the median');
+  c.add(2.75);
+  c.add(2.75);
+  assert.equal(c.value(), 12, 'a rival period does not take over by two');
   c.clear();
   assert.equal(c.value(), 0);
 });
