@@ -223,16 +223,12 @@ function heardSongMs() {
   const song = app.song;
   if (!c || !song || c.generation !== song.generation) return null;
   if (!c.playing) return c.position / 48;
-  const pc = session.peerConnection();
-  const receiver = pc && pc.getReceivers().find((r) => r.track && r.track.kind === 'audio');
-  const sources = receiver && receiver.getSynchronizationSources ? receiver.getSynchronizationSources() : [];
-  const src = sources && sources[0];
+  const { source: src } = playingSource();
   if (src && typeof src.rtpTimestamp === 'number') {
     // 32-bit wrap: the signed difference of the two timestamps.
     const delta = (src.rtpTimestamp - c.rtp) | 0;
-    // Chromium stamps `timestamp` on the Date clock, the spec on performance's.
-    const now = src.timestamp > 1e12 ? Date.now() : performance.now();
-    const frames = c.position + delta + Math.max(0, now - src.timestamp) * 48;
+    const since = performance.now() - sourceTimeToPerf(src.timestamp, performance.timeOrigin);
+    const frames = c.position + delta + Math.max(0, since) * 48;
     // `timestamp` is when WebRTC handed the frame to the page's audio; the ear gets it
     // the page's output latency later.
     return frames / 48 - audio.outputDelayMs() - audio.appliedExtraMs() - correction.value();
@@ -358,10 +354,9 @@ audio.onLevels = ({ times, db }) => {
  * or null: its last synchronization source, the output latency and the sync delay. */
 function receiverPredictor() {
   const { source } = playingSource();
-  const offset = boxClock.offset();
-  if (!source || typeof source.rtpTimestamp !== 'number' || offset === null) return null;
-  const base = sourceTimeToPerf(source.timestamp, performance.timeOrigin) + audio.outputDelayMs() + audio.appliedExtraMs() + offset;
-  return (rtp) => base + ((rtp - source.rtpTimestamp) | 0) / 48;
+  const report = playoutReport(source, performance.timeOrigin, audio.outputDelayMs(), audio.appliedExtraMs(), boxClock.offset());
+  if (!report) return null;
+  return (rtp) => report.at + ((rtp - report.rtp) | 0) / 48;
 }
 
 function onEnvelope(msg) {

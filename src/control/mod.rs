@@ -126,12 +126,10 @@ impl SongClock {
     }
 
     /// The RTP timestamp (of a return mix whose timestamps start at `offset`) that
-    /// carries the frame rendered at this report's mix time.
+    /// carries the frame rendered at this report's mix time (the limiter hands it to
+    /// the encoder `latency_frames` later).
     pub fn rtp_at_report(&self, offset: u32) -> u32 {
-        let heard_at = self.mix_time
-            + u64::from(self.latency_frames)
-            + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES;
-        offset.wrapping_add(heard_at as u32)
+        rtp_of_encoder_input(offset, self.mix_time + u64::from(self.latency_frames))
     }
 
     /// When (audio clock, µs) the speakers play the mix frame that a return mix (whose
@@ -156,6 +154,14 @@ impl SongClock {
         };
         song.song_ms(frames)
     }
+}
+
+/// The RTP timestamp (of a return mix whose timestamps start at `offset`) whose decoded
+/// audio is what the encoder took in at mix time `mix_time`: a frame is stamped with
+/// its first input frame, and the decoder gives that input back the codec's look-ahead
+/// later.
+pub fn rtp_of_encoder_input(offset: u32, mix_time: u64) -> u32 {
+    offset.wrapping_add((mix_time + crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES) as u32)
 }
 
 /// The media of one connection, for its owner (the WebSocket session or WHIP handler).

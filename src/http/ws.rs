@@ -528,7 +528,8 @@ impl Session {
         let Some(offset) = self.media.as_ref().map(|m| m.timestamp_offset()) else {
             return;
         };
-        // 2 s of levels cover a request every 2 s; more often is refused quietly.
+        // The page asks every second for the last 2 s; more than twice a second is
+        // ignored.
         let now = Instant::now();
         if self
             .envelope_sent
@@ -540,9 +541,7 @@ impl Session {
         let Some(envelope) = self.control.envelope(self.conn).await else {
             return;
         };
-        let rtp = offset
-            .wrapping_add(envelope.start as u32)
-            .wrapping_add(crate::engine::codec::ENCODER_LOOKAHEAD_FRAMES as u32);
+        let rtp = crate::control::rtp_of_encoder_input(offset, envelope.start);
         let levels = envelope.levels.iter().map(|l| format!("{l:02x}")).collect();
         self.send(ServerMessage::Envelope {
             rtp,

@@ -154,43 +154,41 @@ impl Recorded {
     }
 }
 
-/// A fresh work directory with a fake microphone WAV per (file name, Hz).
-fn mics(area: &str, tones: &[(&str, f32)]) -> Vec<PathBuf> {
+/// A fresh work directory with a fake microphone WAV per (file name, Hz), each made by
+/// `write(path, hz)`.
+fn mic_files(area: &str, tones: &[(&str, f32)], write: impl Fn(&Path, f32)) -> Vec<PathBuf> {
     let work = alsa_config().dir.join(area);
     std::fs::create_dir_all(&work).expect("work dir");
     tones
         .iter()
         .map(|&(name, hz)| {
             let path = work.join(name);
-            write_tone_wav(&path, hz, 0.5, 10);
+            write(&path, hz);
             path
         })
         .collect()
 }
 
+/// Fake microphones of a steady tone at 0.5, 10 s.
+fn mics(area: &str, tones: &[(&str, f32)]) -> Vec<PathBuf> {
+    mic_files(area, tones, |path, hz| write_tone_wav(path, hz, 0.5, 10))
+}
+
 /// Fake microphones that sing syllables: `hz` at 0.5 for 180 ms, then 130 ms of rest
 /// (10 ms ramps), 10 s: a voice whose level moves, as a singer's does.
 fn syllable_mics(area: &str, tones: &[(&str, f32)]) -> Vec<PathBuf> {
-    let work = alsa_config().dir.join(area);
-    std::fs::create_dir_all(&work).expect("work dir");
-    tones
-        .iter()
-        .map(|&(name, hz)| {
-            let path = work.join(name);
-            let samples: Vec<i16> = (0..480_000)
-                .map(|i| {
-                    let t = f64::from(i) / 48_000.0;
-                    let in_note = t % 0.31;
-                    let gate =
-                        (in_note / 0.01).min(1.0) * ((0.18 - in_note) / 0.01).clamp(0.0, 1.0);
-                    let v = 0.5 * gate * (2.0 * std::f64::consts::PI * f64::from(hz) * t).sin();
-                    (v * 32767.0) as i16
-                })
-                .collect();
-            crate::support::songs::write_wav16(&path, 48_000, 1, &samples);
-            path
-        })
-        .collect()
+    mic_files(area, tones, |path, hz| {
+        let samples: Vec<i16> = (0..480_000)
+            .map(|i| {
+                let t = f64::from(i) / 48_000.0;
+                let in_note = t % 0.31;
+                let gate = (in_note / 0.01).min(1.0) * ((0.18 - in_note) / 0.01).clamp(0.0, 1.0);
+                let v = 0.5 * gate * (2.0 * std::f64::consts::PI * f64::from(hz) * t).sin();
+                (v * 32767.0) as i16
+            })
+            .collect();
+        crate::support::songs::write_wav16(path, 48_000, 1, &samples);
+    })
 }
 
 #[test]
