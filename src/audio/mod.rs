@@ -27,6 +27,7 @@ use crate::engine::{
 };
 
 pub mod bridge;
+pub mod pacing;
 
 use bridge::PeriodBridge;
 
@@ -382,6 +383,7 @@ where
     let engine_period = config.period_samples;
     let mut engine = Engine::new(config);
     let mut bridge = PeriodBridge::new(engine_period, device_period);
+    let mut pacing = pacing::DevicePacing::new(device_period);
     let mut next_report = Duration::ZERO;
     while !handle.stop.load(Ordering::Acquire) {
         while handle.counters.stall.load(Ordering::Relaxed) {
@@ -391,17 +393,26 @@ where
                 return Ok(());
             }
         }
-        // A device period longer than the engine's takes several renders back to back,
-        // all from the packets that have arrived by now. Stamping them all with this
-        // instant would make every voice's delay swing by a device period within each
-        // burst (and the jitter buffers splice at every swing); stamping them with when
-        // they will play would count packets as missing that cannot have arrived yet.
-        // So the stamps step one engine period per render on a timeline that ends at
-        // this instant: smooth, and never ahead of what has arrived by more than one
-        // engine period, as with a device that takes the engine's own period (where
-        // this is the plain `now`).
-        let burst_end = handle.clock.now();
-        let lead_frames = device_period.saturating_sub(engine_period);
+        // A device period other than the engine's takes several renders back to back
+        // (or none), all from the packets that have arrived by now. Stamping them all
+        // with this instant would make every voice's delay swing by a device period
+        // within each burst (and the jitter buffers splice at every swing); stamping
+        // them with when they will play would count packets as missing that cannot have
+        // arrived yet. So the stamps step one engine period per render on a timeline
+        // that ends one device period before this instant, where the next write's first
+        // frame stands: smooth, and never after this instant, as with a device that
+        // takes the engine's own period (one render stamped with the plain instant). A
+        // timeline ending at the instant itself put the last render of a burst up to an
+        // engine period ahead of what had arrived, which each jitter buffer's one-period
+        // allowance does not cover: a voice whose packets came at the edge ran dry every
+        // 320 ms (1024 and 960 frames beating). The instant is the device's pace, not
+        // the thread's wake-up (see [`pacing`]).
+        let burst_end = pacing.stamp(handle.clock.now());
+        let lead_frames = if device_period == engine_period {
+            0
+        } else {
+            device_period
+        };
         while bridge.needs_render() {
             let now = frames_after(burst_end, bridge.held_frames(), lead_frames);
             render(&mut engine, &handle, now, bridge.render_slot());
