@@ -5,7 +5,10 @@
 //
 // Knows Web Audio and getUserMedia; knows nothing of the box or the DOM beyond the one
 // <audio> element it plays through. Targets Android Chrome, iOS Safari 15+ and
-// Firefox: no AudioWorklet, webkitAudioContext as a fallback.
+// Firefox: webkitAudioContext as a fallback; without AudioWorklet the page still sings,
+// only the level matching (sync-tap.js) and the calibration (calibrate-tap.js) are off.
+
+import { CHIRPS, CHIRP_EVERY_S, MAX_ROUND_TRIP_MS, makeChirp, roundTrip } from './calibrate.js';
 
 /** The raw voice: the box mixes for a stage, so phone-call processing (echo
  * cancellation, noise gate, automatic gain) would only pump and colour the singing. */
@@ -38,6 +41,9 @@ export const DB_FLOOR = -160;
 const SILENT_FALLBACK_S = 3;
 /** The longest sync delay the graph can hold, s (sync.js's MAX_EXTRA_MS). */
 const MAX_EXTRA_S = 2;
+/** Context time (s) from calibrating to the first chirp: the recorder is running by
+ * then. */
+const CHIRP_LEAD_S = 0.3;
 
 function round1(x) {
   return Math.round(x * 10) / 10;
@@ -98,6 +104,7 @@ export class PhoneAudio {
      * level every 2.5 ms (sync-tap.js). */
     this.onLevels = null;
     this.tapModule = null;
+    this.calibrateModule = null;
   }
 
   /** Creates or resumes the AudioContext. Must run synchronously inside a user tap:
@@ -278,6 +285,11 @@ export class PhoneAudio {
   attachLevelTap(remote) {
     const ctx = this.ctx;
     if (!ctx.audioWorklet || typeof AudioWorkletNode === 'undefined') return;
+    // Firefox ESR 128 here: with this tap on the remote stream the whole page stopped
+    // answering within seconds in about half the runs (the duet test's WebDriver calls
+    // timed out; 4 of 4 runs passed without it, and it passed before the tap). Its
+    // playout then goes by what getSynchronizationSources() and outputLatency say.
+    if (/Firefox\//.test(navigator.userAgent)) return;
     if (!this.tapModule) this.tapModule = ctx.audioWorklet.addModule('/sync-tap.js');
     this.tapModule.then(() => {
       if (this.remote !== remote) return;
@@ -293,6 +305,84 @@ export class PhoneAudio {
       remote.tap = tap;
       remote.tapMute = mute;
     }).catch((err) => console.warn('level tap unavailable:', err && err.message));
+  }
+
+  /**
+   * Measures the round trip from this phone's speaker to its own microphone
+   * (calibrate.js): plays CHIRPS chirps and records the microphone meanwhile, with the
+   * return mix quiet and the voice sent to the box silent (the venue must not hear the
+   * chirps). Resolves to roundTrip()'s result plus `outputMs` (what the browser says
+   * its output adds, 0 where it does not); throws { code } when this browser cannot.
+   */
+  async calibrate() {
+    const ctx = this.ctx;
+    if (!ctx || !this.liveMic()) throw { code: 'no_mic' };
+    if (!ctx.audioWorklet || typeof AudioWorkletNode === 'undefined') throw { code: 'calibration_unsupported' };
+    if (ctx.state !== 'running') await ctx.resume();
+    if (!this.calibrateModule) this.calibrateModule = ctx.audioWorklet.addModule('/calibrate-tap.js');
+    await this.calibrateModule;
+    const rate = ctx.sampleRate;
+    const chirp = makeChirp(rate);
+    const buffer = ctx.createBuffer(1, chirp.length, rate);
+    buffer.copyToChannel(chirp, 0);
+    // The microphone as the calibration hears it: a clone of the track, so that the
+    // track the box receives can be silent meanwhile.
+    const sent = this.mic.track;
+    const heard = sent.clone();
+    heard.enabled = true;
+    const wasEnabled = sent.enabled;
+    sent.enabled = false;
+    const source = ctx.createMediaStreamSource(new MediaStream([heard]));
+    const tap = new AudioWorkletNode(ctx, 'duetbox-calibrate-tap', {
+      numberOfInputs: 1,
+      numberOfOutputs: 1,
+      channelCount: 1,
+      channelCountMode: 'explicit',
+    });
+    const mute = ctx.createGain();
+    mute.gain.value = 0;
+    source.connect(tap);
+    tap.connect(mute);
+    mute.connect(ctx.destination);
+    const chunks = [];
+    tap.port.onmessage = (ev) => chunks.push(ev.data);
+    const remoteGain = this.remote ? this.remote.gain.gain.value : null;
+    if (this.remote) this.remote.gain.gain.value = 0;
+    const players = [];
+    try {
+      // Each chirp starts on a whole frame, so its place on the timeline is exact.
+      const first = Math.ceil((ctx.currentTime + CHIRP_LEAD_S) * rate);
+      const starts = [];
+      for (let n = 0; n < CHIRPS; n++) {
+        const frame = first + Math.round(n * CHIRP_EVERY_S * rate);
+        const player = ctx.createBufferSource();
+        player.buffer = buffer;
+        player.connect(ctx.destination);
+        player.start(frame / rate);
+        players.push(player);
+        starts.push(frame);
+      }
+      const end = (starts[starts.length - 1] + chirp.length) / rate + MAX_ROUND_TRIP_MS / 1000 + 0.2;
+      while (ctx.currentTime < end) {
+        if (ctx.state !== 'running') throw { code: 'calibration_interrupted' };
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      // The last chunk in flight.
+      await new Promise((resolve) => setTimeout(resolve, 150));
+      if (!chunks.length) throw { code: 'calibration_unsupported' };
+      const from = chunks[0].from;
+      const last = chunks[chunks.length - 1];
+      const recorded = new Float32Array(last.from + last.samples.length - from);
+      for (const c of chunks) recorded.set(c.samples, c.from - from);
+      const result = roundTrip(recorded, from, starts, chirp, rate);
+      return { ...result, outputMs: Math.round(this.outputDelayMs() * 10) / 10 };
+    } finally {
+      tap.port.postMessage('stop');
+      disconnectNodes(source, tap, mute, ...players);
+      heard.stop();
+      sent.enabled = wasEnabled && !this.muted;
+      if (this.remote && remoteGain !== null) this.remote.gain.gain.value = remoteGain;
+    }
   }
 
   /** Performance time (ms) at which context time `t` (s) is heard. */

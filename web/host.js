@@ -231,7 +231,8 @@ function drawRoom() {
     const p = s.peer ? byPeer.get(s.peer) : null;
     if (!row) continue;
     const sync = p && typeof p.sync_ms === 'number' ? ` · ${syncText(p.sync_ms)}` : '';
-    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss${sync}` : '';
+    const trip = p && typeof p.round_trip_ms === 'number' ? ` · phone round trip ${Math.round(p.round_trip_ms)} ms` : '';
+    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss${sync}${trip}` : '';
     row.querySelector('.meter i').style.width = p ? levelWidth(p.level_db) : '0';
   }
   for (const [id, value] of [['master', r.master_gain_db], ['backing', r.backing_gain_db]]) {

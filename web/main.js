@@ -91,6 +91,11 @@ const app = {
   syncHistory: [],
   matchR: null,
   matchWhy: [],
+  /** This phone's speaker-to-mic round trip (ms) as the box keeps it, or null. */
+  roundTripMs: null,
+  /** The last calibration's full result (for the tests), or null. */
+  calibration: null,
+  calibrating: false,
 };
 
 function httpsAddress() {
@@ -253,6 +258,8 @@ audio.onMicEnded = () => {
 function onWelcome(w) {
   app.peer = w.peer;
   app.slot = w.slot;
+  app.roundTripMs = typeof w.round_trip_ms === 'number' ? w.round_trip_ms : null;
+  view.calibration(app.roundTripMs, null);
   view.slot(w.slot);
   songs.joined(w.peer);
   if (app.role !== 'singer') return;
@@ -524,6 +531,28 @@ function onMixSlider(input, out, key) {
   sendMixSoon();
 }
 
+/** Measures this phone's round trip (calibrate.js) and tells the box, which keeps it
+ * with the rejoin token. Resolves to the result (for the tests). */
+async function onCalibrate() {
+  if (app.calibrating || app.state !== 'live' || app.role !== 'singer') return null;
+  app.calibrating = true;
+  view.calibration(app.roundTripMs, 'measuring');
+  let result;
+  try {
+    result = await audio.calibrate();
+  } catch (err) {
+    result = { ok: false, why: (err && err.code) || 'calibration_failed' };
+  }
+  app.calibrating = false;
+  app.calibration = result;
+  if (result.ok) {
+    app.roundTripMs = result.ms;
+    session.send({ type: 'calibration', round_trip_ms: result.ms, output_ms: Math.min(result.outputMs, result.ms) });
+  }
+  view.calibration(app.roundTripMs, result.ok ? null : result.why);
+  return result;
+}
+
 function onMute() {
   audio.setMuted(!audio.muted);
   view.mute(audio.muted);
@@ -612,6 +641,10 @@ window.duetboxTest = {
   queue: () => songs.queue,
   /** The song search results shown. */
   songs: () => songs.results,
+  /** Runs the round-trip calibration as the button does; resolves to its result. */
+  calibrate: () => onCalibrate(),
+  /** { roundTripMs (as the box keeps it), last (the last result) }. */
+  calibration: () => ({ roundTripMs: app.roundTripMs, last: app.calibration }),
   /** The singer's own mix sliders, 0–100. */
   mix: () => ({ monitor: Number(ui.monitor.value), reverb: Number(ui.reverb.value) }),
 };
@@ -642,6 +675,7 @@ function init() {
   ui.monitor.addEventListener('input', () => onMixSlider(ui.monitor, ui.monitorOut, KEY_MONITOR));
   ui.reverb.addEventListener('input', () => onMixSlider(ui.reverb, ui.reverbOut, KEY_REVERB));
   ui.mute.addEventListener('click', onMute);
+  ui.calibrate.addEventListener('click', onCalibrate);
   ui.leave.addEventListener('click', onLeave);
   setInterval(tickCountdown, 500);
 

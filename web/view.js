@@ -131,6 +131,9 @@ export class View {
       latPhone: byId('lat-phone'),
       latLoss: byId('lat-loss'),
       latSync: byId('lat-sync'),
+      latCalibration: byId('lat-calibration'),
+      calibrate: byId('calibrate'),
+      calibrateNote: byId('calibrate-note'),
       leave: byId('leave'),
       audio: byId('remote-audio'),
     };
@@ -230,6 +233,24 @@ export class View {
       if (muted) ui.micDb.textContent = 'muted';
       else ui.micDb.textContent = Number.isFinite(rmsDb) && rmsDb > METER_FLOOR_DB ? `${Math.round(rmsDb)} dB` : 'silent';
     }
+  }
+
+  /** The calibration row: the round trip the box keeps (ms, or null), and `status`:
+   * 'measuring', null, or why the last measurement failed. */
+  calibration(roundTripMs, status) {
+    const ui = this.ui;
+    ui.latCalibration.textContent = typeof roundTripMs === 'number' ? `${Math.round(roundTripMs)} ms` : 'not measured';
+    ui.calibrate.disabled = status === 'measuring';
+    ui.calibrate.textContent = status === 'measuring' ? 'Listening…' : typeof roundTripMs === 'number' ? 'Measure again' : "Measure my phone's delay";
+    const why = {
+      quiet: 'The mic did not hear the chirps: turn the volume up, unplug headphones, and try again.',
+      unsteady: 'The chirps came back at different times (a noisy room?): try again somewhere quieter.',
+      calibration_unsupported: 'This browser cannot measure it.',
+      calibration_interrupted: 'The measurement was interrupted: try again.',
+      no_mic: 'The microphone is not open.',
+    };
+    if (status && status !== 'measuring') ui.calibrateNote.textContent = why[status] || 'The measurement failed: try again.';
+    else ui.calibrateNote.textContent = 'Hold the phone away from your ear: it plays five short chirps and listens to them. The venue does not hear them.';
   }
 
   latency({ rttMs, boxDelayMs, jitterBufferMs, lossPct, syncOffsetMs }) {

@@ -45,8 +45,8 @@ use crate::songs::player::{Player, PlayerEvent};
 use night::SongFeedback;
 
 pub use room::{
-    ByeReason, ConnId, Input, JoinRequest, MediaState, PeerId, Presence, Refusal, Reply, Role,
-    RoomConfig, RoomView, SingerFigures, SlotChange, SlotId, Token, Welcome,
+    ByeReason, Calibration, ConnId, Input, JoinRequest, MediaState, PeerId, Presence, Refusal,
+    Reply, Role, RoomConfig, RoomView, SingerFigures, SlotChange, SlotId, Token, Welcome,
 };
 
 use link::EngineLink;

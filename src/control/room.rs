@@ -545,6 +545,14 @@ pub enum Input {
         /// The delay it adds of its own, µs.
         extra_us: i64,
     },
+    /// A phone measured its round trip from its speaker to its own microphone
+    /// (`docs/sync.md`). Kept with the participant, so a rejoin with its token keeps it.
+    Calibrated {
+        /// The connection.
+        conn: ConnId,
+        /// The round trip.
+        calibration: Calibration,
+    },
     /// Time passed: expire what is due ([`Room::next_deadline`]).
     Tick,
     /// The box is stopping: every connection ends, no more joins.
@@ -581,6 +589,30 @@ pub struct Welcome {
     pub settings: Option<SingerSettings>,
     /// Whether this was a rejoin with a token (place and settings kept).
     pub rejoined: bool,
+    /// Its calibration, if it made one (kept across rejoins).
+    pub calibration: Option<Calibration>,
+}
+
+/// A phone's own latency, as its calibration measured it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Calibration {
+    /// From a sample leaving the page to the page hearing it back through its own
+    /// microphone: output + input latency (and a few centimetres of air).
+    pub round_trip: Duration,
+    /// What the browser says its output adds (part of `round_trip`; zero where it
+    /// does not say).
+    pub output: Duration,
+}
+
+impl Calibration {
+    /// The longest round trip a phone may report (a Bluetooth headset's 300 ms and
+    /// room to spare; the page searches no further).
+    pub const MAX_ROUND_TRIP: Duration = Duration::from_millis(500);
+
+    /// The input (capture) latency: the round trip less the output's share.
+    pub fn capture(&self) -> Duration {
+        self.round_trip.saturating_sub(self.output)
+    }
 }
 
 /// What the caller must do.
@@ -673,6 +705,8 @@ pub struct ParticipantView {
     pub loss_pct: f32,
     /// How far its playout is from the speakers', ms (positive: late), once it reports.
     pub sync_ms: Option<f32>,
+    /// Its speaker-to-microphone round trip, ms, once calibrated.
+    pub round_trip_ms: Option<f32>,
 }
 
 /// One slot as everyone may see it.
@@ -773,6 +807,8 @@ struct Participant {
     loss_pct: f32,
     /// Its last sync offset, ms, shown to the host.
     sync_ms: Option<f32>,
+    /// Its last calibration.
+    calibration: Option<Calibration>,
 }
 
 struct Slot {
@@ -1038,6 +1074,21 @@ impl Room {
                 }
                 Ok(Reply::Sync(steer))
             }
+            Input::Calibrated { conn, calibration } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                if calibration.round_trip.is_zero()
+                    || calibration.round_trip > Calibration::MAX_ROUND_TRIP
+                {
+                    return Err(Refusal::OutOfRange("round_trip_ms"));
+                }
+                if calibration.output > calibration.round_trip {
+                    return Err(Refusal::OutOfRange("output_ms"));
+                }
+                let p = self.participants.get_mut(&peer).expect("found by its conn");
+                p.calibration = Some(calibration);
+                self.changed = true;
+                Ok(Reply::Done)
+            }
             Input::Tick => {
                 self.expire(now);
                 self.timeline.retune(now);
@@ -1116,6 +1167,7 @@ impl Room {
                     delay_ms: p.figures.delay_ms,
                     loss_pct: p.loss_pct,
                     sync_ms: p.sync_ms,
+                    round_trip_ms: p.calibration.map(|c| c.round_trip.as_secs_f32() * 1000.0),
                 })
                 .collect(),
             slots: self
@@ -1250,6 +1302,7 @@ impl Room {
             slot: p.slot,
             settings: p.slot.map(|s| self.slots[s.0].settings),
             rejoined,
+            calibration: p.calibration,
         }
     }
 
@@ -1360,6 +1413,7 @@ impl Room {
                 },
                 loss_pct: 0.0,
                 sync_ms: None,
+                calibration: None,
             },
         );
         if request.role == Role::Listener {

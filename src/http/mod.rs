@@ -42,7 +42,7 @@ const JS: &str = "text/javascript; charset=utf-8";
 
 /// The page's other files: path, body, content type. `/` and `/index.html` serve
 /// [`INDEX_HTML`]; nothing else is served.
-const ASSETS: [(&str, &str, &str); 11] = [
+const ASSETS: [(&str, &str, &str); 13] = [
     (
         "/style.css",
         include_str!("../../web/style.css"),
@@ -57,6 +57,12 @@ const ASSETS: [(&str, &str, &str); 11] = [
     ("/songs.js", include_str!("../../web/songs.js"), JS),
     ("/sync.js", include_str!("../../web/sync.js"), JS),
     ("/sync-tap.js", include_str!("../../web/sync-tap.js"), JS),
+    ("/calibrate.js", include_str!("../../web/calibrate.js"), JS),
+    (
+        "/calibrate-tap.js",
+        include_str!("../../web/calibrate-tap.js"),
+        JS,
+    ),
     ("/lyrics.js", screen::LYRICS_JS, JS),
 ];
 

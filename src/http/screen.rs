@@ -155,6 +155,7 @@ mod tests {
             delay_ms: 20.0,
             loss_pct: 1.0,
             sync_ms: None,
+            round_trip_ms: None,
         };
         let view = RoomView {
             backing_source: crate::control::night::BackingSource::Songs,

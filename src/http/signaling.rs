@@ -26,6 +26,9 @@ pub const MAX_QUERY_CHARS: usize = crate::songs::library::MAX_QUERY_CHARS;
 /// The most delay a phone may say it adds of its own, ms.
 pub const MAX_EXTRA_MS: f64 = 2_000.0;
 
+/// The longest round trip a `calibration` may report, ms.
+pub const MAX_ROUND_TRIP_MS: f64 = 500.0;
+
 /// Furthest a song search pages.
 pub const MAX_OFFSET: u64 = 1_000_000;
 
@@ -80,6 +83,13 @@ pub enum ClientMessage {
     },
     /// Asks for the levels of this phone's return mix (answered with `envelope`).
     Envelope,
+    /// The phone's round trip from its speaker to its own microphone (`docs/sync.md`).
+    Calibration {
+        /// Output + input latency, ms (above 0, at most [`MAX_ROUND_TRIP_MS`]).
+        round_trip_ms: f64,
+        /// What the browser says its output adds, ms (0 to `round_trip_ms`).
+        output_ms: f64,
+    },
     /// Leave now.
     Leave,
     /// Search the song library.
@@ -423,6 +433,30 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
             Ok(ClientMessage::Playout { rtp, at, extra })
         }
         "envelope" => Ok(ClientMessage::Envelope),
+        "calibration" => {
+            let round_trip_ms = field(&obj, "round_trip_ms")?
+                .as_f64()
+                .filter(|r| *r > 0.0 && *r <= MAX_ROUND_TRIP_MS)
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        format!("`round_trip_ms` must be above 0 and at most {MAX_ROUND_TRIP_MS}"),
+                    )
+                })?;
+            let output_ms = field(&obj, "output_ms")?
+                .as_f64()
+                .filter(|o| (0.0..=round_trip_ms).contains(o))
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        "`output_ms` must be from 0 to `round_trip_ms`",
+                    )
+                })?;
+            Ok(ClientMessage::Calibration {
+                round_trip_ms,
+                output_ms,
+            })
+        }
         "leave" => Ok(ClientMessage::Leave),
         "songs" => {
             let query = match obj.get("query") {
@@ -597,6 +631,8 @@ pub struct PeerView {
     pub state: &'static str,
     /// How far its playout is from the speakers', ms (positive: late), once measured.
     pub sync_ms: Option<f32>,
+    /// Its speaker-to-microphone round trip, ms, once calibrated.
+    pub round_trip_ms: Option<f32>,
 }
 
 impl ServerMessage {
@@ -634,6 +670,7 @@ impl PeerView {
             loss_pct: round1(p.loss_pct),
             state: p.presence.as_str(),
             sync_ms: p.sync_ms.map(round1),
+            round_trip_ms: p.round_trip_ms.map(round1),
         }
     }
 }
@@ -676,6 +713,9 @@ pub enum ServerMessage {
         rejoined: bool,
         /// A singer's own mix settings as the box has them.
         mix: Option<MixView>,
+        /// The phone's round trip (speaker to its own microphone), ms, if it was
+        /// calibrated (a rejoin keeps it).
+        round_trip_ms: Option<f64>,
     },
     /// SDP answer.
     Answer {
@@ -1198,6 +1238,31 @@ mod tests {
         }
         check(r#"{"type":"leave"}"#, "Leave");
         check(r#"{"type":"envelope"}"#, "Envelope");
+        check(
+            r#"{"type":"calibration","round_trip_ms":45.5,"output_ms":12}"#,
+            "Calibration { round_trip_ms: 45.5, output_ms: 12.0 }",
+        );
+        for (round_trip, output) in [
+            ("0", "0"),
+            ("-3", "0"),
+            ("500.5", "0"),
+            ("1e308", "0"),
+            ("\"45\"", "0"),
+            ("null", "0"),
+        ] {
+            check(
+                &format!(
+                    r#"{{"type":"calibration","round_trip_ms":{round_trip},"output_ms":{output}}}"#
+                ),
+                "error BadField: `round_trip_ms` must be above 0 and at most 500",
+            );
+        }
+        for output in ["-1", "46", "null", "\"1\""] {
+            check(
+                &format!(r#"{{"type":"calibration","round_trip_ms":45,"output_ms":{output}}}"#),
+                "error BadField: `output_ms` must be from 0 to `round_trip_ms`",
+            );
+        }
         check(
             r#"{"type":"dance"}"#,
             "error UnknownType: unknown message type `dance`",

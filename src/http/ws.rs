@@ -32,7 +32,8 @@ use super::signaling::{
 use super::{refusal_code, AppState};
 use crate::control::night::SongRef;
 use crate::control::{
-    ByeReason, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Reply, Role, Sends,
+    ByeReason, Calibration, ConnId, Control, Input, JoinRequest, MediaState, PeerId, Reply, Role,
+    Sends,
 };
 use crate::limits::{Limits, TokenBucket};
 use crate::rtc::{Peer, PeerEvent};
@@ -269,6 +270,9 @@ impl Session {
                                 monitor: s.monitor,
                                 reverb: s.reverb_wet,
                             }),
+                            round_trip_ms: welcome
+                                .calibration
+                                .map(|c| (c.round_trip.as_secs_f64() * 10_000.0).round() / 10.0),
                         });
                         let view = self.control.view();
                         self.send(ServerMessage::room(&view, Some(welcome.peer)));
@@ -366,6 +370,24 @@ impl Session {
             }
             ClientMessage::Envelope => {
                 self.envelope().await;
+                true
+            }
+            ClientMessage::Calibration {
+                round_trip_ms,
+                output_ms,
+            } => {
+                let calibration = Calibration {
+                    round_trip: Duration::from_secs_f64(round_trip_ms / 1000.0),
+                    output: Duration::from_secs_f64(output_ms / 1000.0),
+                };
+                tracing::info!(round_trip_ms, output_ms, "calibrated");
+                let input = Input::Calibrated {
+                    conn: self.conn,
+                    calibration,
+                };
+                if let Err(refusal) = self.control.handle(input).await {
+                    self.error(refusal_code(refusal), refusal.to_string());
+                }
                 true
             }
             ClientMessage::Leave => {

@@ -235,6 +235,7 @@ mod tests {
                     delay_ms: 12.0,
                     loss_pct: 0.0,
                     sync_ms: None,
+                    round_trip_ms: None,
                 },
                 ParticipantView {
                     peer: PeerId(4),
@@ -246,6 +247,7 @@ mod tests {
                     delay_ms: 0.0,
                     loss_pct: 0.0,
                     sync_ms: None,
+                    round_trip_ms: None,
                 },
             ],
             slots: vec![

@@ -17,7 +17,7 @@
 //   node phones.mjs --url https://HOST:PORT/ --out DIR --seconds N [--pin PIN]
 //        [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
 //        [--watch] [--strict-tls] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
-//        [--delay NAME:MS]...
+//        [--delay NAME:MS]... [--loopback NAME:MS]...
 //        --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
 //
 // ENGINE is chromium (default) or firefox. WAVPATH is `-` for listeners, for a singer
@@ -32,6 +32,10 @@
 // `--delay NAME:MS` (Chromium) delays that phone's return mix MS ms before its jitter
 // buffer (an encoded-frame transform: a longer downlink, as the box and the page see
 // it), from its first packet.
+// `--loopback NAME:MS` gives that phone an acoustic path from its speaker to its own
+// microphone of exactly MS ms, as the page hears it (see acousticLoopback), and has it
+// tap "Measure my phone's delay" once it is live, before `mark: all live`; its result
+// then carries `calibration` (the page's duetboxTest.calibration()).
 // `--watch` samples every phone every 100 ms while they sing (see below).
 // `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
 // page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
@@ -132,7 +136,7 @@ function out(obj) {
 function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
-    phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null,
+    phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null, loopbacks: [],
     night: null, hostPin: null, screen: null, markerHz: null, delays: [],
   };
   for (let i = 0; i < argv.length; i++) {
@@ -206,6 +210,12 @@ function parseArgs(argv) {
         opts.delays.push({ name, ms: Number(ms) });
         break;
       }
+      case '--loopback': {
+        const [name, ms] = value.split(':');
+        if (!name || !(Number(ms) > 0 && Number(ms) <= 400)) throw new UsageError(`--loopback ${value}: expected NAME:MS (0 to 400)`);
+        opts.loopbacks.push({ name, ms: Number(ms) });
+        break;
+      }
       case '--expect-error': {
         const last = opts.phones[opts.phones.length - 1];
         if (!last) throw new UsageError('--expect-error must follow the --phone it applies to');
@@ -231,6 +241,11 @@ function parseArgs(argv) {
     if (!phone) throw new UsageError(`--delay names no phone ${d.name}`);
     if (phone.engine !== 'chromium') throw new UsageError(`--delay ${d.name}: Chromium phones only`);
     phone.delayMs = d.ms;
+  }
+  for (const l of opts.loopbacks) {
+    const phone = opts.phones.find((p) => p.name === l.name);
+    if (!phone || phone.role !== 'singer') throw new UsageError(`--loopback names no singer ${l.name}`);
+    phone.loopbackMs = l.ms;
   }
   if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
   if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
@@ -261,7 +276,7 @@ function parsePhone(spec) {
   const wav = wavArg === '-' ? null : path.resolve(wavArg);
   if (wav && !fs.existsSync(wav)) throw new UsageError(`--phone ${spec}: no such file ${wav}`);
   if (wav && engine === 'firefox') throw new UsageError(`--phone ${spec}: Firefox's fake microphone is its own tone (use -)`);
-  return { name, role, wav, engine, expectError: null, delayMs: 0 };
+  return { name, role, wav, engine, expectError: null, delayMs: 0, loopbackMs: 0 };
 }
 
 function sleep(ms) {
@@ -294,6 +309,63 @@ function delayReturnMix(delay) {
   };
 }
 
+/**
+ * Runs in the page before its own scripts (--loopback): the room between the phone's
+ * speaker and its microphone, `ms` long, inside the page's own audio graph (so its
+ * length is exact: a headless browser has no speaker and no microphone to put air
+ * between). Every sound the page plays from a buffer (its chirps; the return mix is
+ * quiet while it calibrates) also goes through a delay of `ms` and a gain of 0.3 (the
+ * air), and the page's microphone, as any AudioContext of the page hears it, is the
+ * real (fake-device) microphone plus that. The track sent over WebRTC is the
+ * microphone alone.
+ */
+function acousticLoopback(ms) {
+  const mics = new WeakSet();
+  const devices = navigator.mediaDevices;
+  const getUserMedia = devices.getUserMedia.bind(devices);
+  devices.getUserMedia = async (constraints) => {
+    const stream = await getUserMedia(constraints);
+    stream.getAudioTracks().forEach((t) => mics.add(t));
+    return stream;
+  };
+  const clone = MediaStreamTrack.prototype.clone;
+  MediaStreamTrack.prototype.clone = function () {
+    const copy = clone.call(this);
+    if (mics.has(this)) mics.add(copy);
+    return copy;
+  };
+  const connect = AudioNode.prototype.connect;
+  const rooms = new WeakMap();
+  const roomOf = (ctx) => {
+    let room = rooms.get(ctx);
+    if (!room) {
+      const delay = ctx.createDelay(1);
+      delay.delayTime.value = ms / 1000;
+      const air = ctx.createGain();
+      air.gain.value = 0.3;
+      connect.call(delay, air);
+      room = { delay, air };
+      rooms.set(ctx, room);
+    }
+    return room;
+  };
+  AudioNode.prototype.connect = function (target, ...rest) {
+    if (target instanceof AudioDestinationNode && this instanceof AudioBufferSourceNode) {
+      connect.call(this, roomOf(target.context).delay);
+    }
+    return connect.call(this, target, ...rest);
+  };
+  const createMediaStreamSource = AudioContext.prototype.createMediaStreamSource;
+  AudioContext.prototype.createMediaStreamSource = function (stream) {
+    const source = createMediaStreamSource.call(this, stream);
+    if (!stream.getAudioTracks().some((t) => mics.has(t))) return source;
+    const heard = this.createGain();
+    connect.call(source, heard);
+    connect.call(roomOf(this).air, heard);
+    return heard;
+  };
+}
+
 /** One browser and page, Chromium through playwright-core. */
 class ChromiumBrowser {
   constructor(phone) {
@@ -316,6 +388,7 @@ class ChromiumBrowser {
     });
     this.page = await context.newPage();
     if (this.phone.spec.delayMs > 0) await this.page.addInitScript(delayReturnMix, this.phone.spec.delayMs);
+    if (this.phone.spec.loopbackMs > 0) await this.page.addInitScript(acousticLoopback, this.phone.spec.loopbackMs);
     this.page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warning') this.phone.log(`console.${msg.type()}: ${msg.text()}`);
     });
@@ -384,6 +457,7 @@ class FirefoxBrowser {
     });
     this.page = await this.browser.newPage();
     await this.page.setViewport(VIEWPORT);
+    if (this.phone.spec.loopbackMs > 0) await this.page.evaluateOnNewDocument(acousticLoopback, this.phone.spec.loopbackMs);
     this.page.on('console', (msg) => {
       if (msg.type() === 'error' || msg.type() === 'warn') this.phone.log(`console.${msg.type()}: ${msg.text()}`);
     });
@@ -554,6 +628,25 @@ class Phone {
     this.log(`mix set: monitor ${monitor} %, reverb ${reverb} %`);
   }
 
+  /** Presses "Measure my phone's delay" (--loopback) and waits for the page's result.
+   * A DOM click, not a tap: Firefox's WebDriver BiDi tap on it timed out here (its
+   * context is already running, so no gesture is needed). */
+  async calibrate() {
+    await this.driver.evaluate(() => {
+      setTimeout(() => document.getElementById('calibrate').click(), 0);
+    });
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const c = await this.driver.evaluate(() => window.duetboxTest.calibration());
+      if (c.last) {
+        this.log(`calibration: ${JSON.stringify(c)}`);
+        return c;
+      }
+      if (Date.now() > deadline) throw new Error(`${this.tag}: no calibration result within 20 s`);
+      await sleep(200);
+    }
+  }
+
   /** One --watch sample: state and the tone levels of the last 100 ms. */
   async sample() {
     if (this.frozen) return;
@@ -601,6 +694,7 @@ class Phone {
       sync: m.sync,
       stats: m.stats,
       tls: this.driver.tls ?? null,
+      calibration: this.calibration ?? null,
     };
     await this.screenshot();
   }
@@ -847,6 +941,14 @@ async function run(opts) {
     if (problems.length) return problems;
 
     for (const m of opts.mixes) await phones.find((p) => p.spec.name === m.name).setMix(m.monitor, m.reverb);
+    for (const p of seated.filter((q) => q.spec.loopbackMs > 0)) {
+      try {
+        p.calibration = await p.calibrate();
+      } catch (err) {
+        problems.push(err.message);
+      }
+    }
+    if (problems.length) return problems;
 
     // Markers on stderr let a caller line its own records up with this run.
     log('mark: all live');

@@ -57,6 +57,8 @@ struct Recorded {
     timeline: Vec<(u64, u64, u64)>,
     /// (singers, listeners) while the phones were still there.
     room_at_end: (usize, usize),
+    /// Each singer's calibrated round trip as the box kept it, when all were live.
+    round_trips: Vec<Option<f32>>,
 }
 
 /// Starts the box with `config`, runs the driver `phones(url)` builds, stops the box and
@@ -89,9 +91,21 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
             timeline
         })
     };
+    let round_trips: Arc<Mutex<Vec<Option<f32>>>> = Arc::default();
     let run = phones(&url).run(BROWSER_DEADLINE, {
         let (counters, marks) = (counters.clone(), marks.clone());
+        let (control, round_trips) = (running.control.clone(), round_trips.clone());
         move |mark| {
+            if mark.name == "all live" {
+                // The phones calibrate (if asked to) before this mark.
+                *round_trips.lock().expect("round trips") = control
+                    .view()
+                    .participants
+                    .iter()
+                    .filter(|p| p.role == duetbox::control::Role::Singer)
+                    .map(|p| p.round_trip_ms)
+                    .collect();
+            }
             let periods = counters.periods.load(Ordering::Relaxed);
             marks
                 .lock()
@@ -102,6 +116,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
     sampling.store(false, Ordering::Relaxed);
     let timeline = sampler.join().expect("the sampler");
     let room_at_end = running.control.counts();
+    let round_trips = round_trips.lock().expect("round trips").clone();
     runtime
         .block_on(running.stop())
         .expect("the box stops cleanly");
@@ -119,6 +134,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
         xruns: counters.xruns.load(Ordering::Relaxed),
         timeline,
         room_at_end,
+        round_trips,
     }
 }
 
@@ -271,6 +287,10 @@ fn two_phones_sing_a_duet_through_the_box() {
 /// offers 127.0.0.1; PLATFORM.md §6), the box listens on the namespace's link.
 #[test]
 fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
+    // Each phone's speaker-to-mic round trip (the harness's acoustic path), which it
+    // measures with the page's calibration before the duet.
+    const F_ROUND_TRIP_MS: f64 = 45.0;
+    const A_ROUND_TRIP_MS: f64 = 72.0;
     let _serial = crate::support::SERIAL.blocking_lock();
     duetbox::telemetry::init("duetbox=info,warn");
     let alsa = alsa_config();
@@ -292,6 +312,8 @@ fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
             .arg("--freqs", format!("440,{FIREFOX_TONE_HZ}"))
             .phone("F", "singer", None, "firefox")
             .phone("A", "singer", Some(&mics[0]), "chromium")
+            .arg("--loopback", format!("F:{F_ROUND_TRIP_MS}"))
+            .arg("--loopback", format!("A:{A_ROUND_TRIP_MS}"))
     });
     let run = &rec.run;
     let (f, a) = (run.result("F"), run.result("A"));
@@ -308,6 +330,31 @@ fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
     assert!(
         a1000 > -45.0 && a1000 - a440 >= 30.0,
         "Chromium hears Firefox (1000 Hz {a1000} dB) and not itself (440 Hz {a440} dB)"
+    );
+    for (phone, known) in [(&f, F_ROUND_TRIP_MS), (&a, A_ROUND_TRIP_MS)] {
+        let calibration = &phone["calibration"];
+        let measured = calibration["last"]["ms"].as_f64();
+        let engine = &phone["engine"];
+        eprintln!("{engine}: calibration of a {known} ms round trip: {calibration}");
+        assert!(
+            measured.is_some_and(|ms| (ms - known).abs() <= 3.0),
+            "{engine} measures its {known} ms round trip within 3 ms: {calibration}"
+        );
+        assert_eq!(
+            calibration["roundTripMs"].as_f64(),
+            measured,
+            "the page keeps what it measured"
+        );
+    }
+    // The box keeps each singer's round trip (the host page shows it).
+    let mut kept: Vec<f32> = rec.round_trips.iter().flatten().copied().collect();
+    kept.sort_by(f32::total_cmp);
+    assert!(
+        kept.len() == 2
+            && (f64::from(kept[0]) - F_ROUND_TRIP_MS).abs() <= 3.0
+            && (f64::from(kept[1]) - A_ROUND_TRIP_MS).abs() <= 3.0,
+        "the box keeps both round trips: {:?}",
+        rec.round_trips
     );
     assert_eq!(
         f["stats"]["codec"]["payloadType"].as_u64(),

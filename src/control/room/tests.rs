@@ -1608,3 +1608,54 @@ fn playout_reports_set_the_lead_and_each_phones_offset() {
     assert_eq!(h.room.view().lead_ms, 15.0);
     assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 720 }));
 }
+
+#[test]
+fn a_calibration_is_kept_with_the_token_and_nonsense_is_refused() {
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    assert_eq!(ana.calibration, None);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    h.take();
+    let calibrated = |conn, round_trip_ms: u64, output_ms: u64| Input::Calibrated {
+        conn: ConnId(conn),
+        calibration: Calibration {
+            round_trip: Duration::from_millis(round_trip_ms),
+            output: Duration::from_millis(output_ms),
+        },
+    };
+    assert_eq!(h.handle(secs(1.0), calibrated(1, 45, 12)), Ok(Reply::Done));
+    assert!(h.take().contains(&Action::Changed), "the host sees it");
+    assert_eq!(
+        h.participant(ana.peer).and_then(|p| p.round_trip_ms),
+        Some(45.0)
+    );
+    // Out of range, or an output longer than the round trip: refused, nothing changes.
+    for (round_trip, output, field) in [
+        (0, 0, "round_trip_ms"),
+        (501, 0, "round_trip_ms"),
+        (45, 46, "output_ms"),
+    ] {
+        assert_eq!(
+            h.handle(secs(1.1), calibrated(1, round_trip, output)),
+            Err(Refusal::OutOfRange(field))
+        );
+    }
+    // A stranger's connection has no say.
+    assert_eq!(
+        h.handle(secs(1.2), calibrated(9, 80, 0)),
+        Err(Refusal::NotJoined)
+    );
+    assert_eq!(
+        h.participant(ana.peer).and_then(|p| p.round_trip_ms),
+        Some(45.0)
+    );
+    // The phone drops and comes back with its token: the calibration is still there.
+    h.media(secs(5.0), 1, MediaState::Failed);
+    let back = h.rejoin(secs(6.0), 2, ana.token);
+    assert!(back.rejoined);
+    let kept = back.calibration.expect("kept with the token");
+    assert_eq!(
+        (kept.round_trip, kept.capture()),
+        (Duration::from_millis(45), Duration::from_millis(33))
+    );
+}
