@@ -407,7 +407,8 @@ where
         // allowance does not cover: a voice whose packets came at the edge ran dry every
         // 320 ms (1024 and 960 frames beating). The instant is the device's pace, not
         // the thread's wake-up (see [`pacing`]).
-        let burst_end = pacing.stamp(handle.clock.now());
+        let woke = handle.clock.now();
+        let burst_end = pacing.stamp(woke);
         let lead_frames = if device_period == engine_period {
             0
         } else {
@@ -426,7 +427,10 @@ where
                     &handle,
                     Report::Backing {
                         position,
-                        at: now,
+                        // When the speakers play it goes by the write's real instant
+                        // (the device's delay is read after the write), not the
+                        // paced stamp.
+                        at: now + woke.saturating_sub(burst_end),
                         latency_frames,
                         bridge_frames: lead_frames as u32,
                     },
