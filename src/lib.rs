@@ -27,6 +27,7 @@ pub mod lan;
 pub mod limits;
 pub mod mqtt;
 pub mod output;
+pub mod record;
 pub mod rtc;
 pub mod service;
 pub mod songs;

@@ -25,6 +25,7 @@ use crate::engine::{
     BackingAudio, BackingPosition, Command, Engine, EngineConfig, Event, Level, MixId, Output,
     ReceiverStats, RtpAudio, SingerId, Tap, SAMPLE_RATE_HZ,
 };
+use crate::record::{RecordLink, RecordStage};
 
 pub mod bridge;
 pub mod pacing;
@@ -299,6 +300,9 @@ pub struct AudioHandle {
     /// The period the engine renders, frames (the configured one; the device's may
     /// differ, see [`Counters::device_period_frames`]).
     pub engine_period_frames: usize,
+    /// The recorder's side: chunks of every source, staged while a recording runs
+    /// ([`crate::record`]).
+    pub record: RecordLink,
     stop: Arc<AtomicBool>,
 }
 
@@ -361,6 +365,7 @@ where
         counters: Arc::new(Counters::default()),
         clock: AudioClock::start(),
         engine_period_frames: config.period_samples,
+        record: RecordLink::new(),
         stop: Arc::new(AtomicBool::new(false)),
     };
     let thread_handle = handle.clone();
@@ -384,6 +389,7 @@ where
     let mut engine = Engine::new(config);
     let mut bridge = PeriodBridge::new(engine_period, device_period);
     let mut pacing = pacing::DevicePacing::new(device_period);
+    let mut stage = RecordStage::new();
     let mut next_report = Duration::ZERO;
     while !handle.stop.load(Ordering::Acquire) {
         while handle.counters.stall.load(Ordering::Relaxed) {
@@ -417,6 +423,7 @@ where
         while bridge.needs_render() {
             let now = frames_after(burst_end, bridge.held_frames(), lead_frames);
             render(&mut engine, &handle, now, bridge.render_slot());
+            stage.add(&handle.record, &engine.period_sources());
             bridge.rendered();
             if now >= next_report {
                 next_report = now + STATS_INTERVAL;

@@ -357,6 +357,22 @@ struct Seat {
     route: MixId,
 }
 
+/// One period's sources, from [`Engine::period_sources`].
+pub struct PeriodSources<'a> {
+    /// Mix time of the period's first frame.
+    pub start: u64,
+    /// The backing as the speakers got it, interleaved stereo.
+    pub backing: &'a [f32],
+    seats: &'a [Seat],
+}
+
+impl<'a> PeriodSources<'a> {
+    /// Each seat's singer (`None`: free) and its voice this period (mono).
+    pub fn voices(&self) -> impl Iterator<Item = (Option<SingerId>, &'a [f32])> + 'a {
+        self.seats.iter().map(|s| (s.singer, s.voice.as_slice()))
+    }
+}
+
 /// The audio core. See the module docs for the call order.
 pub struct Engine {
     config: EngineConfig,
@@ -384,6 +400,8 @@ pub struct Engine {
     bus: Vec<f32>,
     /// The encoded mixes' bus: backing `lead` frames on, and the voices.
     lead_bus: Vec<f32>,
+    /// The backing alone as the speakers got it this period (for the recorder).
+    backing_played: Vec<f32>,
     /// The venue mix as encoded (from `lead_bus`), with its own limiter.
     venue_sent: Vec<f32>,
     venue_sent_limiter: Limiter,
@@ -466,6 +484,7 @@ impl Engine {
             master: mixer::db_to_gain(config.master_gain_db),
             listeners: 0,
             bus: vec![0.0; 2 * period],
+            backing_played: vec![0.0; 2 * period],
             lead_bus: vec![0.0; 2 * period],
             venue_sent: vec![0.0; 2 * period],
             venue_sent_limiter: limiter(),
@@ -616,6 +635,7 @@ impl Engine {
         self.poll_seat = None;
         self.venue_encoder.take();
         self.render_backing();
+        self.backing_played.copy_from_slice(&self.bus);
         for seat in &mut self.seats {
             seat.encoder.take();
             if seat.singer.is_none() {
@@ -680,6 +700,18 @@ impl Engine {
         }
         self.mix_time += period as u64;
         self.stats.periods += 1;
+    }
+
+    /// What the last period rendered, source by source (for a recorder): its first
+    /// frame's mix time, the backing as the speakers got it (interleaved stereo, its
+    /// gain applied) and each seated singer's voice (mono, as the jitter buffer gave it:
+    /// before its gain, pan and reverb). Allocates nothing.
+    pub fn period_sources(&self) -> PeriodSources<'_> {
+        PeriodSources {
+            start: self.mix_time - self.config.period_samples as u64,
+            backing: &self.backing_played,
+            seats: &self.seats,
+        }
     }
 
     /// Drains events and the frames encoded by the last period; call until `None`.
