@@ -375,7 +375,7 @@ export class PhoneAudio {
       const recorded = new Float32Array(last.from + last.samples.length - from);
       for (const c of chunks) recorded.set(c.samples, c.from - from);
       const result = roundTrip(recorded, from, starts, chirp, rate);
-      return { ...result, outputMs: Math.round(this.outputDelayMs() * 10) / 10 };
+      return { ...result, outputMs: round1(this.outputDelayMs()) };
     } finally {
       tap.port.postMessage('stop');
       disconnectNodes(source, tap, mute, ...players);

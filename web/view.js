@@ -139,6 +139,8 @@ export class View {
     };
     this.roomKey = '';
     this.meterLastAria = 0;
+    /** The calibration hint as the page has it (shown again after a failure). */
+    this.calibrateHint = this.ui.calibrateNote.textContent;
   }
 
   /** The banner and which view shows. `text` is the whole message. */
@@ -250,7 +252,7 @@ export class View {
       no_mic: 'The microphone is not open.',
     };
     if (status && status !== 'measuring') ui.calibrateNote.textContent = why[status] || 'The measurement failed: try again.';
-    else ui.calibrateNote.textContent = 'Hold the phone away from your ear: it plays five short chirps and listens to them. The venue does not hear them.';
+    else ui.calibrateNote.textContent = this.calibrateHint;
   }
 
   latency({ rttMs, boxDelayMs, jitterBufferMs, lossPct, syncOffsetMs }) {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::control::night::{BackingSource, EntryId, Problem, Transport};
-use crate::control::{PeerId, Role, RoomView, SlotChange, SlotId, Token};
+use crate::control::{Calibration, PeerId, Role, RoomView, SlotChange, SlotId, Token};
 use crate::songs::library::{LibrarySong, SongId};
 
 /// Protocol version spoken here.
@@ -26,8 +26,8 @@ pub const MAX_QUERY_CHARS: usize = crate::songs::library::MAX_QUERY_CHARS;
 /// The most delay a phone may say it adds of its own, ms.
 pub const MAX_EXTRA_MS: f64 = 2_000.0;
 
-/// The longest round trip a `calibration` may report, ms.
-pub const MAX_ROUND_TRIP_MS: f64 = 500.0;
+/// The longest round trip a `calibration` may report, ms (the room's bound).
+pub const MAX_ROUND_TRIP_MS: f64 = Calibration::MAX_ROUND_TRIP.as_millis() as f64;
 
 /// Furthest a song search pages.
 pub const MAX_OFFSET: u64 = 1_000_000;
@@ -676,7 +676,7 @@ impl PeerView {
 }
 
 /// One decimal is all a phone shows; it also keeps the `room` message short.
-fn round1(x: f32) -> f32 {
+pub(crate) fn round1(x: f32) -> f32 {
     (x * 10.0).round() / 10.0
 }
 
@@ -715,7 +715,7 @@ pub enum ServerMessage {
         mix: Option<MixView>,
         /// The phone's round trip (speaker to its own microphone), ms, if it was
         /// calibrated (a rejoin keeps it).
-        round_trip_ms: Option<f64>,
+        round_trip_ms: Option<f32>,
     },
     /// SDP answer.
     Answer {

@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::signaling::{
-    self, ClientMessage, ErrorCode, HostRoomView, MixView, QueueView, ServerMessage, SongItem,
-    WireError, PROTOCOL_VERSION,
+    self, round1, ClientMessage, ErrorCode, HostRoomView, MixView, QueueView, ServerMessage,
+    SongItem, WireError, PROTOCOL_VERSION,
 };
 use super::{refusal_code, AppState};
 use crate::control::night::SongRef;
@@ -197,32 +197,30 @@ impl Session {
                 );
                 true
             }
-            ClientMessage::Transport(command) => self.host_input(Input::Transport(command)).await,
+            ClientMessage::Transport(command) => self.forward(Input::Transport(command)).await,
             ClientMessage::QueueRemove { entry } => {
-                self.host_input(Input::QueueRemove { entry }).await
+                self.forward(Input::QueueRemove { entry }).await
             }
             ClientMessage::QueueMove { entry, to } => {
-                self.host_input(Input::QueueMove { entry, to }).await
+                self.forward(Input::QueueMove { entry, to }).await
             }
             ClientMessage::Slot { slot, change } => {
-                self.host_input(Input::SetSlot { slot, change }).await
+                self.forward(Input::SetSlot { slot, change }).await
             }
-            ClientMessage::Master { gain_db } => {
-                self.host_input(Input::SetMaster { gain_db }).await
-            }
+            ClientMessage::Master { gain_db } => self.forward(Input::SetMaster { gain_db }).await,
             ClientMessage::Backing {
                 gain_db,
                 muted,
                 source,
             } => {
-                self.host_input(Input::SetBacking {
+                self.forward(Input::SetBacking {
                     gain_db,
                     muted,
                     source,
                 })
                 .await
             }
-            ClientMessage::Kick { peer } => self.host_input(Input::Kick { peer }).await,
+            ClientMessage::Kick { peer } => self.forward(Input::Kick { peer }).await,
             ClientMessage::Join {
                 v,
                 name,
@@ -272,7 +270,7 @@ impl Session {
                             }),
                             round_trip_ms: welcome
                                 .calibration
-                                .map(|c| (c.round_trip.as_secs_f64() * 10_000.0).round() / 10.0),
+                                .map(|c| round1(c.round_trip.as_secs_f32() * 1000.0)),
                         });
                         let view = self.control.view();
                         self.send(ServerMessage::room(&view, Some(welcome.peer)));
@@ -354,10 +352,7 @@ impl Session {
                     monitor,
                     reverb,
                 };
-                if let Err(refusal) = self.control.handle(input).await {
-                    self.error(refusal_code(refusal), refusal.to_string());
-                }
-                true
+                self.forward(input).await
             }
             ClientMessage::Ping { t } => {
                 let now = self.control.audio_now().as_micros() as f64 / 1000.0;
@@ -385,17 +380,11 @@ impl Session {
                     conn: self.conn,
                     calibration,
                 };
-                if let Err(refusal) = self.control.handle(input).await {
-                    self.error(refusal_code(refusal), refusal.to_string());
-                }
-                true
+                self.forward(input).await
             }
             ClientMessage::Leave => {
                 // The room answers with a goodbye, which ends the session (below).
-                if let Err(refusal) = self.control.handle(Input::Leave { conn: self.conn }).await {
-                    self.error(refusal_code(refusal), refusal.to_string());
-                }
-                true
+                self.forward(Input::Leave { conn: self.conn }).await
             }
             ClientMessage::Songs { query, offset } => {
                 let library = self.control.library();
@@ -439,16 +428,14 @@ impl Session {
                     conn: self.conn,
                     entry,
                 };
-                if let Err(refusal) = self.control.handle(input).await {
-                    self.error(refusal_code(refusal), refusal.to_string());
-                }
-                true
+                self.forward(input).await
             }
         }
     }
 
-    /// A host command: its refusal goes back to the host page.
-    async fn host_input(&mut self, input: Input) -> bool {
+    /// An input whose only answer is a refusal, if any: that goes back to the sender
+    /// (a phone's or the host page's).
+    async fn forward(&mut self, input: Input) -> bool {
         if let Err(refusal) = self.control.handle(input).await {
             self.error(refusal_code(refusal), refusal.to_string());
         }

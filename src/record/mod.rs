@@ -308,15 +308,7 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
             commands.try_recv().ok()
         };
         // Chunks first: those queued before a Stop belong to the recording it ends.
-        while let Some(chunk) = link.chunks.pop() {
-            if let Some(rec) = current.as_mut() {
-                if let Err(err) = rec.add(&chunk) {
-                    let rec = current.take().expect("running");
-                    link.on.store(false, Ordering::Relaxed);
-                    events(rec.failed(&err));
-                }
-            }
-        }
+        drain(&link, &mut current, &events);
         match command {
             Some(RecorderCommand::Start(session)) => {
                 if let Some(rec) = current.take() {
@@ -338,14 +330,7 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
             }
             Some(RecorderCommand::Stop) => {
                 link.on.store(false, Ordering::Relaxed);
-                while let Some(chunk) = link.chunks.pop() {
-                    if let Some(rec) = current.as_mut() {
-                        if let Err(err) = rec.add(&chunk) {
-                            let rec = current.take().expect("running");
-                            events(rec.failed(&err));
-                        }
-                    }
-                }
+                drain(&link, &mut current, &events);
                 if let Some(rec) = current.take() {
                     events(rec.finish());
                 }
@@ -355,6 +340,21 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
     }
     if let Some(rec) = current.take() {
         events(rec.finish());
+    }
+}
+
+/// Hands every queued chunk to the running recording; a write error ends it (the
+/// stage stops staging) and says why.
+fn drain(link: &RecordLink, current: &mut Option<Recording>, events: &impl Fn(RecorderEvent)) {
+    while let Some(chunk) = link.chunks.pop() {
+        let Some(rec) = current.as_mut() else {
+            continue;
+        };
+        if let Err(err) = rec.add(&chunk) {
+            let rec = current.take().expect("running");
+            link.on.store(false, Ordering::Relaxed);
+            events(rec.failed(&err));
+        }
     }
 }
 
