@@ -66,6 +66,10 @@ async fn abuse(addr: SocketAddr) {
     assert_eq!(error_code(&mut p).await, "unknown_type");
     p.send(json!({"type": "offer", "sdp": OFFER})).await;
     assert_eq!(error_code(&mut p).await, "not_joined");
+    // A calibration (docs/sync.md) is a participant's: before joining it has no one.
+    p.send(json!({"type": "calibration", "round_trip_ms": 45, "output_ms": 0}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "not_joined");
     p.send(json!({"type": "join", "v": 1, "name": "", "role": "singer"}))
         .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
@@ -81,6 +85,27 @@ async fn abuse(addr: SocketAddr) {
     assert_eq!(error_code(&mut p).await, "already_joined");
     p.send(json!({"type": "mix", "monitor": 7})).await;
     assert_eq!(error_code(&mut p).await, "bad_field");
+    // A round trip beyond any phone's, or an output longer than the round trip: refused.
+    p.send(json!({"type": "calibration", "round_trip_ms": 1e9, "output_ms": 0}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    p.send(json!({"type": "calibration", "round_trip_ms": 45, "output_ms": 46}))
+        .await;
+    assert_eq!(error_code(&mut p).await, "bad_field");
+    // A real one is kept: the room lists it with this phone.
+    p.send(json!({"type": "calibration", "round_trip_ms": 45.5, "output_ms": 12}))
+        .await;
+    let kept = loop {
+        let room = p.expect("room").await;
+        let me = room["peers"]
+            .as_array()
+            .and_then(|peers| peers.iter().find(|q| q["peer"] == welcome["peer"]))
+            .map(|q| q["round_trip_ms"].clone());
+        if me.as_ref().is_some_and(|v| !v.is_null()) {
+            break me.expect("listed");
+        }
+    };
+    assert_eq!(kept, 45.5, "the box keeps the round trip it was told");
     let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
     p.send(json!({"type": "offer", "sdp": video})).await;
     assert_eq!(error_code(&mut p).await, "bad_sdp");
