@@ -132,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         let _ = std::fs::create_dir_all(&library_dir);
     }
     tracing::info!(library = %library_dir.display(), "song library");
+    let recordings_dir = config.recordings_dir(&state_dir);
     let library = crate::songs::library::spawn_indexer(
         library_dir,
         state_dir.join("library.json"),
@@ -153,11 +154,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             line_in: false,
             max_lead: Duration::from_secs_f64(config.audio.max_lead_ms / 1000.0),
             speaker_latency: Duration::from_secs_f64(config.audio.speaker_latency_ms / 1000.0),
+            record: config.songs.record,
         },
         rtc,
         audio.clone(),
         library,
         (!config.audio.line_in.is_empty()).then(|| config.audio.line_in.clone()),
+        config.songs.record.then(|| control::recorder::RecordTo {
+            dir: recordings_dir.clone(),
+            kept: config.songs.recordings_kept,
+        }),
         cancel.clone(),
     )
     .context("starting the song player")?;
@@ -212,6 +218,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         max_message_bytes: config.http.max_message_bytes,
         idle_timeout: Duration::from_millis(config.room.idle_timeout_ms),
         limits: config.limits(),
+        recordings_dir: config.songs.record.then(|| recordings_dir.clone()),
     };
     let site = http::Site {
         name: info.name.clone(),

@@ -251,12 +251,39 @@ function drawRoom() {
   $('source-songs').checked = r.backing_source === 'songs';
   $('source-line-in').checked = r.backing_source === 'line_in';
   $('source-whip').checked = r.backing_source === 'whip';
+  drawRecordings(r.recording);
   const live = r.live_source;
   const what = live && live.source === 'whip' ? 'WHIP feed' : 'line-in';
   $('line-in-state').textContent = !live ? ''
     : live.live ? `${what} live`
     : live.problem ? `${what} failed: ${live.problem} (trying again)` : `opening the ${what}…`;
   $('line-in-state').classList.toggle('problem', Boolean(live && live.problem));
+}
+
+/** The recordings: the song being recorded, why the last one stopped, and every one
+ * listed, newest first, with its page (files and QR code). */
+function drawRecordings(rec) {
+  if (!rec) return;
+  $('recording-now').textContent = rec.now ? `Recording “${rec.now}”…` : '';
+  $('recording-problem').hidden = !rec.problem;
+  $('recording-problem').textContent = rec.problem ? `Recording stopped: ${rec.problem}` : '';
+  const list = $('recordings');
+  const key = JSON.stringify(rec.recordings);
+  if (list.dataset.key === key) return;
+  list.dataset.key = key;
+  list.replaceChildren();
+  $('recordings-empty').hidden = rec.recordings.length > 0;
+  for (const t of rec.recordings.slice().reverse()) {
+    if (!/^\/recordings\/[0-9a-f]{32}$/.test(t.url)) continue;
+    const link = el('a', { href: t.url, target: '_blank', rel: 'noopener', textContent: t.title });
+    list.append(el('li', {}, [
+      el('div', { className: 'what' }, [
+        link,
+        el('span', { className: 'small', textContent: `${t.singers.join(' & ')} · ${Math.round(t.seconds)} s` }),
+      ]),
+      el('img', { src: `${t.url}/qr.svg`, alt: `QR code: ${t.title}`, width: 96, height: 96 }),
+    ]));
+  }
 }
 
 $('login-form').onsubmit = (ev) => {

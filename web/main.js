@@ -68,6 +68,8 @@ const app = {
   state: 'idle',
   error: null,
   role: 'singer',
+  /** The recordings of songs this phone sang in (the `recordings` message). */
+  recordings: [],
   pin: '',
   peer: null,
   slot: null,
@@ -161,6 +163,10 @@ const session = new Session({
         lyrics.load(msg.song ? msg.song.song : null);
         lyrics.countIn = msg.song ? { ms: msg.song.count_in_ms, beats: msg.song.beats } : null;
         app.song = msg.song || null;
+      }
+      else if (msg.type === 'recordings') {
+        app.recordings = Array.isArray(msg.recordings) ? msg.recordings : [];
+        view.recordings(app.recordings);
       }
       else if (msg.type === 'error') songs.onRefused(msg.message || msg.code);
     },
@@ -605,6 +611,8 @@ function onLeave() {
 // ---------------------------------------------------------------------------------
 
 window.duetboxTest = {
+  /** The recordings of the songs this phone sang in, as the box sent them. */
+  recordings: () => app.recordings || [],
   /** 'idle' | 'connecting' | 'live' | 'reconnecting' | 'error' */
   state: () => app.state,
   /** Last error code (box code or the page's own, see explain()), or null. */

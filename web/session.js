@@ -287,6 +287,7 @@ export class Session {
       case 'queued':
       case 'queue':
       case 'song_clock':
+      case 'recordings':
         if (this.hooks.songs) this.hooks.songs(msg);
         break;
       case 'error': {

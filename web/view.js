@@ -135,12 +135,41 @@ export class View {
       calibrate: byId('calibrate'),
       calibrateNote: byId('calibrate-note'),
       leave: byId('leave'),
+      recordingsCard: byId('recordings-card'),
+      recordingsList: byId('recordings-list'),
       audio: byId('remote-audio'),
     };
     this.roomKey = '';
     this.meterLastAria = 0;
     /** The calibration hint as the page has it (shown again after a failure). */
     this.calibrateHint = this.ui.calibrateNote.textContent;
+  }
+
+  /** The songs this phone sang in, newest first: each a link to its page (files and
+   * a QR code) and its code here too. `recordings` as the box sends them. */
+  recordings(recordings) {
+    const ui = this.ui;
+    ui.recordingsList.textContent = '';
+    const links = [...recordings].reverse().filter((r) => /^\/recordings\/[0-9a-f]{32}$/.test(r.url));
+    for (const r of links) {
+      const li = this.doc.createElement('li');
+      const a = this.doc.createElement('a');
+      a.href = r.url;
+      a.target = '_blank';
+      a.rel = 'noopener';
+      a.className = 'recording-link';
+      a.textContent = `${r.title} (${Math.round(r.seconds)} s)`;
+      const qr = this.doc.createElement('img');
+      qr.src = `${r.url}/qr.svg`;
+      qr.alt = `QR code: ${r.title}`;
+      qr.width = 120;
+      qr.height = 120;
+      qr.className = 'recording-qr';
+      li.appendChild(a);
+      li.appendChild(qr);
+      ui.recordingsList.appendChild(li);
+    }
+    ui.recordingsCard.hidden = links.length === 0;
   }
 
   /** The banner and which view shows. `text` is the whole message. */

@@ -320,6 +320,12 @@ pub struct SongsConfig {
     pub count_in_beats: u32,
     /// Their tempo, beats per minute (40 to 240).
     pub count_in_bpm: f64,
+    /// Whether every song is recorded (`docs/sync.md`).
+    pub record: bool,
+    /// Where the recordings go ("" = `recordings` in the state directory).
+    pub recordings: String,
+    /// How many recordings are kept (the oldest go first), 1 to 1000.
+    pub recordings_kept: usize,
 }
 
 impl Default for SongsConfig {
@@ -329,6 +335,9 @@ impl Default for SongsConfig {
             rescan_s: 60,
             count_in_beats: 4,
             count_in_bpm: 100.0,
+            record: true,
+            recordings: String::new(),
+            recordings_kept: 50,
         }
     }
 }
@@ -899,6 +908,20 @@ impl Config {
                 "must be 40 to 240",
             );
         }
+        if !(1..=1000).contains(&self.songs.recordings_kept) {
+            return bad(
+                "songs.recordings_kept",
+                self.songs.recordings_kept,
+                "must be between 1 and 1000",
+            );
+        }
+        if self.songs.recordings.chars().any(char::is_control) {
+            return bad(
+                "songs.recordings",
+                &self.songs.recordings,
+                "must be a path without control characters",
+            );
+        }
         if !(5..=86_400).contains(&self.songs.rescan_s) {
             return bad(
                 "songs.rescan_s",
@@ -1081,6 +1104,15 @@ impl Config {
             state_dir.join("songs")
         } else {
             PathBuf::from(&self.songs.library)
+        }
+    }
+
+    /// The recordings folder: the configured one, or `recordings` in `state_dir`.
+    pub fn recordings_dir(&self, state_dir: &Path) -> PathBuf {
+        if self.songs.recordings.is_empty() {
+            state_dir.join("recordings")
+        } else {
+            PathBuf::from(&self.songs.recordings)
         }
     }
 

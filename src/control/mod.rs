@@ -19,6 +19,8 @@
 
 pub mod link;
 pub mod night;
+pub mod recorder;
+pub mod recording;
 pub mod room;
 pub mod sync;
 pub mod throttle;
@@ -50,6 +52,7 @@ pub use room::{
 };
 
 use link::EngineLink;
+use recorder::{RecordTo, SongRecorder};
 use room::{Action, Room};
 
 /// How often the fan-out drains encoded frames (the return path's added latency is at
@@ -358,6 +361,13 @@ impl Control {
         reply_rx.await.ok().flatten()
     }
 
+    /// The title of the recording `id`, while the room lists it.
+    pub fn recording_title(&self, id: &str) -> Option<String> {
+        let view = self.view.borrow();
+        let take = view.recordings.takes.iter().find(|t| t.id == id)?;
+        Some(take.title.clone())
+    }
+
     /// The room now.
     pub fn view(&self) -> Arc<RoomView> {
         self.view.borrow().clone()
@@ -426,6 +436,8 @@ pub struct ControlTask {
     speaker_frames: u32,
     /// The levels of each mix someone hears, as encoded.
     envelopes: HashMap<MixId, KeptEnvelope>,
+    /// Records every song (`songs.record`).
+    recorder: Option<SongRecorder>,
 }
 
 /// [`Envelope`] as the control task keeps it.
@@ -435,14 +447,15 @@ struct KeptEnvelope {
     levels: std::collections::VecDeque<u8>,
 }
 
-/// Builds the room, its task, the song player's thread and the handle. Run the task
-/// with [`ControlTask::run`].
+/// Builds the room, its task, the song player's and the recorder's threads and the
+/// handle. Run the task with [`ControlTask::run`].
 pub fn start(
     mut config: RoomConfig,
     rtc: RtcSettings,
     audio: AudioHandle,
     library: watch::Receiver<Arc<Library>>,
     line_in_pcm: Option<String>,
+    record: Option<RecordTo>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(Control, ControlTask)> {
     let (player_tx, player_events) = mpsc::unbounded_channel();
@@ -454,6 +467,11 @@ pub fn start(
         None => None,
     };
     let speaker_frames = crate::engine::frames_in(config.speaker_latency) as u32;
+    config.record = record.is_some();
+    let recorder = match record {
+        Some(to) => Some(SongRecorder::spawn(to, audio.record.clone())?),
+        None => None,
+    };
     let room = Room::new(config);
     let (song_clock_tx, song_clock) = watch::channel(SongClock {
         speaker_frames,
@@ -496,6 +514,7 @@ pub fn start(
         song_clock: song_clock_tx,
         speaker_frames,
         envelopes: HashMap::new(),
+        recorder,
     };
     Ok((control, task))
 }
@@ -525,6 +544,12 @@ impl ControlTask {
                 _ = report_tick.tick() => self.reports(),
                 Some(event) = self.player_events.recv() => self.player_event(event),
                 Some(event) = self.line_in_events.recv() => self.line_in_event(event),
+                Some(event) = next_recorder_event(&mut self.recorder) => {
+                    let news = self.recorder.as_mut().and_then(|r| r.event(event));
+                    if let Some(news) = news {
+                        self.input(Input::Recorded(news), tracing::Span::none());
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     self.input(Input::Tick, tracing::Span::none());
                 }
@@ -630,6 +655,16 @@ impl ControlTask {
                 }
                 Action::Left { peer, reason } => {
                     tracing::info!(parent: span, peer = %peer, reason = reason.as_str(), "peer left");
+                }
+                Action::Record(plan) => {
+                    if let Some(recorder) = self.recorder.as_mut() {
+                        recorder.start(plan);
+                    }
+                }
+                Action::RecordStop => {
+                    if let Some(recorder) = self.recorder.as_mut() {
+                        recorder.stop();
+                    }
                 }
                 Action::Changed => view_changed = true,
             }
@@ -834,7 +869,7 @@ impl ControlTask {
                     latency_frames,
                     bridge_frames,
                 } => {
-                    self.song_clock.send_replace(SongClock {
+                    let clock = SongClock {
                         generation: position.generation,
                         position: position.position,
                         mix_time: position.mix_time,
@@ -849,7 +884,19 @@ impl ControlTask {
                         speaker_frames: self.speaker_frames,
                         bridge_frames,
                         lead_frames: position.lead,
-                    });
+                    };
+                    self.song_clock.send_replace(clock);
+                    if let Some(recorder) = self.recorder.as_mut() {
+                        let view = self.view.borrow();
+                        recorder.follow(&clock, |peer| {
+                            view.participants
+                                .iter()
+                                .find(|p| p.peer == peer)
+                                .map_or(Duration::ZERO, |p| {
+                                    Duration::from_secs_f32(p.delay_ms.max(0.0) / 1000.0)
+                                })
+                        });
+                    }
                     let _ = self.room.handle(
                         self.now(),
                         Input::Song(SongFeedback::Position {
@@ -898,6 +945,16 @@ impl ControlTask {
             self.xruns_logged = xruns;
             self.xruns_logged_at = Some(now);
         }
+    }
+}
+
+/// The recorder's next event (never, without a recorder).
+async fn next_recorder_event(
+    recorder: &mut Option<SongRecorder>,
+) -> Option<crate::record::RecorderEvent> {
+    match recorder {
+        Some(r) => r.next_event().await,
+        None => std::future::pending().await,
     }
 }
 

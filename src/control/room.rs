@@ -55,6 +55,9 @@ use super::night::{
     BackingSource, Effect, EntryId, LiveState, Night, NightRefusal, NowPlaying, Problem,
     SongFeedback, SongRef, Transport,
 };
+use super::recording::{
+    Follow, RecordPlan, RecordVoice, RecordingNews, Recordings, RecordingsView,
+};
 use super::sync::{Steer, Timeline};
 use super::throttle::PinThrottle;
 use crate::engine::{Command, MixId, SingerId, SingerSettings};
@@ -553,6 +556,8 @@ pub enum Input {
         /// The round trip.
         calibration: Calibration,
     },
+    /// News from the recorder (`control::recording`).
+    Recorded(RecordingNews),
     /// Time passed: expire what is due ([`Room::next_deadline`]).
     Tick,
     /// The box is stopping: every connection ends, no more joins.
@@ -648,6 +653,10 @@ pub enum Action {
         /// Why.
         reason: ByeReason,
     },
+    /// Start recording a song (ending any recording running).
+    Record(RecordPlan),
+    /// End the recording running.
+    RecordStop,
     /// The room view changed (publish it).
     Changed,
 }
@@ -682,6 +691,8 @@ pub struct RoomConfig {
     pub max_lead: Duration,
     /// What the speaker path adds after the output device (`audio.speaker_latency_ms`).
     pub speaker_latency: Duration,
+    /// Whether every song is recorded (`songs.record`).
+    pub record: bool,
 }
 
 /// One participant as everyone may see it.
@@ -771,6 +782,9 @@ pub struct RoomView {
     pub pin_set: bool,
     /// How far ahead of the speakers the phones' backing plays, ms.
     pub lead_ms: f32,
+    /// The recordings (their ids are capabilities: adapters show each only to its
+    /// singers and the host).
+    pub recordings: RecordingsView,
 }
 
 impl RoomView {
@@ -830,6 +844,7 @@ pub struct Room {
     shutting_down: bool,
     throttle: PinThrottle,
     night: Night,
+    recordings: Recordings,
     timeline: Timeline<PeerId>,
     /// The lead the engine was last told, frames.
     lead_frames: u32,
@@ -848,7 +863,9 @@ impl Room {
             .collect();
         let night = Night::with_count_in(config.count_in, config.count_in_beats);
         let max_lead = config.max_lead;
+        let recordings = Recordings::new(config.record);
         Room {
+            recordings,
             master_gain_db: config.master_gain_db,
             backing_gain_db: config.backing_gain_db,
             backing_muted: false,
@@ -1089,6 +1106,17 @@ impl Room {
                 self.changed = true;
                 Ok(Reply::Done)
             }
+            Input::Recorded(news) => {
+                let participants = &self.participants;
+                self.recordings.news(news, |peer| {
+                    participants
+                        .get(&peer)
+                        .map(|p| p.name.clone())
+                        .unwrap_or_default()
+                });
+                self.changed = true;
+                Ok(Reply::Done)
+            }
             Input::Tick => {
                 self.expire(now);
                 self.timeline.retune(now);
@@ -1104,6 +1132,7 @@ impl Room {
             }
         };
         self.update_lead();
+        self.follow_recording();
         if std::mem::take(&mut self.changed) && !self.actions.contains(&Action::Changed) {
             self.actions.push_back(Action::Changed);
         }
@@ -1189,6 +1218,7 @@ impl Room {
             singer_limit: self.singer_limit,
             pin_set: !self.pin.is_empty(),
             lead_ms: self.lead_frames as f32 / 48.0,
+            recordings: self.recordings.view(),
         }
     }
 
@@ -1202,6 +1232,39 @@ impl Room {
     }
 
     /// Turns the night's effects into actions (and stage moves).
+    /// Starts or ends the song's recording as the transport moved.
+    fn follow_recording(&mut self) {
+        let (participants, slots) = (&self.participants, &self.slots);
+        let voices = |singers: &[PeerId]| {
+            singers
+                .iter()
+                .filter_map(|peer| {
+                    let p = participants.get(peer)?;
+                    let slot = p.slot?;
+                    let settings = slots[slot.0].settings;
+                    Some(RecordVoice {
+                        peer: *peer,
+                        name: p.name.clone(),
+                        slot,
+                        gain_db: if settings.muted {
+                            -120.0
+                        } else {
+                            settings.gain_db
+                        },
+                        pan: settings.pan,
+                        capture: p.calibration.map(|c| c.capture()),
+                    })
+                })
+                .collect()
+        };
+        match self.recordings.follow(self.night.now_playing(), voices) {
+            Follow::Same => return,
+            Follow::Stop => self.emit(Action::RecordStop),
+            Follow::Start(plan) => self.emit(Action::Record(plan)),
+        }
+        self.changed = true;
+    }
+
     fn carry_out(&mut self, effects: Vec<Effect>) {
         for effect in effects {
             match effect {

@@ -8,6 +8,7 @@
 
 mod connections;
 pub mod landing;
+mod recordings;
 mod screen;
 pub mod signaling;
 mod songs;
@@ -96,6 +97,8 @@ pub struct HttpSettings {
     pub idle_timeout: Duration,
     /// What clients may ask (connections, messages, SDP, candidates).
     pub limits: Limits,
+    /// Where the songs' recordings are (`None`: the box does not record).
+    pub recordings_dir: Option<std::path::PathBuf>,
 }
 
 /// What the handlers share.
@@ -319,6 +322,8 @@ fn router(state: AppState, max_bytes: usize) -> Router {
         .route("/health", get(health))
         .route("/host", get(host_html))
         .route("/songs/{id}/lyrics", get(songs::lyrics_https))
+        .route("/recordings/{id}", get(recordings::page))
+        .route("/recordings/{id}/{file}", get(recordings::file))
         .route("/ws", get(ws::upgrade))
         .route("/whip", post(whip::whip_post))
         .route("/whip/{id}", delete(whip::delete_session))

@@ -158,6 +158,7 @@ mod tests {
             round_trip_ms: None,
         };
         let view = RoomView {
+            recordings: Default::default(),
             backing_source: crate::control::night::BackingSource::Songs,
             live: None,
             line_in_configured: false,

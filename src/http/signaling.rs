@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::control::night::{BackingSource, EntryId, Problem, Transport};
+use crate::control::recording::Take;
 use crate::control::{Calibration, PeerId, Role, RoomView, SlotChange, SlotId, Token};
 use crate::songs::library::{LibrarySong, SongId};
 
@@ -796,6 +797,11 @@ pub enum ServerMessage {
         /// Stage slots.
         max_singers: usize,
     },
+    /// The recordings of the songs this phone sang in (sent when they change).
+    Recordings {
+        /// Newest last.
+        recordings: Vec<RecordingItem>,
+    },
     /// Everything the host page shows of the room (instead of `room`).
     #[serde(rename = "host_room")]
     HostRoom(HostRoomView),
@@ -849,6 +855,59 @@ pub struct HostRoomView {
     pub live_source: Option<LiveView>,
     /// How far ahead of the speakers the phones' backing plays, ms (`docs/sync.md`).
     pub lead_ms: f32,
+    /// The songs' recordings: every one the room lists, the one being made, and why
+    /// the last one stopped early.
+    pub recording: HostRecordingView,
+}
+
+/// The recordings as the host sees them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HostRecordingView {
+    /// The title of the song being recorded.
+    pub now: Option<String>,
+    /// Why the last recording stopped early (a full disk), until one is made again.
+    pub problem: Option<String>,
+    /// The recordings, newest last.
+    pub recordings: Vec<RecordingItem>,
+}
+
+/// A song's recording, as its singers and the host see it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RecordingItem {
+    /// The song's title.
+    pub title: String,
+    /// Its singers' names.
+    pub singers: Vec<String>,
+    /// Its page: the files and a QR code (the link is the capability: never shown to
+    /// anyone else).
+    pub url: String,
+    /// Its files.
+    pub files: Vec<String>,
+    /// Its length, seconds.
+    pub seconds: f32,
+}
+
+impl RecordingItem {
+    /// From the room's record of it.
+    pub fn of(take: &Take) -> RecordingItem {
+        RecordingItem {
+            title: take.title.clone(),
+            singers: take.singers.iter().map(|(_, name)| name.clone()).collect(),
+            url: format!("/recordings/{}", take.id),
+            files: take.files.clone(),
+            seconds: round1(take.length.as_secs_f32()),
+        }
+    }
+
+    /// The recordings `me` sang in.
+    pub fn mine(view: &RoomView, me: PeerId) -> Vec<RecordingItem> {
+        view.recordings
+            .takes
+            .iter()
+            .filter(|t| t.singers.iter().any(|(p, _)| *p == me))
+            .map(RecordingItem::of)
+            .collect()
+    }
 }
 
 /// A live source as the host sees it.
@@ -889,6 +948,16 @@ impl HostRoomView {
                 live: l.live,
                 problem: l.problem.clone(),
             }),
+            recording: HostRecordingView {
+                now: view.recordings.now.clone(),
+                problem: view.recordings.problem.clone(),
+                recordings: view
+                    .recordings
+                    .takes
+                    .iter()
+                    .map(RecordingItem::of)
+                    .collect(),
+            },
         }
     }
 }

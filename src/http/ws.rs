@@ -26,8 +26,8 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::signaling::{
-    self, round1, ClientMessage, ErrorCode, HostRoomView, MixView, QueueView, ServerMessage,
-    SongItem, WireError, PROTOCOL_VERSION,
+    self, round1, ClientMessage, ErrorCode, HostRoomView, MixView, QueueView, RecordingItem,
+    ServerMessage, SongItem, WireError, PROTOCOL_VERSION,
 };
 use super::{refusal_code, AppState};
 use crate::control::night::SongRef;
@@ -101,6 +101,8 @@ struct Session {
     events: Option<mpsc::UnboundedReceiver<PeerEvent>>,
     /// The queue as last sent (it goes out again only when it changes).
     queue_sent: Option<QueueView>,
+    /// The phone's recordings as last sent.
+    recordings_sent: Vec<RecordingItem>,
     /// Logged in as the host page.
     host: bool,
     /// The song clock as last sent: generation, playing, when.
@@ -559,6 +561,17 @@ impl Session {
         });
     }
 
+    /// The recordings of the songs this phone sang in, when they changed.
+    fn send_recordings(&mut self, view: &crate::control::RoomView, me: PeerId) {
+        let mine = RecordingItem::mine(view, me);
+        if mine != self.recordings_sent {
+            self.send(ServerMessage::Recordings {
+                recordings: mine.clone(),
+            });
+            self.recordings_sent = mine;
+        }
+    }
+
     fn send_queue(&mut self, view: &crate::control::RoomView) {
         let queue = QueueView::of(view);
         if self.queue_sent.as_ref() != Some(&queue) {
@@ -616,6 +629,7 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
         media: None,
         events: None,
         queue_sent: None,
+        recordings_sent: Vec::new(),
         host: false,
         clock_sent: None,
         envelope_sent: None,
@@ -718,6 +732,7 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
                     let view = room_updates.borrow_and_update().clone();
                     s.send(ServerMessage::room(&view, Some(me)));
                     s.send_queue(&view);
+                    s.send_recordings(&view, me);
                 }
                 s.send_song_clock();
             }

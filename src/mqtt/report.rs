@@ -218,6 +218,7 @@ mod tests {
 
     fn view() -> RoomView {
         RoomView {
+            recordings: Default::default(),
             backing_source: crate::control::night::BackingSource::Songs,
             live: None,
             line_in_configured: false,

@@ -4,7 +4,8 @@
 //! arrives; [`OpusTrack::finish`] pads the last frame with silence, marks the end of the
 //! stream and syncs the file to disk. The granule positions count real samples, so a
 //! player (ffmpeg, sox, a phone) trims the encoder's lookahead at the start and the pad
-//! at the end: the file decodes to exactly the samples pushed.
+//! at the end: the file decodes to exactly the samples pushed. Pages end every second
+//! (see [`PAGE_PACKETS`]).
 //!
 //! Runs on the recorder's thread, never the audio thread: it allocates (a packet per
 //! frame for the Ogg writer) and writes to disk, and a write error (a full disk) is
@@ -26,6 +27,11 @@ pub const FRAME_SAMPLES: usize = 960;
 
 /// The largest Opus packet libopus writes (RFC 6716 §3.4's bound for one frame).
 const MAX_PACKET_BYTES: usize = 1275;
+
+/// Packets per Ogg page (1 s): a page ends after the first packet and then every this
+/// many, so the first audio page is never also the last (players then take the end's
+/// granule as the start's trim; RFC 7845 §4.5) and a power cut loses at most a second.
+const PAGE_PACKETS: u64 = 50;
 
 /// Encoder complexity: the recordings are kept, so they get the best libopus does (the
 /// recorder encodes in real time on its own thread; a Pi 4 core manages several tracks
@@ -172,14 +178,19 @@ impl OpusTrack {
         self.pending.clear();
         self.encoded += FRAME_SAMPLES as u64;
         if let Some((previous, granule)) = self.held.take() {
-            self.pages.write_packet(
-                previous,
-                self.serial,
-                PacketWriteEndInfo::NormalPacket,
-                granule,
-            )?;
+            // `previous` is packet number `written` (from 1).
+            let written = self.encoded / FRAME_SAMPLES as u64 - 1;
+            let end = if written % PAGE_PACKETS == 1 {
+                PacketWriteEndInfo::EndPage
+            } else {
+                PacketWriteEndInfo::NormalPacket
+            };
+            self.pages
+                .write_packet(previous, self.serial, end, granule)?;
         }
-        self.held = Some((packet, self.pre_skip + self.encoded));
+        // A page's granule counts every sample decoded up to its last packet, the
+        // pre-skip included (RFC 7845 §4): what was encoded so far.
+        self.held = Some((packet, self.encoded));
         Ok(())
     }
 }
@@ -302,6 +313,28 @@ mod tests {
             "the tone keeps its level: {level}"
         );
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn a_silent_track_is_as_long_to_ffmpeg_as_what_was_pushed() {
+        // Silence encodes to tiny packets: 3 s would fit one Ogg page, which players
+        // read as start-trimmed; the pages end every second instead.
+        let path = std::env::temp_dir().join(format!("duetbox-silent-{}.opus", std::process::id()));
+        let mut track = OpusTrack::create(&path, 1, 96_000, &[]).expect("create");
+        track.push_silence(144_000).expect("silence");
+        track.finish().expect("finish");
+        let out = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-i"])
+            .arg(&path)
+            .args(["-f", "f32le", "-ac", "1", "-ar", "48000", "-"])
+            .output()
+            .expect("ffmpeg runs (scripts/setup.sh installs it)");
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout.len() / 4, 144_000);
+        let (head, _, _, granule) = decode(&path);
+        let pre_skip = u64::from(u16::from_le_bytes([head[10], head[11]]));
+        assert_eq!(granule, pre_skip + 144_000, "the end trims the pad");
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod mqtt;
 mod onboarding;
 mod phones;
 mod realtime;
+mod recordings;
 mod rejoin;
 mod signaling;
 mod songs;

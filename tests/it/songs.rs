@@ -12,19 +12,21 @@ use crate::support::songs::{song, tones_by_window};
 use crate::support::wss::{Phone, Received};
 use crate::support::{box_dir, loopback_box_config, read_wav_left, start_box, SERIAL};
 
-const HOST_PIN: &str = "2468";
+pub(crate) const HOST_PIN: &str = "2468";
 /// 100 ms windows at 48 kHz.
-const WINDOW: usize = 4_800;
+pub(crate) const WINDOW: usize = 4_800;
 
 /// A joined singer (no media: the test only queues songs) and the host desk.
-struct Night {
-    singer: Phone,
-    host: Phone,
-    queue: Value,
+pub(crate) struct Night {
+    pub(crate) singer: Phone,
+    pub(crate) host: Phone,
+    pub(crate) queue: Value,
+    /// The last `host_room` the host read.
+    pub(crate) host_room: Value,
 }
 
 impl Night {
-    async fn open(addr: std::net::SocketAddr) -> Night {
+    pub(crate) async fn open(addr: std::net::SocketAddr) -> Night {
         let mut singer = Phone::connect(addr).await;
         singer
             .send(json!({"type": "join", "v": 1, "name": "Ana", "role": "singer"}))
@@ -39,11 +41,12 @@ impl Night {
             singer,
             host,
             queue,
+            host_room: Value::Null,
         }
     }
 
     /// The library's songs, once the indexer has listed `count` of them.
-    async fn songs(&mut self, count: usize) -> Vec<Value> {
+    pub(crate) async fn songs(&mut self, count: usize) -> Vec<Value> {
         let begin = Instant::now();
         loop {
             self.singer
@@ -61,7 +64,7 @@ impl Night {
         }
     }
 
-    async fn add(&mut self, song_id: &str) -> u64 {
+    pub(crate) async fn add(&mut self, song_id: &str) -> u64 {
         self.singer
             .send(json!({"type": "queue_add", "song": song_id}))
             .await;
@@ -94,6 +97,7 @@ impl Night {
             );
             match tokio::time::timeout(Duration::from_millis(500), self.host.next()).await {
                 Ok(Received::Json(v)) if v["type"] == "queue" => self.queue = v,
+                Ok(Received::Json(v)) if v["type"] == "host_room" => self.host_room = v,
                 Ok(Received::Json(v)) if v["type"] == "error" => panic!("{what}: refused {v}"),
                 Ok(Received::Closed(c)) => panic!("{what}: host closed {c:?}"),
                 _ => {}
@@ -103,7 +107,7 @@ impl Night {
     }
 
     /// Starts `entry` and waits until it plays.
-    async fn start(&mut self, entry: u64) {
+    pub(crate) async fn start(&mut self, entry: u64) {
         self.transport(json!({"do": "start", "entry": entry})).await;
         self.until("the song plays", |q| {
             q["song"]["entry"] == entry && q["song"]["state"] == "playing"
@@ -112,12 +116,12 @@ impl Night {
     }
 
     /// Waits until no song plays (it ended or failed with nothing after it).
-    async fn ended(&mut self) {
+    pub(crate) async fn ended(&mut self) {
         self.until("the song ends", |q| q["song"].is_null()).await;
     }
 }
 
-fn id_of(songs: &[Value], title: &str) -> String {
+pub(crate) fn id_of(songs: &[Value], title: &str) -> String {
     songs
         .iter()
         .find(|s| s["title"] == title)
@@ -127,7 +131,7 @@ fn id_of(songs: &[Value], title: &str) -> String {
         .to_string()
 }
 
-fn config(dir: &Path, library: &Path, out: &Path) -> duetbox::config::Config {
+pub(crate) fn config(dir: &Path, library: &Path, out: &Path) -> duetbox::config::Config {
     let mut config = loopback_box_config(&dir.join("state"));
     config.audio.output = format!("wav:{}", out.display());
     config.songs.library = library.display().to_string();
@@ -140,7 +144,7 @@ fn config(dir: &Path, library: &Path, out: &Path) -> duetbox::config::Config {
 }
 
 /// Runs of the same dominant tone: (Hz or 0 for none, windows).
-fn runs(tones: &[Option<(f32, f32)>]) -> Vec<(f32, usize)> {
+pub(crate) fn runs(tones: &[Option<(f32, f32)>]) -> Vec<(f32, usize)> {
     let mut out: Vec<(f32, usize)> = Vec::new();
     for t in tones {
         let hz = t.map_or(0.0, |t| t.0);
@@ -331,7 +335,7 @@ fn pseudo_random(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn curl(url: &str) -> (String, String) {
+pub(crate) fn curl(url: &str) -> (String, String) {
     let out = std::process::Command::new("curl")
         .args(["-sk", "--path-as-is", "-w", "\n%{http_code}", url])
         .output()
@@ -671,7 +675,11 @@ fn assert_backing_in_returns(
 }
 
 /// Reads the host desk's messages until a `host_room` satisfies `ok`.
-async fn host_room_until(host: &mut Phone, what: &str, ok: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn host_room_until(
+    host: &mut Phone,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) -> Value {
     let begin = Instant::now();
     loop {
         assert!(

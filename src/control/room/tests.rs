@@ -28,6 +28,7 @@ fn config() -> RoomConfig {
         line_in: true,
         max_lead: Duration::from_millis(400),
         speaker_latency: Duration::ZERO,
+        record: false,
     }
 }
 
@@ -1658,4 +1659,151 @@ fn a_calibration_is_kept_with_the_token_and_nonsense_is_refused() {
         (kept.round_trip, kept.capture()),
         (Duration::from_millis(45), Duration::from_millis(33))
     );
+}
+
+fn record_actions(actions: &[Action]) -> Vec<Action> {
+    pick(actions, |a| match a {
+        Action::Record(_) | Action::RecordStop => Some(a.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
+    use crate::control::recording::RecordingNews;
+    let mut h = Harness::new(RoomConfig {
+        record: true,
+        ..config()
+    });
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    h.handle(
+        secs(0.6),
+        Input::Calibrated {
+            conn: ConnId(1),
+            calibration: Calibration {
+                round_trip: Duration::from_millis(45),
+                output: Duration::from_millis(12),
+            },
+        },
+    )
+    .unwrap();
+    let solo = queue_add(&mut h, 1, 7, None).unwrap();
+    let duet = queue_add(&mut h, 2, 8, Some(ana.peer)).unwrap();
+    h.take();
+    h.handle(secs(2.0), Input::Transport(Transport::Start(solo)))
+        .unwrap();
+    assert_eq!(
+        record_actions(&h.take()),
+        vec![],
+        "a song still loading is not recorded (it may fail)"
+    );
+    let generation = h.room.view().song.unwrap().now.generation;
+    h.handle(
+        secs(2.1),
+        Input::Song(SongFeedback::Opened {
+            generation,
+            duration: None,
+        }),
+    )
+    .unwrap();
+    let started = record_actions(&h.take());
+    let [Action::Record(plan)] = started.as_slice() else {
+        panic!("one recording starts: {started:?}");
+    };
+    assert_eq!((plan.entry, plan.generation), (solo, generation));
+    assert_eq!(plan.voices.len(), 1, "only the song's singer: {plan:?}");
+    assert_eq!(plan.voices[0].peer, ana.peer);
+    assert_eq!(plan.voices[0].capture, Some(Duration::from_millis(33)));
+    assert_eq!(h.room.view().recordings.now.as_deref(), Some("Song 7"));
+    // A pause, a seek and position news are part of the same recording.
+    h.handle(secs(3.0), Input::Transport(Transport::Pause))
+        .unwrap();
+    h.handle(secs(3.5), Input::Transport(Transport::Seek(secs(10.0))))
+        .unwrap();
+    h.handle(secs(4.0), Input::Transport(Transport::Play))
+        .unwrap();
+    assert_eq!(record_actions(&h.take()), vec![]);
+    // The next song: this recording ends, the duet's starts with both singers.
+    h.handle(secs(5.0), Input::Transport(Transport::Start(duet)))
+        .unwrap();
+    assert_eq!(record_actions(&h.take()), vec![Action::RecordStop]);
+    let generation = h.room.view().song.unwrap().now.generation;
+    h.handle(
+        secs(5.1),
+        Input::Song(SongFeedback::Opened {
+            generation,
+            duration: None,
+        }),
+    )
+    .unwrap();
+    let started = record_actions(&h.take());
+    let [Action::Record(plan)] = started.as_slice() else {
+        panic!("the duet's recording starts: {started:?}");
+    };
+    let voices: Vec<PeerId> = plan.voices.iter().map(|v| v.peer).collect();
+    assert_eq!(voices, vec![ben.peer, ana.peer]);
+    // The solo's recording is done: listed with its singer.
+    h.handle(
+        secs(5.5),
+        Input::Recorded(RecordingNews::Finished {
+            entry: solo,
+            id: "0123456789abcdef0123456789abcdef".into(),
+            title: "Song 7".into(),
+            singers: vec![ana.peer],
+            files: vec!["mix.opus".into()],
+            length: secs(3.0),
+        }),
+    )
+    .unwrap();
+    let view = h.room.view().recordings;
+    assert_eq!(view.takes.len(), 1);
+    assert_eq!(view.takes[0].singers, vec![(ana.peer, "Ana".to_string())]);
+    assert_eq!(view.now.as_deref(), Some("Song 8"));
+    // The duet's recording fails (a full disk): the host reads why; the song plays on
+    // and is not recorded again.
+    h.handle(
+        secs(6.0),
+        Input::Recorded(RecordingNews::Failed {
+            entry: duet,
+            title: "Song 8".into(),
+            reason: "the disk is full".into(),
+        }),
+    )
+    .unwrap();
+    h.handle(secs(6.5), Input::Transport(Transport::Pause))
+        .unwrap();
+    h.handle(secs(7.0), Input::Transport(Transport::Play))
+        .unwrap();
+    let view = h.room.view().recordings;
+    assert_eq!(view.problem.as_deref(), Some("Song 8: the disk is full"));
+    assert_eq!(view.now, None);
+    assert!(h.room.view().song.is_some(), "the music plays on");
+    assert_eq!(record_actions(&h.take()), vec![]);
+    // The song stops: the (failed) recording is closed.
+    h.handle(secs(8.0), Input::Transport(Transport::Stop))
+        .unwrap();
+    assert_eq!(record_actions(&h.take()), vec![Action::RecordStop]);
+}
+
+#[test]
+fn a_box_that_does_not_record_plans_no_recording() {
+    let mut h = Harness::new(config());
+    h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let solo = queue_add(&mut h, 1, 7, None).unwrap();
+    h.handle(secs(2.0), Input::Transport(Transport::Start(solo)))
+        .unwrap();
+    let generation = h.room.view().song.unwrap().now.generation;
+    h.handle(
+        secs(2.1),
+        Input::Song(SongFeedback::Opened {
+            generation,
+            duration: None,
+        }),
+    )
+    .unwrap();
+    h.handle(secs(3.0), Input::Transport(Transport::Stop))
+        .unwrap();
+    assert_eq!(record_actions(&h.take()), vec![]);
 }
