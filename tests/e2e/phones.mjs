@@ -66,7 +66,10 @@
 // markers, heard at the page's Web Audio output). Each result then carries `night`: `{lyrics: [{line, at, ms}], onsets:
 // [at]}` (`at` in ms since the Unix epoch, from the page's performance clock), and a
 // `{"kind":"screen","lyrics":[{line, at, ms}],"counted":[{count, at, ms}]}` line
-// follows (the count-in numbers the screen showed).
+// follows (the count-in numbers the screen showed). After the measuring the host stops
+// the song and each singer's page waits for its recording and downloads it (the
+// night's `recording`: the `recordings` item, the status of its page, and the mix's
+// status, length and first four bytes; screenshot NAME-recordings.png).
 
 import { chromium } from 'playwright-core';
 import puppeteer from 'puppeteer-core';
@@ -845,6 +848,24 @@ class Phone {
     });
   }
 
+  /** After the song: waits for its recording on this page, takes the recording's
+   * screenshot (the first singer), then downloads its page and mix from the page. */
+  async takeRecording(shot) {
+    await this.driver.waitFor(() => window.duetboxTest.recordings().length > 0, null, JOIN_DEADLINE_MS);
+    if (shot) await this.driver.page.locator('#recordings-card').screenshot({ path: path.join(this.opts.out, `${this.spec.name}-recordings.png`) });
+    return this.driver.evaluate(async () => {
+      const r = window.duetboxTest.recordings().at(-1);
+      const page = await fetch(r.url);
+      const mix = await fetch(`${r.url}/mix.opus`);
+      const bytes = new Uint8Array(await mix.arrayBuffer());
+      const shown = [...document.querySelectorAll('#recordings-list a')].map((a) => a.getAttribute('href'));
+      return {
+        ...r, page: page.status, mix_status: mix.status, mix_bytes: bytes.length,
+        magic: String.fromCharCode(...bytes.slice(0, 4)), shown,
+      };
+    });
+  }
+
   /** Sends `signal` to every process of this phone's browser. */
   signal(signal) {
     process.kill(-this.driver.pid(), signal);
@@ -973,6 +994,10 @@ async function run(opts) {
         });
         out({ kind: 'screen', ...seen });
       }
+      // The host stops the song: its recording reaches both singers' pages.
+      await theNight.desk.click('#stop');
+      log('mark: song stopped');
+      for (const [k, p] of singers.entries()) p.result.night.recording = await p.takeRecording(k === 0);
     }
     for (const p of phones) out(p.result);
     return problems;

@@ -466,7 +466,12 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
     config.room.host_pin = "2468".into();
     config.http.http_port = support::free_port();
     let screen = format!("http://127.0.0.1:{}/screen", config.http.http_port);
-    for shot in ["Mia-songs.png", "host.png", "screen.png"] {
+    for shot in [
+        "Mia-songs.png",
+        "host.png",
+        "screen.png",
+        "Mia-recordings.png",
+    ] {
         let _ = std::fs::remove_file(artifacts().join(shot));
     }
     let rec = record(config, "127.0.0.1", |url| {
@@ -598,7 +603,57 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
             "screen: line {line} appeared {error:.1} ms from its marker"
         );
     }
-    for shot in ["Mia-songs.png", "host.png", "screen.png"] {
+    // The song's recording: after the host stopped the song both singers' pages got
+    // its one link and downloaded its page and its mix (an Ogg file) from the box;
+    // each voice's track holds that singer's voice and not the partner's.
+    let (rm, rt) = (&mia["night"]["recording"], &theo["night"]["recording"]);
+    let url = rm["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("Mia's recording: {rm}"));
+    assert_eq!(rt["url"], url, "one recording for both: {rt}");
+    assert_eq!(
+        rm["files"],
+        serde_json::json!([
+            "mix.opus",
+            "backing.opus",
+            "voice-a-mia.opus",
+            "voice-b-theo.opus"
+        ]),
+        "{rm}"
+    );
+    for (who, r) in [("Mia", rm), ("Theo", rt)] {
+        assert_eq!(r["page"], 200, "{who}: {r}");
+        assert_eq!(
+            (&r["mix_status"], &r["magic"]),
+            (&200.into(), &"OggS".into()),
+            "{who}: {r}"
+        );
+        assert!(r["mix_bytes"].as_u64().unwrap_or(0) > 20_000, "{who}: {r}");
+        assert_eq!(r["shown"][0], url, "{who}'s page shows the link: {r}");
+    }
+    let kept = dir
+        .join("state")
+        .join("recordings")
+        .join(url.trim_start_matches("/recordings/"));
+    for (file, own, partner) in [
+        ("voice-a-mia.opus", 440.0, 660.0),
+        ("voice-b-theo.opus", 660.0, 440.0),
+    ] {
+        let voice = crate::recordings::decode(&kept.join(file));
+        assert!(voice.len() > 96_000, "{file}: {} frames", voice.len());
+        let middle = &voice[voice.len() / 4..voice.len() * 3 / 4];
+        let (o, p) = (
+            duetbox::engine::testkit::tone_level(middle, own),
+            duetbox::engine::testkit::tone_level(middle, partner),
+        );
+        assert!(o > 0.1 && p < o / 30.0, "{file}: own {o}, partner {p}");
+    }
+    for shot in [
+        "Mia-songs.png",
+        "host.png",
+        "screen.png",
+        "Mia-recordings.png",
+    ] {
         assert!(artifacts().join(shot).exists(), "screenshot {shot}");
     }
 }

@@ -27,7 +27,7 @@ fn download(url: &str, to: &Path) -> String {
 }
 
 /// Decodes an Ogg Opus file to a 48 kHz WAV with ffmpeg; its left channel.
-fn decode(opus: &Path) -> Vec<f32> {
+pub(crate) fn decode(opus: &Path) -> Vec<f32> {
     let wav = opus.with_extension("wav");
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
