@@ -887,15 +887,7 @@ impl ControlTask {
                     };
                     self.song_clock.send_replace(clock);
                     if let Some(recorder) = self.recorder.as_mut() {
-                        let view = self.view.borrow();
-                        recorder.follow(&clock, |peer| {
-                            view.participants
-                                .iter()
-                                .find(|p| p.peer == peer)
-                                .map_or(Duration::ZERO, |p| {
-                                    Duration::from_secs_f32(p.delay_ms.max(0.0) / 1000.0)
-                                })
-                        });
+                        recorder.follow(&clock);
                     }
                     let _ = self.room.handle(
                         self.now(),

@@ -14,11 +14,12 @@
 //! shift = speakers behind the render (limiter, bridge, device, speaker path)
 //!       + the phone's capture latency (its calibration; 0 when it made none)
 //!       + one Opus packet (the packet's first sample waits for its last)
-//!       + the box's jitter buffer for the voice
+//!       + the box's jitter buffer for the voice, as it moves (the recorder reads it
+//!         with every chunk: `crate::record`)
 //! ```
 //!
-//! The Wi-Fi's one-way time (a few ms on a venue's LAN) is not measured and not
-//! counted (`docs/sync.md`).
+//! The Wi-Fi's fastest one-way time (a few ms on a venue's LAN) is not measured and
+//! not counted (`docs/sync.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -26,7 +27,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::recording::{RecordPlan, RecordingNews};
-use super::room::PeerId;
 use super::SongClock;
 use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::record::{RecordLink, Recorder, RecorderCommand, RecorderEvent, Session, VoicePlan};
@@ -97,9 +97,8 @@ impl SongRecorder {
         self.recorder.send(RecorderCommand::Stop);
     }
 
-    /// Starts the pending plan once `clock` shows its song playing; `buffer` says how
-    /// long the box's jitter buffer holds a singer's voice.
-    pub fn follow(&mut self, clock: &SongClock, buffer: impl Fn(PeerId) -> Duration) {
+    /// Starts the pending plan once `clock` shows its song playing.
+    pub fn follow(&mut self, clock: &SongClock) {
         let Some(plan) = self.pending.as_ref() else {
             return;
         };
@@ -126,8 +125,7 @@ impl SongRecorder {
             .map(|v| VoicePlan {
                 singer: v.peer.singer(),
                 label: label(&v.slot.to_string(), &v.name),
-                shift_frames: speakers
-                    + frames_in(v.capture.unwrap_or_default() + PHONE_PACKET + buffer(v.peer)),
+                shift_frames: speakers + frames_in(v.capture.unwrap_or_default() + PHONE_PACKET),
                 gain_db: v.gain_db,
                 pan: v.pan,
             })

@@ -371,6 +371,14 @@ impl<'a> PeriodSources<'a> {
     pub fn voices(&self) -> impl Iterator<Item = (Option<SingerId>, &'a [f32])> + 'a {
         self.seats.iter().map(|s| (s.singer, s.voice.as_slice()))
     }
+
+    /// Each seat's jitter-buffer delay now, frames: how long after its fastest arrival
+    /// the voice plays (it moves as the buffer adapts; a recording follows it).
+    pub fn voice_delays(&self) -> impl Iterator<Item = u32> + 'a {
+        self.seats
+            .iter()
+            .map(|s| frames_in(s.receiver.delay()).min(u64::from(u32::MAX)) as u32)
+    }
 }
 
 /// The audio core. See the module docs for the call order.

@@ -224,6 +224,12 @@ impl Receiver {
         (self.store.len(), self.fifo.len())
     }
 
+    /// The current delay `D` (see the module docs): how long after its fastest
+    /// arrival a sample plays.
+    pub fn delay(&self) -> Duration {
+        self.stats.delay
+    }
+
     /// Counters and gauges.
     pub fn stats(&self) -> ReceiverStats {
         let mut stats = self.stats;

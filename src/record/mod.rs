@@ -58,6 +58,14 @@ const MIX_CEILING_DB: f32 = -1.0;
 const MIX_LOOKAHEAD: Duration = Duration::from_micros(1_500);
 const MIX_RELEASE: Duration = Duration::from_millis(80);
 
+/// How far (frames, 1 ms) a voice's place may drift before its track is put back:
+/// the jitter buffer's delay moves a little all the time, and every correction is a
+/// small jump in the voice.
+const REALIGN_FRAMES: i64 = 48;
+
+/// A seat's part of a chunk: its singer, its voice, its jitter-buffer delay (frames).
+type Seated<'a> = (Option<SingerId>, &'a [f32], u64);
+
 /// 20 ms of every source, as rendered.
 #[derive(Clone)]
 pub struct RecordChunk {
@@ -71,6 +79,9 @@ pub struct RecordChunk {
     pub singers: [Option<SingerId>; MAX_VOICES],
     /// Each seat's voice.
     pub voices: [[f32; CHUNK_FRAMES]; MAX_VOICES],
+    /// Each seat's jitter-buffer delay when the chunk began, frames
+    /// ([`crate::engine::PeriodSources::voice_delays`]).
+    pub delays: [u32; MAX_VOICES],
 }
 
 impl RecordChunk {
@@ -81,6 +92,7 @@ impl RecordChunk {
             backing: [0.0; 2 * CHUNK_FRAMES],
             singers: [None; MAX_VOICES],
             voices: [[0.0; CHUNK_FRAMES]; MAX_VOICES],
+            delays: [0; MAX_VOICES],
         }
     }
 }
@@ -161,6 +173,9 @@ impl RecordStage {
                 for (k, (singer, _)) in sources.voices().take(MAX_VOICES).enumerate() {
                     chunk.singers[k] = singer;
                 }
+                for (k, delay) in sources.voice_delays().take(MAX_VOICES).enumerate() {
+                    chunk.delays[k] = delay;
+                }
             }
             let take = (CHUNK_FRAMES - chunk.frames).min(frames - done);
             let at = chunk.frames;
@@ -201,7 +216,8 @@ pub struct VoicePlan {
     /// The file name's part for it (already safe: the caller makes it).
     pub label: String,
     /// How much later in the rendered stream the voice sits than the backing it was
-    /// sung to, frames.
+    /// sung to, frames, less the box's jitter buffer (which each chunk says, as it
+    /// moves).
     pub shift_frames: u64,
     /// Its gain and pan in the mix.
     pub gain_db: f32,
@@ -372,8 +388,10 @@ struct VoiceTrack {
     plan: VoicePlan,
     track: OpusTrack,
     file: String,
-    /// Frames of this voice still to skip (its shift, counted from the song's start).
-    skip: u64,
+    /// Song frames of this voice handed to its track so far.
+    emitted: u64,
+    /// Its jitter buffer's delay in the last chunk that had it, frames.
+    delay: u64,
     /// Shifted samples not yet in the mix.
     pending: VecDeque<f32>,
     gains: (f32, f32),
@@ -412,7 +430,8 @@ impl Recording {
             let (l, r) = mixer::pan_gains(plan.pan);
             let gain = mixer::db_to_gain(plan.gain_db);
             voices.push(VoiceTrack {
-                skip: plan.shift_frames,
+                emitted: 0,
+                delay: 0,
                 plan: plan.clone(),
                 track,
                 file,
@@ -448,38 +467,52 @@ impl Recording {
             self.next = chunk.start;
         }
         let from = (self.next - chunk.start) as usize;
-        let seats: Vec<(Option<SingerId>, &[f32])> = chunk
+        let seats: Vec<Seated<'_>> = chunk
             .singers
             .iter()
             .zip(&chunk.voices)
-            .map(|(s, v)| (*s, &v[from..chunk.frames]))
+            .zip(chunk.delays)
+            .map(|((s, v), delay)| (*s, &v[from..chunk.frames], u64::from(delay)))
             .collect();
         self.add_frames(&chunk.backing[2 * from..2 * chunk.frames], &seats)?;
         self.next = end;
         Ok(())
     }
 
-    /// Appends backing frames and each seat's voice for them (a voice not seated is
-    /// silence).
-    fn add_frames(
-        &mut self,
-        backing: &[f32],
-        seats: &[(Option<SingerId>, &[f32])],
-    ) -> std::io::Result<()> {
+    /// Appends backing frames (rendered from `self.next` on) and each seat's voice for
+    /// them (a voice not seated is silence). Each voice is placed on the song's
+    /// timeline by its shift: the plan's, plus its jitter buffer's delay now. While
+    /// that moves less than [`REALIGN_FRAMES`] the voice runs on unbroken; beyond, its
+    /// track drops what it already has or pads silence up to where it belongs.
+    fn add_frames(&mut self, backing: &[f32], seats: &[Seated<'_>]) -> std::io::Result<()> {
         let frames = backing.len() / 2;
         self.backing.push(backing)?;
         self.backing_pending.extend(backing.iter().copied());
         let zeros = vec![0.0; frames];
+        let rendered = self.next as i64 - self.session.start as i64;
         for voice in &mut self.voices {
-            let offered = seats
+            let (offered, delay) = seats
                 .iter()
-                .find(|(s, _)| *s == Some(voice.plan.singer))
-                .map_or(zeros.as_slice(), |(_, v)| *v);
-            let skip = (voice.skip as usize).min(offered.len());
-            voice.skip -= skip as u64;
-            let kept = &offered[skip..];
+                .find(|(s, _, _)| *s == Some(voice.plan.singer))
+                .map_or((zeros.as_slice(), voice.delay), |(_, v, d)| (*v, *d));
+            voice.delay = delay;
+            // The song frame the first offered sample was sung at, against where the
+            // track is.
+            let at = rendered - (voice.plan.shift_frames + delay) as i64;
+            let ahead = at - voice.emitted as i64;
+            let mut kept = offered;
+            if ahead > REALIGN_FRAMES || voice.emitted == 0 && ahead > 0 {
+                let pad = vec![0.0; ahead as usize];
+                voice.track.push(&pad)?;
+                voice.pending.extend(pad);
+                voice.emitted += ahead as u64;
+            } else if ahead < -REALIGN_FRAMES || voice.emitted == 0 && ahead < 0 {
+                let drop = (-ahead as usize).min(offered.len());
+                kept = &offered[drop..];
+            }
             voice.track.push(kept)?;
             voice.pending.extend(kept.iter().copied());
+            voice.emitted += kept.len() as u64;
         }
         self.mix_ready(false)
     }
@@ -658,6 +691,48 @@ mod tests {
             std::env::temp_dir().join(format!("duetbox-record-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_voice_follows_its_jitter_buffer_as_it_grows_and_shrinks() {
+        let dir = temp_dir("buffer");
+        // Ana's voice reaches the mixer 2_000 frames after she sang, plus her jitter
+        // buffer: 720 frames (15 ms) for the first beat, 2_400 (50 ms) for the second,
+        // 1_200 (25 ms) for the third. She sang a click on each beat, a second apart.
+        let start = 10_000;
+        let beats = [start + 24_000, start + 72_000, start + 120_000];
+        let buffer = |t: u64| match t {
+            t if t < start + 48_000 => 720,
+            t if t < start + 96_000 => 2_400,
+            _ => 1_200,
+        };
+        let mut rec = Recording::start(session(&dir, start, [2_000, 2_000])).expect("start");
+        let mut t = start;
+        while t < start + 144_000 {
+            let mut c = chunk(
+                t,
+                &[ANA],
+                |t| beats.iter().map(|&b| click(t, b)).sum(),
+                |_, t| beats.iter().map(|&b| click(t, b + 2_000 + buffer(b))).sum(),
+            );
+            c.delays[0] = buffer(t) as u32;
+            rec.add(&c).expect("add");
+            t += CHUNK_FRAMES as u64;
+        }
+        let RecorderEvent::Finished { files, frames, .. } = rec.finish() else {
+            panic!("finished");
+        };
+        let voice = decode(&dir.join(&files[2]));
+        assert_eq!(voice.len() as u64, frames, "as long as the song");
+        for &b in &beats {
+            let song = (b - start) as usize;
+            let at = onset(&voice[song - 2_400..]).map(|k| k + song - 2_400);
+            assert!(
+                at.is_some_and(|at| at.abs_diff(song) <= 48 + 24),
+                "the click sung on the beat at {song} is at {at:?}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //   node phones.mjs --url https://HOST:PORT/ --out DIR --seconds N [--pin PIN]
 //        [--freqs 440,660,880] [--chrome-arg ARG]... [--pulse-server PATH]
 //        [--watch] [--strict-tls] [--mix NAME:MONITOR:REVERB]... [--freeze NAME:AFTER_S:FOR_S]
-//        [--delay NAME:MS]... [--loopback NAME:MS]...
+//        [--delay NAME:MS]... [--loopback NAME:MS]... [--echo NAME:MS]...
 //        --phone NAME:ROLE:WAVPATH[:ENGINE] [--expect-error CODE] [--phone ...]...
 //
 // ENGINE is chromium (default) or firefox. WAVPATH is `-` for listeners, for a singer
@@ -36,6 +36,10 @@
 // microphone of exactly MS ms, as the page hears it (see acousticLoopback), and has it
 // tap "Measure my phone's delay" once it is live, before `mark: all live`; its result
 // then carries `calibration` (the page's duetboxTest.calibration()).
+// `--echo NAME:MS` makes that singer sing exactly what its page plays, MS ms later
+// (a singer on the beat they hear, whose microphone adds MS): once calibrated (with
+// --loopback NAME:MS, the page measures the same path), the track it sends becomes
+// its page's Web Audio output through a delay of MS.
 // `--watch` samples every phone every 100 ms while they sing (see below).
 // `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
 // page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
@@ -139,7 +143,7 @@ function out(obj) {
 function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
-    phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null, loopbacks: [],
+    phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null, loopbacks: [], echoes: [],
     night: null, hostPin: null, screen: null, markerHz: null, delays: [],
   };
   for (let i = 0; i < argv.length; i++) {
@@ -219,6 +223,12 @@ function parseArgs(argv) {
         opts.loopbacks.push({ name, ms: Number(ms) });
         break;
       }
+      case '--echo': {
+        const [name, ms] = value.split(':');
+        if (!name || !(Number(ms) > 0 && Number(ms) <= 400)) throw new UsageError(`--echo ${value}: expected NAME:MS (0 to 400)`);
+        opts.echoes.push({ name, ms: Number(ms) });
+        break;
+      }
       case '--expect-error': {
         const last = opts.phones[opts.phones.length - 1];
         if (!last) throw new UsageError('--expect-error must follow the --phone it applies to');
@@ -250,6 +260,11 @@ function parseArgs(argv) {
     if (!phone || phone.role !== 'singer') throw new UsageError(`--loopback names no singer ${l.name}`);
     phone.loopbackMs = l.ms;
   }
+  for (const e of opts.echoes) {
+    const phone = opts.phones.find((p) => p.name === e.name);
+    if (!phone || phone.role !== 'singer' || phone.engine !== 'chromium') throw new UsageError(`--echo names no Chromium singer ${e.name}`);
+    phone.echoMs = e.ms;
+  }
   if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
   if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
   if (opts.night !== null && (opts.hostPin === null || opts.phones[0].role !== 'singer' || opts.phones[0].engine !== 'chromium')) {
@@ -279,7 +294,7 @@ function parsePhone(spec) {
   const wav = wavArg === '-' ? null : path.resolve(wavArg);
   if (wav && !fs.existsSync(wav)) throw new UsageError(`--phone ${spec}: no such file ${wav}`);
   if (wav && engine === 'firefox') throw new UsageError(`--phone ${spec}: Firefox's fake microphone is its own tone (use -)`);
-  return { name, role, wav, engine, expectError: null, delayMs: 0, loopbackMs: 0 };
+  return { name, role, wav, engine, expectError: null, delayMs: 0, loopbackMs: 0, echoMs: 0 };
 }
 
 function sleep(ms) {
@@ -650,6 +665,21 @@ class Phone {
     }
   }
 
+  /** --echo: from now on the phone sends what its page plays, `ms` later. */
+  async echo(ms) {
+    await this.driver.evaluate(async (delayMs) => {
+      const { ctx, node } = window.duetboxTest.output();
+      const delay = ctx.createDelay(1);
+      delay.delayTime.value = delayMs / 1000;
+      const sung = ctx.createMediaStreamDestination();
+      node.connect(delay);
+      delay.connect(sung);
+      const sender = window.duetboxTest.peerConnection().getSenders().find((x) => x.track && x.track.kind === 'audio');
+      await sender.replaceTrack(sung.stream.getAudioTracks()[0]);
+    }, ms);
+    this.log(`echo: sings what it plays, ${ms} ms later`);
+  }
+
   /** One --watch sample: state and the tone levels of the last 100 ms. */
   async sample() {
     if (this.frozen) return;
@@ -970,6 +1000,7 @@ async function run(opts) {
       }
     }
     if (problems.length) return problems;
+    for (const p of seated.filter((q) => q.spec.echoMs > 0)) await p.echo(p.spec.echoMs);
 
     // Markers on stderr let a caller line its own records up with this run.
     log('mark: all live');

@@ -708,6 +708,158 @@ fn venue_marker_epochs(rec: &Recorded, hz: f32) -> Vec<f64> {
     epochs
 }
 
+/// Where each burst of `hz` in `samples` starts (frames): found in 256-frame blocks
+/// (above `floor` for 4 blocks after 40 quiet ones), refined as [`refined_onset`] does.
+fn burst_onsets(samples: &[f32], hz: f32, floor: f32) -> Vec<usize> {
+    const BLOCK: usize = 256;
+    let mut found = Vec::new();
+    let (mut quiet, mut loud, mut candidate) = (0usize, 0usize, 0usize);
+    for (k, block) in samples.chunks_exact(BLOCK).enumerate() {
+        if duetbox::engine::testkit::tone_level(block, hz) > floor {
+            if loud == 0 {
+                candidate = k * BLOCK;
+            }
+            loud += 1;
+            if loud == 4 && quiet >= 40 {
+                found.push(refined_onset(samples, candidate, hz));
+            }
+            if loud >= 4 {
+                quiet = 0;
+            }
+        } else {
+            if loud < 4 {
+                quiet += loud;
+            }
+            loud = 0;
+            quiet += 1;
+        }
+    }
+    found
+}
+
+/// The song's recording, stage mode (`docs/sync.md`): a Chromium singer who sings
+/// exactly what their phone plays, 60 ms later (their microphone's latency, which the
+/// page's calibration measures), over a song with a marker burst every 2 s, with 40 ms
+/// more downlink than usual. In the recording the box shifts the voice back by what it
+/// measured (speakers, capture, packet, jitter buffer): each marker the voice sang
+/// must sit on the backing's marker, within the phone's own distance from the speakers
+/// (what stage mode assumes is zero, and the sync loop keeps within ±15 ms) and ±5 ms.
+#[test]
+fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
+    const CAPTURE_MS: f64 = 60.0;
+    /// Markers not judged: the sync loop settles meanwhile.
+    const SETTLING: usize = 4;
+    let _serial = crate::support::SERIAL.blocking_lock();
+    duetbox::telemetry::init("duetbox=info,warn");
+    let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
+    let mics = syllable_mics("echo", &[("echo440.wav", 440.0)]);
+    let dir = alsa_config().dir.join("echo");
+    let library = dir.join("library");
+    let _ = std::fs::remove_dir_all(&library);
+    let _ = std::fs::remove_dir_all(dir.join("state").join("recordings"));
+    marked_song_with(&library, true);
+    let mut config = box_config(&dir.join("state"));
+    config.songs.library = library.display().to_string();
+    config.room.host_pin = "2468".into();
+    let rec = record(config, "127.0.0.1", |url| {
+        Driver::new(url, NIGHT_SECONDS)
+            .arg("--freqs", "330,1760")
+            .arg("--night", "Marked")
+            .arg("--host-pin", "2468")
+            .arg("--marker-hz", "1760")
+            .arg("--delay", "Echo:40")
+            .arg("--loopback", format!("Echo:{CAPTURE_MS}"))
+            .arg("--echo", format!("Echo:{CAPTURE_MS}"))
+            .phone("Echo", "singer", Some(&mics[0]), "chromium")
+    });
+    let echo = rec.run.result("Echo");
+    let recording = &echo["night"]["recording"];
+    let url = recording["url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the singer's recording: {recording}"));
+    let kept = alsa_config()
+        .dir
+        .join("echo")
+        .join("state")
+        .join("recordings")
+        .join(url.trim_start_matches("/recordings/"));
+    let backing = crate::recordings::decode(&kept.join("backing.opus"));
+    let voice = crate::recordings::decode(&kept.join("voice-a-echo.opus"));
+    assert_eq!(backing.len(), voice.len(), "one length");
+    let (b, v) = (
+        burst_onsets(&backing, 1760.0, 0.08),
+        burst_onsets(&voice, 1760.0, 0.04),
+    );
+    eprintln!("recording: backing markers {b:?}, voice markers {v:?}");
+    // The phone's own distance from the speakers for each marker (stage mode takes it
+    // as zero): when it played the marker less when the speakers did.
+    let speakers = venue_marker_epochs(&rec, 1760.0);
+    let played: Vec<f64> = echo["night"]["onsets"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let phone_late: Vec<Option<f64>> = speakers
+        .iter()
+        .map(|&s| {
+            played
+                .iter()
+                .copied()
+                .filter(|p| (p - s).abs() < 400.0)
+                .min_by(|x, y| (x - s).abs().total_cmp(&(y - s).abs()))
+                .map(|p| p - s)
+        })
+        .collect();
+    let rows: Vec<(f64, Option<f64>)> = b
+        .iter()
+        .filter_map(|&at| {
+            let sung = v.iter().copied().find(|&x| x.abs_diff(at) < 9_600)?;
+            let error = (sung as f64 - at as f64) / 48.0;
+            // The k-th marker of the recording is the k-th the speakers played, counted
+            // from the song's first (the recording starts with the song).
+            let k = b.iter().position(|&x| x == at)?;
+            Some((
+                error,
+                speakers
+                    .len()
+                    .checked_sub(b.len())
+                    .and_then(|skip| phone_late.get(k + skip).copied().flatten()),
+            ))
+        })
+        .collect();
+    let round = |x: f64| (x * 10.0).round() / 10.0;
+    eprintln!(
+        "recording: (voice − backing, phone − speakers) per marker, ms: {:?}",
+        rows.iter()
+            .map(|&(e, p)| (round(e), p.map(round)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        rows.len() >= SETTLING + 3,
+        "at least seven markers sung and recorded: backing {b:?}, voice {v:?}"
+    );
+    // Once the loop settled. The singer follows the phone, which plays each marker a
+    // few ms off the speakers (stage mode takes it as zero; the sync loop keeps it
+    // within ±15 ms and moves it now and then: the phone − speakers column, a reading
+    // with a few ms of noise of its own), so each marker sung sits within 15 ms of the
+    // backing's, and by the median within ±5 ms. With the shift fixed at the song's
+    // start (before the recording followed the jitter buffer) the voice moved by 15 ms
+    // here as the buffer adapted.
+    let judged = &rows[SETTLING..];
+    for &(error, phone) in judged {
+        assert!(
+            error.abs() <= 15.0,
+            "a marker sung on the beat sits {error:+.1} ms from the backing's in the recording (the phone played it {phone:?} ms from the speakers)"
+        );
+    }
+    let mut errors: Vec<f64> = judged.iter().map(|r| r.0).collect();
+    let median = crate::support::latency::median(&mut errors);
+    eprintln!("recording: voice − backing, median {median:+.1} ms");
+    assert!(
+        median.abs() <= 5.0,
+        "the voice sits {median:+.1} ms from the backing in the recording, by the median"
+    );
+}
+
 /// Where a burst of `hz` that the 256-frame blocks found at `coarse` really starts: the
 /// first 128-frame window (sliding by 4) at half the burst's amplitude, by its middle.
 /// The phones' marker tap (tests/e2e/phones.mjs) applies the same rule to what they
