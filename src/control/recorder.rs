@@ -88,6 +88,8 @@ impl SongRecorder {
     /// ending the recording running.
     pub fn start(&mut self, plan: RecordPlan) {
         self.stop();
+        // The song is open and about to play: the audio thread stages from now on.
+        self.recorder.send(RecorderCommand::Arm);
         self.pending = Some(plan);
     }
 

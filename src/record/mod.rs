@@ -50,6 +50,9 @@ pub const QUEUE_CHUNKS: usize = 64;
 const VOICE_BITRATE: i32 = 96_000;
 const STEREO_BITRATE: i32 = 160_000;
 
+/// Chunks kept while armed (2.56 s).
+pub const ARMED_CHUNKS: usize = 128;
+
 /// How long the thread waits for a command when no chunk is queued.
 const IDLE: Duration = Duration::from_millis(20);
 
@@ -243,6 +246,10 @@ pub struct Session {
 /// What the room asks of the recorder.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RecorderCommand {
+    /// A song is about to start: stage chunks from now on and keep the last
+    /// [`ARMED_CHUNKS`] until its session starts (which takes those from its start on),
+    /// so its first frames are not lost to the time it takes to know where it starts.
+    Arm,
     /// Starts recording `Session` (ending any running one first).
     Start(Session),
     /// Ends the running recording: every track is padded to the backing's length,
@@ -313,6 +320,8 @@ impl Drop for Recorder {
 
 fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(RecorderEvent)) {
     let mut current: Option<Recording> = None;
+    // Armed: the chunks since, until a session starts.
+    let mut early: Option<VecDeque<RecordChunk>> = None;
     loop {
         let command = if link.chunks.is_empty() {
             match commands.recv_timeout(IDLE) {
@@ -324,18 +333,38 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
             commands.try_recv().ok()
         };
         // Chunks first: those queued before a Stop belong to the recording it ends.
-        drain(&link, &mut current, &events);
+        drain(&link, &mut current, &mut early, &events);
         match command {
+            Some(RecorderCommand::Arm) => {
+                early = Some(VecDeque::with_capacity(ARMED_CHUNKS));
+                link.on.store(true, Ordering::Relaxed);
+            }
             Some(RecorderCommand::Start(session)) => {
                 if let Some(rec) = current.take() {
                     events(rec.finish());
                 }
                 match Recording::start(session.clone()) {
-                    Ok(rec) => {
-                        current = Some(rec);
-                        link.on.store(true, Ordering::Relaxed);
+                    Ok(mut rec) => {
+                        let mut failed = None;
+                        for chunk in early.take().unwrap_or_default() {
+                            if let Err(err) = rec.add(&chunk) {
+                                failed = Some(err);
+                                break;
+                            }
+                        }
+                        match failed {
+                            None => {
+                                current = Some(rec);
+                                link.on.store(true, Ordering::Relaxed);
+                            }
+                            Some(err) => {
+                                link.on.store(false, Ordering::Relaxed);
+                                events(rec.failed(&err));
+                            }
+                        }
                     }
                     Err(err) => {
+                        early = None;
                         link.on.store(false, Ordering::Relaxed);
                         events(RecorderEvent::Failed {
                             reason: describe(&err),
@@ -346,7 +375,8 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
             }
             Some(RecorderCommand::Stop) => {
                 link.on.store(false, Ordering::Relaxed);
-                drain(&link, &mut current, &events);
+                drain(&link, &mut current, &mut early, &events);
+                early = None;
                 if let Some(rec) = current.take() {
                     events(rec.finish());
                 }
@@ -359,11 +389,22 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
     }
 }
 
-/// Hands every queued chunk to the running recording; a write error ends it (the
-/// stage stops staging) and says why.
-fn drain(link: &RecordLink, current: &mut Option<Recording>, events: &impl Fn(RecorderEvent)) {
+/// Hands every queued chunk to the running recording, or keeps it while armed; a
+/// write error ends the recording (the stage stops staging) and says why.
+fn drain(
+    link: &RecordLink,
+    current: &mut Option<Recording>,
+    early: &mut Option<VecDeque<RecordChunk>>,
+    events: &impl Fn(RecorderEvent),
+) {
     while let Some(chunk) = link.chunks.pop() {
         let Some(rec) = current.as_mut() else {
+            if let Some(kept) = early.as_mut() {
+                if kept.len() == ARMED_CHUNKS {
+                    kept.pop_front();
+                }
+                kept.push_back(chunk);
+            }
             continue;
         };
         if let Err(err) = rec.add(&chunk) {
@@ -834,7 +875,9 @@ mod tests {
         })
         .expect("spawn");
         let dir = temp_dir("thread");
-        recorder.send(RecorderCommand::Start(session(&dir, 0, [0, 0])));
+        // Armed when the song opens; its session (where it starts) follows 200 ms
+        // later, as the control task learns it from a report.
+        recorder.send(RecorderCommand::Arm);
         while !link.on.load(Ordering::Relaxed) {
             std::thread::yield_now();
         }
@@ -857,6 +900,9 @@ mod tests {
             }
             engine.render_period(Duration::from_micros(n * 5_000), &mut venue);
             stage.add(&link, &engine.period_sources());
+            if n == 40 {
+                recorder.send(RecorderCommand::Start(session(&dir, 0, [0, 0])));
+            }
             while link.chunks.len() > QUEUE_CHUNKS / 2 {
                 std::thread::yield_now();
             }
@@ -870,11 +916,13 @@ mod tests {
         };
         assert_eq!(frames, 200 * period as u64, "every rendered frame");
         let backing = decode(&dir.join("backing.opus"));
-        let level = crate::engine::testkit::tone_level(&backing[4_800..43_200], 440.0);
-        assert!(
-            (0.25..=0.35).contains(&level),
-            "the backing's tone: {level}"
-        );
+        for (from, to) in [(480, 4_800), (4_800, 43_200)] {
+            let level = crate::engine::testkit::tone_level(&backing[from..to], 440.0);
+            assert!(
+                (0.25..=0.35).contains(&level),
+                "the backing's tone from {from} (kept while armed) to {to}: {level}"
+            );
+        }
         std::fs::remove_dir_all(&dir).ok();
 
         // A recording into a full disk: the thread says why and records nothing more.
