@@ -15,7 +15,7 @@ PI_CARGO := RUSTC=/usr/bin/rustc CARGO_TARGET_DIR=$(PI_TARGET_DIR) $(CARGO)
 PI_BIN := $(PI_TARGET_DIR)/$(PI_TARGET)/release/duetbox
 
 .PHONY: run test setup-run setup-pi setup-deb setup-test setup-fuzz build lint unit bench \
-        bench-box bench-songs fmt pi pi-test deb deb-test boot-test fuzz
+        bench-box bench-songs bench-record fmt pi pi-test deb deb-test boot-test fuzz
 
 setup-run:
 	bash scripts/setup.sh run
@@ -91,6 +91,10 @@ bench-box:
 # What decoding a three-minute song costs, per format (benches/songs.rs).
 bench-songs:
 	$(CARGO) bench --locked --bench songs
+
+# What recording a song costs (backing, mix, 1/2/8 voices; benches/record.rs).
+bench-record:
+	$(CARGO) bench --locked --bench record
 
 # Coverage-guided fuzzing of every parser the network reaches (fuzz/, cargo-fuzz and
 # libFuzzer on the stable compiler through RUSTC_BOOTSTRAP=1), FUZZ_SECONDS per target.

@@ -100,6 +100,12 @@ impl RecordChunk {
     }
 }
 
+impl Default for RecordChunk {
+    fn default() -> Self {
+        RecordChunk::empty()
+    }
+}
+
 /// What the audio thread and the recorder share.
 #[derive(Clone)]
 pub struct RecordLink {
