@@ -56,6 +56,31 @@ async fn error_code(phone: &mut Phone) -> String {
     v["code"].as_str().expect("code").to_string()
 }
 
+/// Sends five envelope requests, then a message of an unknown type as a fence: each
+/// request is answered by `refusal` (an error code) or not at all, never by an
+/// envelope, and the fence's `unknown_type` comes back after them.
+async fn envelopes_without_media(p: &mut Phone, refusal: Option<&str>) {
+    for _ in 0..5 {
+        p.send(json!({"type": "envelope"})).await;
+    }
+    p.send(json!({"type": "fence"})).await;
+    let mut refused = 0;
+    loop {
+        match p.next().await {
+            Received::Json(v) if v["code"] == "unknown_type" => break,
+            Received::Json(v) if v["type"] == "error" && refusal == v["code"].as_str() => {
+                refused += 1
+            }
+            Received::Json(v) => assert!(
+                v["type"] != "envelope" && v["type"] != "error",
+                "an envelope request without media: {v}"
+            ),
+            Received::Closed(code) => panic!("closed ({code:?}) after envelope requests"),
+        }
+    }
+    assert_eq!(refused, if refusal.is_some() { 5 } else { 0 });
+}
+
 async fn abuse(addr: SocketAddr) {
     let mut p = Phone::connect(addr).await;
     p.send_text("{nope").await;
@@ -70,6 +95,8 @@ async fn abuse(addr: SocketAddr) {
     p.send(json!({"type": "calibration", "round_trip_ms": 45, "output_ms": 0}))
         .await;
     assert_eq!(error_code(&mut p).await, "not_joined");
+    // Envelope requests (docs/sync.md) before joining: refused; the session goes on.
+    envelopes_without_media(&mut p, Some("not_joined")).await;
     p.send(json!({"type": "join", "v": 1, "name": "", "role": "singer"}))
         .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
@@ -92,6 +119,8 @@ async fn abuse(addr: SocketAddr) {
     p.send(json!({"type": "calibration", "round_trip_ms": 45, "output_ms": 46}))
         .await;
     assert_eq!(error_code(&mut p).await, "bad_field");
+    // Joined, still without media: nothing to describe, no answer.
+    envelopes_without_media(&mut p, None).await;
     // A real one is kept: the room lists it with this phone.
     p.send(json!({"type": "calibration", "round_trip_ms": 45.5, "output_ms": 12}))
         .await;
