@@ -659,11 +659,9 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
 }
 
 /// When (epoch ms) the speakers played the start of each `hz` burst in the venue
-/// recording: the burst's first 256-frame block above 0.08, its onset found to the
-/// frame ([`refined_onset`]), the moment the audio thread wrote that frame's period
+/// recording ([`burst_onsets`] above 0.08), the moment the audio thread wrote that frame's period
 /// (from the run's timeline), plus what the device still held before that frame.
 fn venue_marker_epochs(rec: &Recorded, hz: f32) -> Vec<f64> {
-    const BLOCK: usize = 256;
     let pf = rec.period_frames as f64;
     // When the speakers played `frame`: its period was written when the frame count
     // reached the period's end E (interpolated between the timeline's samples); just
@@ -680,32 +678,35 @@ fn venue_marker_epochs(rec: &Recorded, hz: f32) -> Vec<f64> {
             })
         })
     };
-    let mut epochs = Vec::new();
-    let (mut quiet, mut loud, mut candidate) = (0usize, 0usize, 0usize);
-    for (k, block) in rec.venue.chunks_exact(BLOCK).enumerate() {
-        let level = duetbox::engine::testkit::tone_level(block, hz);
-        if level > 0.08 {
-            if loud == 0 {
-                candidate = k * BLOCK;
-            }
-            loud += 1;
-            if loud == 4 && quiet >= 40 {
-                if let Some(at) = played_at(refined_onset(&rec.venue, candidate, hz)) {
-                    epochs.push(at);
-                }
-            }
-            if loud >= 4 {
-                quiet = 0;
-            }
-        } else {
-            if loud < 4 {
-                quiet += loud;
-            }
-            loud = 0;
-            quiet += 1;
-        }
-    }
-    epochs
+    burst_onsets(&rec.venue, hz, 0.08)
+        .into_iter()
+        .filter_map(played_at)
+        .collect()
+}
+
+/// A box for a night of the pulsed marked song ([`marked_song_with`]): its state and
+/// library under `area` (the song made afresh, no recordings left from before), the
+/// host PIN 2468.
+fn marked_night_box(area: &str) -> Config {
+    let dir = alsa_config().dir.join(area);
+    let library = dir.join("library");
+    let _ = std::fs::remove_dir_all(&library);
+    let _ = std::fs::remove_dir_all(dir.join("state").join("recordings"));
+    marked_song_with(&library, true);
+    let mut config = box_config(&dir.join("state"));
+    config.songs.library = library.display().to_string();
+    config.room.host_pin = "2468".into();
+    config
+}
+
+/// The phones' night on [`marked_night_box`]: the host starts the song, every phone
+/// taps the 1760 Hz markers and measures `freqs`.
+fn marked_night(url: &str, freqs: &str) -> Driver {
+    Driver::new(url, NIGHT_SECONDS)
+        .arg("--freqs", freqs)
+        .arg("--night", "Marked")
+        .arg("--host-pin", "2468")
+        .arg("--marker-hz", "1760")
 }
 
 /// Where each burst of `hz` in `samples` starts (frames): found in 256-frame blocks
@@ -753,20 +754,8 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
     duetbox::telemetry::init("duetbox=info,warn");
     let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
     let mics = syllable_mics("echo", &[("echo440.wav", 440.0)]);
-    let dir = alsa_config().dir.join("echo");
-    let library = dir.join("library");
-    let _ = std::fs::remove_dir_all(&library);
-    let _ = std::fs::remove_dir_all(dir.join("state").join("recordings"));
-    marked_song_with(&library, true);
-    let mut config = box_config(&dir.join("state"));
-    config.songs.library = library.display().to_string();
-    config.room.host_pin = "2468".into();
-    let rec = record(config, "127.0.0.1", |url| {
-        Driver::new(url, NIGHT_SECONDS)
-            .arg("--freqs", "330,1760")
-            .arg("--night", "Marked")
-            .arg("--host-pin", "2468")
-            .arg("--marker-hz", "1760")
+    let rec = record(marked_night_box("echo"), "127.0.0.1", |url| {
+        marked_night(url, "330,1760")
             .arg("--delay", "Echo:40")
             .arg("--loopback", format!("Echo:{CAPTURE_MS}"))
             .arg("--echo", format!("Echo:{CAPTURE_MS}"))
@@ -915,19 +904,8 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers()
     duetbox::telemetry::init("duetbox=info,warn");
     let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
     let mics = syllable_mics("sync", &[("mia440.wav", 440.0), ("theo660.wav", 660.0)]);
-    let dir = alsa_config().dir.join("sync");
-    let library = dir.join("library");
-    let _ = std::fs::remove_dir_all(&library);
-    marked_song_with(&library, true);
-    let mut config = box_config(&dir.join("state"));
-    config.songs.library = library.display().to_string();
-    config.room.host_pin = "2468".into();
-    let rec = record(config, "127.0.0.1", |url| {
-        Driver::new(url, NIGHT_SECONDS)
-            .arg("--freqs", "330,440,660")
-            .arg("--night", "Marked")
-            .arg("--host-pin", "2468")
-            .arg("--marker-hz", "1760")
+    let rec = record(marked_night_box("sync"), "127.0.0.1", |url| {
+        marked_night(url, "330,440,660")
             .arg("--delay", "Mia:20")
             .arg("--delay", "Theo:80")
             .phone("Mia", "singer", Some(&mics[0]), "chromium")

@@ -1661,6 +1661,17 @@ fn a_calibration_is_kept_with_the_token_and_nonsense_is_refused() {
     );
 }
 
+/// The player opened the song playing: its generation.
+fn opened(h: &mut Harness, at: Duration) -> u32 {
+    let generation = h.room.view().song.expect("a song").now.generation;
+    let news = SongFeedback::Opened {
+        generation,
+        duration: None,
+    };
+    h.handle(at, Input::Song(news)).unwrap();
+    generation
+}
+
 fn record_actions(actions: &[Action]) -> Vec<Action> {
     pick(actions, |a| match a {
         Action::Record(_) | Action::RecordStop => Some(a.clone()),
@@ -1699,15 +1710,7 @@ fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
         vec![],
         "a song still loading is not recorded (it may fail)"
     );
-    let generation = h.room.view().song.unwrap().now.generation;
-    h.handle(
-        secs(2.1),
-        Input::Song(SongFeedback::Opened {
-            generation,
-            duration: None,
-        }),
-    )
-    .unwrap();
+    let generation = opened(&mut h, secs(2.1));
     let started = record_actions(&h.take());
     let [Action::Record(plan)] = started.as_slice() else {
         panic!("one recording starts: {started:?}");
@@ -1729,15 +1732,7 @@ fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
     h.handle(secs(5.0), Input::Transport(Transport::Start(duet)))
         .unwrap();
     assert_eq!(record_actions(&h.take()), vec![Action::RecordStop]);
-    let generation = h.room.view().song.unwrap().now.generation;
-    h.handle(
-        secs(5.1),
-        Input::Song(SongFeedback::Opened {
-            generation,
-            duration: None,
-        }),
-    )
-    .unwrap();
+    opened(&mut h, secs(5.1));
     let started = record_actions(&h.take());
     let [Action::Record(plan)] = started.as_slice() else {
         panic!("the duet's recording starts: {started:?}");
@@ -1794,15 +1789,7 @@ fn a_box_that_does_not_record_plans_no_recording() {
     let solo = queue_add(&mut h, 1, 7, None).unwrap();
     h.handle(secs(2.0), Input::Transport(Transport::Start(solo)))
         .unwrap();
-    let generation = h.room.view().song.unwrap().now.generation;
-    h.handle(
-        secs(2.1),
-        Input::Song(SongFeedback::Opened {
-            generation,
-            duration: None,
-        }),
-    )
-    .unwrap();
+    opened(&mut h, secs(2.1));
     h.handle(secs(3.0), Input::Transport(Transport::Stop))
         .unwrap();
     assert_eq!(record_actions(&h.take()), vec![]);
