@@ -342,7 +342,9 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
         drain(&link, &mut current, &mut early, &events);
         match command {
             Some(RecorderCommand::Arm) => {
-                early = Some(VecDeque::with_capacity(ARMED_CHUNKS));
+                // Grows as chunks come (a report later, a handful; at most
+                // ARMED_CHUNKS), not 5 MB at once.
+                early = Some(VecDeque::new());
                 link.on.store(true, Ordering::Relaxed);
             }
             Some(RecorderCommand::Start(session)) => {
