@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::io::AsyncReadExt;
 
 use super::landing::qr_svg;
+use super::screen::with_type;
 use super::AppState;
 use crate::control::recorder::is_recording_id;
 
@@ -97,17 +98,7 @@ pub(crate) async fn page(State(state): State<AppState>, UrlPath(id): UrlPath<Str
          <img id=\"qr\" src=\"/recordings/{id}/qr.svg\" alt=\"QR code of this page\" width=\"240\" height=\"240\">\
          </main></body></html>"
     );
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        html,
-    )
-        .into_response()
+    with_type(html, "text/html; charset=utf-8")
 }
 
 /// `GET /recordings/{id}/{file}` (and `qr.svg`).
@@ -179,17 +170,7 @@ fn qr(id: &str, uri: &axum::http::Uri, headers: &HeaderMap) -> Response {
         return (StatusCode::BAD_REQUEST, "a Host header is needed").into_response();
     };
     let svg = qr_svg(&format!("https://{host}/recordings/{id}"), 480);
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("image/svg+xml"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        svg,
-    )
-        .into_response()
+    with_type(svg, "image/svg+xml")
 }
 
 #[cfg(test)]

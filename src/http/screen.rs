@@ -21,7 +21,8 @@ const SCREEN_JS: &str = include_str!("../../web/screen.js");
 /// The lyrics module, shared by the screen and the phone page.
 pub(crate) const LYRICS_JS: &str = include_str!("../../web/lyrics.js");
 
-fn with_type(body: impl IntoResponse, content_type: &'static str) -> Response {
+/// `body` as `content_type`, never cached.
+pub(crate) fn with_type(body: impl IntoResponse, content_type: &'static str) -> Response {
     (
         [
             (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
