@@ -12,7 +12,7 @@ import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
 import {
-  BoxClock, PlayedLevels, PlayoutCorrection, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer,
+  BoxClock, PlayedLevels, PlayoutCorrection, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer,
 } from './sync.js';
 import { View, explain } from './view.js';
 
@@ -84,7 +84,6 @@ const app = {
   wakeLock: null,
   mixTimer: 0,
   mixSentAt: 0,
-  songClock: null,
   song: null,
   syncTimers: [],
   syncOffsetMs: null,
@@ -148,6 +147,9 @@ function updateLatency() {
   view.latency(app);
 }
 
+/** The box's song clocks for this connection's return mix (its RTP timestamps). */
+const songClocks = new SongClocks();
+
 const session = new Session({
   url: wsUrl(),
   storage: sessionStore(),
@@ -155,7 +157,7 @@ const session = new Session({
     state: (state, code, note) => setState(state, code, note),
     welcome: onWelcome,
     songs: (msg) => {
-      if (msg.type === 'song_clock') app.songClock = { ...msg, at: performance.now() };
+      if (msg.type === 'song_clock') songClocks.add({ ...msg, at: performance.now() });
       else if (msg.type === 'songs') songs.onSongs(msg);
       else if (msg.type === 'queued') songs.onQueued(msg);
       else if (msg.type === 'queue') {
@@ -230,12 +232,13 @@ const lyrics = new LyricsView(document.getElementById('lyric-current'), document
  * `rtpTimestamp` (older browsers) the clock message's arrival stands in.
  */
 function heardSongMs() {
-  const c = app.songClock;
   const song = app.song;
+  const { source: src } = playingSource();
+  const timed = src && typeof src.rtpTimestamp === 'number';
+  const c = timed ? songClocks.at(src.rtpTimestamp) : songClocks.latest();
   if (!c || !song || c.generation !== song.generation) return null;
   if (!c.playing) return c.position / 48;
-  const { source: src } = playingSource();
-  if (src && typeof src.rtpTimestamp === 'number') {
+  if (timed) {
     // 32-bit wrap: the signed difference of the two timestamps.
     const delta = (src.rtpTimestamp - c.rtp) | 0;
     const since = performance.now() - sourceTimeToPerf(src.timestamp, performance.timeOrigin);
@@ -262,6 +265,9 @@ audio.onMicEnded = () => {
 /** After a welcome: a rejoin got its place and settings back from the box; a fresh
  * join brings this phone's own slider settings. */
 function onWelcome(w) {
+  // A new session numbers its return mix afresh; the box sends its clock once the
+  // media is up.
+  songClocks.clear();
   app.peer = w.peer;
   app.slot = w.slot;
   app.roundTripMs = typeof w.round_trip_ms === 'number' ? w.round_trip_ms : null;
@@ -427,7 +433,7 @@ function onSync(msg) {
   app.leadMs = msg.lead_ms;
   const extra = steer(audio.extraMs, msg.offset_ms);
   // The last minute of the loop, for the test hook.
-  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10]);
+  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10, msg.lead_ms, correction.value()]);
   if (app.syncHistory.length > 120) app.syncHistory.shift();
   if (!audio.setExtraDelay(extra)) {
     // Played by the media element: the jitter buffer's target is the only delay there.
@@ -637,7 +643,7 @@ window.duetboxTest = {
   sync: () => ({
     offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(),
     correction_ms: correction.value(), matches: correction.lags.slice(), match_r: app.matchR, match_why: app.matchWhy,
-    history: app.syncHistory.map(([t, offset, extra]) => [performance.timeOrigin + t, offset, extra]),
+    history: app.syncHistory.map(([t, ...rest]) => [performance.timeOrigin + t, ...rest]),
   }),
   /** When each lyric line appeared: [{ line, at (performance.now()), ms }]. */
   lyricsAppeared: () => lyrics.appeared,

@@ -262,3 +262,44 @@ export class PlayoutCorrection {
     this.agreed = 0;
   }
 }
+
+/** Song clocks kept: each maps the return mix from its RTP timestamp on, until the
+ * next one's. */
+export const SONG_CLOCKS_KEPT = 8;
+
+/**
+ * The box's `song_clock` messages, newest last. A message says which song frame the
+ * return mix carries at one RTP timestamp, and it comes as soon as the mapping changes
+ * (a seek, a pause, a new lead); this phone still plays what was sent before that for
+ * its whole playout delay. So the audio it plays is read with the clock that was true
+ * when that audio was sent: the newest one whose timestamp it has reached.
+ */
+export class SongClocks {
+  constructor(keep = SONG_CLOCKS_KEPT) {
+    this.keep = keep;
+    this.clocks = [];
+  }
+
+  add(clock) {
+    this.clocks.push(clock);
+    if (this.clocks.length > this.keep) this.clocks.shift();
+  }
+
+  clear() {
+    this.clocks = [];
+  }
+
+  /** The newest clock, or null. */
+  latest() {
+    return this.clocks.length ? this.clocks[this.clocks.length - 1] : null;
+  }
+
+  /** The clock for the audio at RTP timestamp `rtp` (32-bit, wrapping): the newest one
+   * at or before it, else the oldest kept (null when none). */
+  at(rtp) {
+    for (let k = this.clocks.length - 1; k >= 0; k--) {
+      if (((rtp - this.clocks[k].rtp) | 0) >= 0) return this.clocks[k];
+    }
+    return this.clocks.length ? this.clocks[0] : null;
+  }
+}

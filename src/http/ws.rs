@@ -517,7 +517,13 @@ impl Session {
             );
             return;
         }
-        tracing::debug!(delay_us, extra_ms, "playout");
+        tracing::debug!(
+            delay_us,
+            extra_ms,
+            device_delay = clock.device_delay_frames,
+            lead = clock.lead_frames,
+            "playout"
+        );
         let input = Input::Playout {
             conn: self.conn,
             delay_us,

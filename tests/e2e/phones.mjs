@@ -874,6 +874,7 @@ class Phone {
         onsets: m ? m.onsets : [],
         believed: window.duetboxTest.lyricLines().map((start) => believed(start)).filter((t) => t !== null),
         diag,
+        sync: window.duetboxTest.sync(),
       };
     });
   }

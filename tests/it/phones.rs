@@ -61,6 +61,30 @@ struct Recorded {
     round_trips: Vec<Option<f32>>,
 }
 
+impl Recorded {
+    /// Where the speakers stopped: (epoch ms, ms) of each stretch of the run's timeline
+    /// longer than 100 ms in which the audio thread wrote nothing (a PulseAudio stream
+    /// restarting after an underrun stalls for a second or more).
+    fn stalls(&self) -> Vec<(u64, u64)> {
+        let mut stalls = Vec::new();
+        let mut since: Option<(u64, u64)> = None;
+        for &(at, periods, _) in &self.timeline {
+            match since {
+                Some((t, p)) if p == periods => {
+                    if at - t > 100 && stalls.last().is_none_or(|&(s, _)| s != t) {
+                        stalls.push((t, 0));
+                    }
+                    if let Some(last) = stalls.last_mut().filter(|(s, _)| *s == t) {
+                        last.1 = at - t;
+                    }
+                }
+                _ => since = Some((at, periods)),
+            }
+        }
+        stalls
+    }
+}
+
 /// Starts the box with `config`, runs the driver `phones(url)` builds, stops the box and
 /// reads the venue recording.
 fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Recorded {
@@ -485,6 +509,11 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
             .phone("Theo", "singer", Some(&mics[1]), "chromium")
     });
     let run = &rec.run;
+    eprintln!(
+        "the speakers stalled (epoch ms, ms): {:?}; xruns {}",
+        rec.stalls(),
+        rec.xruns
+    );
     let (mia, theo) = (run.result("Mia"), run.result("Theo"));
     // Each return holds the backing and the partner, not the singer; the backing sits
     // at its level under the voice: a 0.4 tone at -6 dB (0.2) against a 0.5 voice
@@ -541,6 +570,21 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() 
         eprintln!("{who}: lyric line errors (line, ms): {errors:?}");
         let gaps: Vec<f64> = onsets.windows(2).map(|w| w[1] - w[0]).collect();
         eprintln!("{who}: marker onsets {} apart (ms): {gaps:?}", onsets.len());
+        let believed: Vec<f64> = night["believed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_f64).collect())
+            .unwrap_or_default();
+        let ahead: Vec<f64> = onsets
+            .iter()
+            .filter_map(|o| {
+                believed
+                    .iter()
+                    .find(|b| (*b - o).abs() < 500.0)
+                    .map(|b| b - o)
+            })
+            .collect();
+        eprintln!("{who}: believed − heard per marker (ms): {ahead:?}");
+        eprintln!("{who}: sync {}", night["sync"]);
         assert!(
             errors.len() >= 5,
             "{who}: at least five lines timed, got {errors:?} from {appeared:?} and {onsets:?}"

@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BoxClock, CLOCK_SAMPLES, MAX_EXTRA_MS, describeOffset, playoutReport, sourceTimeToPerf, steer } from '../sync.js';
+import { BoxClock, CLOCK_SAMPLES, MAX_EXTRA_MS, SONG_CLOCKS_KEPT, SongClocks, describeOffset, playoutReport, sourceTimeToPerf, steer } from '../sync.js';
 
 test('the clock offset comes from the fastest recent round trip', () => {
   const c = new BoxClock();
@@ -137,4 +137,28 @@ test('played levels keep the last four seconds', () => {
   for (let k = 0; k < 2400; k++) t.push(k * 2.5);
   p.add(t, t.map(() => -20));
   assert.ok(p.points[0][0] >= 6000 - 4000 - 2.5 && p.points[0][0] <= 6000 - 4000 + 2.5, `${p.points[0][0]}`);
+});
+
+test('the audio a phone plays is read with the song clock that was true when it was sent', () => {
+  const c = new SongClocks();
+  assert.equal(c.at(0), null);
+  // The song at lead 0 from RTP 1000; then the lead rises by 4800 frames (100 ms) from
+  // RTP 49000 on: audio sent before that still carries the old mapping.
+  c.add({ rtp: 1000, position: 0 });
+  c.add({ rtp: 49_000, position: 48_000 + 4800 });
+  assert.equal(c.latest().rtp, 49_000);
+  assert.equal(c.at(48_999).position, 0, 'before the change: the old clock');
+  assert.equal(c.at(49_000).position, 52_800, 'from the change on: the new one');
+  assert.equal(c.at(500).rtp, 1000, 'older than every clock: the oldest');
+  // Timestamps wrap at 2^32.
+  const w = new SongClocks();
+  w.add({ rtp: 0xffff_ff00, position: 0 });
+  w.add({ rtp: 0x100, position: 512 });
+  assert.equal(w.at(0xffff_fff0).position, 0);
+  assert.equal(w.at(0x200).position, 512);
+  // Only the newest few are kept.
+  for (let k = 0; k < SONG_CLOCKS_KEPT + 3; k++) w.add({ rtp: 1000 * k, position: k });
+  assert.equal(w.clocks.length, SONG_CLOCKS_KEPT);
+  w.clear();
+  assert.equal(w.latest(), null);
 });

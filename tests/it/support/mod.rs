@@ -185,6 +185,10 @@ pcm.duetbox_pulse_e2e {{
     type pulse
     server "unix:{socket_e2e}"
     device "{pulse_sink}"
+    # An underrun restarts a pulse stream, which stalled the box's writes for up to two
+    # seconds on a busy machine (half its CPU stolen by the host); a sound card's driver
+    # recovers at once. So these speakers play silence where data was missing.
+    handle_underrun false
 }}
 pcm.{line_in} {{
     type pulse
