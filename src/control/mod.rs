@@ -59,6 +59,11 @@ use room::{Action, Room};
 /// most this; 1 ms costs ~1000 wake-ups a second, nothing on a Pi).
 const FANOUT_TICK: Duration = Duration::from_millis(1);
 
+/// How far the audio clock may move from the mix time between two reports before the
+/// timeline counts it as a jump (an output stall): well above the burst of a device
+/// refilling its buffer. A smaller error is the sync loop's to absorb.
+pub const CLOCK_JUMP: Duration = Duration::from_millis(100);
+
 /// How often the audio thread's reports are read (it writes them every 100 ms).
 const REPORT_TICK: Duration = Duration::from_millis(20);
 
@@ -104,6 +109,10 @@ pub struct SongClock {
     pub bridge_frames: u32,
     /// How far ahead of `position` the return mixes carried the backing, frames.
     pub lead_frames: u32,
+    /// The mix time since which the audio clock and the mix time have moved together.
+    /// The output stalling (an underrun, a device that stopped) moves the mix time
+    /// behind the clock: what was sent before then no longer maps to speaker time.
+    pub steady_from: u64,
 }
 
 impl SongClock {
@@ -144,6 +153,29 @@ impl SongClock {
         let rate = i64::from(crate::engine::SAMPLE_RATE_HZ);
         self.at.as_micros() as i64
             + (frames + self.speakers_behind_frames() as i64) * 1_000_000 / rate
+    }
+
+    /// Whether a return mix (whose timestamps start at `offset`) carried `rtp` after the
+    /// audio clock last jumped against the mix time, so that this clock maps it.
+    pub fn maps(&self, rtp: u32, offset: u32) -> bool {
+        let steady =
+            rtp_of_encoder_input(offset, self.steady_from + u64::from(self.latency_frames));
+        rtp.wrapping_sub(steady) as i32 >= 0
+    }
+
+    /// This report after `prev`, with where its steady stretch began: where it was, or
+    /// this report's mix time when the clock moved more than [`CLOCK_JUMP`] away from
+    /// the frames rendered since.
+    pub fn after(mut self, prev: &SongClock) -> SongClock {
+        let rendered = self.mix_time.saturating_sub(prev.mix_time);
+        let rendered_us = (rendered * 1_000_000 / u64::from(crate::engine::SAMPLE_RATE_HZ)) as i64;
+        let elapsed_us = self.at.saturating_sub(prev.at).as_micros() as i64;
+        self.steady_from = if (elapsed_us - rendered_us).abs() > CLOCK_JUMP.as_micros() as i64 {
+            self.mix_time
+        } else {
+            prev.steady_from
+        };
+        self
     }
 
     /// Where the speakers are in `song` at `now`, ms of the song (negative during its
@@ -884,7 +916,9 @@ impl ControlTask {
                         speaker_frames: self.speaker_frames,
                         bridge_frames,
                         lead_frames: position.lead,
-                    };
+                        steady_from: 0,
+                    }
+                    .after(&self.song_clock.borrow());
                     self.song_clock.send_replace(clock);
                     if let Some(recorder) = self.recorder.as_mut() {
                         recorder.follow(&clock);
@@ -975,6 +1009,7 @@ mod tests {
             speaker_frames: 480,
             bridge_frames: 0,
             lead_frames: 0,
+            steady_from: 0,
         };
         let offset = 0xFFFF_FF00u32;
         // The timestamp that carries the report's own frame: rendered at 10 s, heard
@@ -1001,5 +1036,47 @@ mod tests {
         };
         assert_eq!(bridged.speakers_play_us(rtp, offset), 10_041_000 + 11_333);
         assert_eq!(bridged.position_at(clock.at), 0);
+    }
+
+    #[test]
+    fn a_report_after_the_output_stalled_no_longer_maps_what_was_sent_before() {
+        let first = SongClock {
+            generation: 1,
+            mix_time: 480_000,
+            at: Duration::from_secs(10),
+            playing: true,
+            latency_frames: 48,
+            ..SongClock::default()
+        };
+        let offset = 7u32;
+        // 100 ms rendered in 100 ms (and a device period of jitter): one steady stretch.
+        let next = SongClock {
+            mix_time: 484_800,
+            at: Duration::from_millis(10_140),
+            ..first
+        }
+        .after(&first);
+        assert_eq!(next.steady_from, 0);
+        assert!(next.maps(first.rtp_at_report(offset), offset));
+        // Then 100 ms rendered in 1.9 s: the output stalled.
+        let stalled = SongClock {
+            mix_time: 489_600,
+            at: Duration::from_millis(12_040),
+            ..next
+        }
+        .after(&next);
+        assert_eq!(stalled.steady_from, 489_600);
+        assert!(!stalled.maps(next.rtp_at_report(offset), offset));
+        assert!(!stalled.maps(stalled.rtp_at_report(offset).wrapping_sub(1), offset));
+        assert!(stalled.maps(stalled.rtp_at_report(offset), offset));
+        // Steady again: the stretch still begins at the stall.
+        let on = SongClock {
+            mix_time: 494_400,
+            at: Duration::from_millis(12_140),
+            ..stalled
+        }
+        .after(&stalled);
+        assert_eq!(on.steady_from, 489_600);
+        assert!(on.maps(on.rtp_at_report(offset), offset));
     }
 }

@@ -509,6 +509,12 @@ impl Session {
         if clock.at.is_zero() {
             return;
         }
+        if !clock.maps(rtp, media.timestamp_offset()) {
+            // The phone still plays what was sent before the speakers stalled: that
+            // audio is not on the timeline since, and steering by it would move the
+            // phone by the stall (seconds).
+            return;
+        }
         let delay_us = at_us - clock.speakers_play_us(rtp, media.timestamp_offset());
         if delay_us.abs() > PLAYOUT_WINDOW_US {
             self.error(
