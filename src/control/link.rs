@@ -42,15 +42,25 @@ impl EngineLink {
                     return;
                 }
             }
+            Command::SetVoiceDelay { singer, .. } => {
+                if let Some(slot) = self
+                    .waiting
+                    .iter_mut()
+                    .find(|c| matches!(c, Command::SetVoiceDelay { singer: s, .. } if *s == singer))
+                {
+                    *slot = command;
+                    return;
+                }
+            }
             Command::RemoveSinger(singer) => {
                 let added = self
                     .waiting
                     .iter()
                     .any(|c| matches!(c, Command::AddSinger { singer: s, .. } if *s == singer));
                 self.waiting.retain(|c| match c {
-                    Command::AddSinger { singer: s, .. } | Command::SetSinger { singer: s, .. } => {
-                        *s != singer
-                    }
+                    Command::AddSinger { singer: s, .. }
+                    | Command::SetSinger { singer: s, .. }
+                    | Command::SetVoiceDelay { singer: s, .. } => *s != singer,
                     _ => true,
                 });
                 if added {
@@ -62,6 +72,7 @@ impl EngineLink {
             | Command::SetBacking { .. }
             | Command::SetListeners(_)
             | Command::SetLead { .. }
+            | Command::SetVenueDelay { .. }
             | Command::Backing { .. } => {
                 let same = std::mem::discriminant(&command);
                 if let Some(slot) = self

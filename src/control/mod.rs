@@ -109,6 +109,10 @@ pub struct SongClock {
     pub bridge_frames: u32,
     /// How far ahead of `position` the return mixes carried the backing, frames.
     pub lead_frames: u32,
+    /// How long the speakers' bus held the backing back (in-ear mode), frames. The
+    /// phones keep to the stage timeline (`speakers_play_us`) all the same: in-ear
+    /// singers hear their phones, and the speakers wait for their voices.
+    pub venue_delay_frames: u32,
     /// The mix time since which the audio clock and the mix time have moved together.
     /// The output stalling (an underrun, a device that stopped) moves the mix time
     /// behind the clock: what was sent before then no longer maps to speaker time.
@@ -125,7 +129,8 @@ impl SongClock {
         let since = now.saturating_sub(self.at);
         let moved =
             (since.as_nanos() * u128::from(crate::engine::SAMPLE_RATE_HZ) / 1_000_000_000) as u64;
-        (self.position + moved).saturating_sub(self.speakers_behind_frames())
+        (self.position + moved)
+            .saturating_sub(self.speakers_behind_frames() + u64::from(self.venue_delay_frames))
     }
 
     /// How long after a frame is rendered the speakers play it: the limiter, the
@@ -916,6 +921,7 @@ impl ControlTask {
                         speaker_frames: self.speaker_frames,
                         bridge_frames,
                         lead_frames: position.lead,
+                        venue_delay_frames: position.venue_delay,
                         steady_from: 0,
                     }
                     .after(&self.song_clock.borrow());
@@ -1009,6 +1015,7 @@ mod tests {
             speaker_frames: 480,
             bridge_frames: 0,
             lead_frames: 0,
+            venue_delay_frames: 0,
             steady_from: 0,
         };
         let offset = 0xFFFF_FF00u32;
@@ -1036,6 +1043,15 @@ mod tests {
         };
         assert_eq!(bridged.speakers_play_us(rtp, offset), 10_041_000 + 11_333);
         assert_eq!(bridged.position_at(clock.at), 0);
+        // In-ear mode: the speakers play the song 100 ms later; the phones' timeline
+        // stays.
+        let held = SongClock {
+            position: 96_000,
+            venue_delay_frames: 4_800,
+            ..clock
+        };
+        assert_eq!(held.speakers_play_us(rtp, offset), 10_041_000);
+        assert_eq!(held.position_at(clock.at), 96_000 - 1_968 - 4_800);
     }
 
     #[test]

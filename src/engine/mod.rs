@@ -48,6 +48,15 @@
 //! cannot be, and the venue's voice stays as early as it is. A change of lead crossfades
 //! over one period.
 //!
+//! # Venue delay (in-ear mode)
+//!
+//! When the singers follow their phones in headphones, each voice reaches the mix one
+//! uplink after the phone played the backing it was sung to. [`Command::SetVenueDelay`]
+//! holds the speakers' backing back by the slowest singer's uplink, and
+//! [`Command::SetVoiceDelay`] each faster voice by the difference, so the venue hears
+//! every voice on its beat. Only the speakers' bus is delayed: the encoded mixes and
+//! the recorder's sources are not. Each delay crossfades over one period when it moves.
+//!
 //! # Real time
 //!
 //! In steady state [`Engine::render_period`], [`Engine::handle_packet`] and
@@ -72,6 +81,7 @@
 //! ```
 
 pub mod codec;
+pub mod delay;
 pub mod jitter;
 pub mod limiter;
 pub mod meter;
@@ -91,6 +101,7 @@ pub use meter::Level;
 pub use mixer::SingerSettings;
 pub use receiver::{ReceiverConfig, ReceiverStats};
 
+use delay::Delay;
 use limiter::Limiter;
 use meter::Meter;
 use mixer::MixEncoder;
@@ -111,6 +122,10 @@ const BACKING_CAPACITY_S: usize = 2;
 /// The most the phones' backing may lead the speakers' ([`Command::SetLead`]): 500 ms.
 /// The player decodes about 1 s ahead, so this much is always queued while a song plays.
 pub const MAX_LEAD_FRAMES: u32 = 24_000;
+
+/// The most the speakers' bus delays the backing or a voice ([`Command::SetVenueDelay`]):
+/// 500 ms, a slow phone's whole uplink.
+pub const MAX_VENUE_DELAY_FRAMES: u32 = 24_000;
 
 /// Events held until polled; more are dropped and counted (a caller that never polls).
 const EVENT_CAPACITY: usize = 64;
@@ -194,6 +209,20 @@ pub enum Command {
         /// Frames, 48 kHz.
         frames: u32,
     },
+    /// How long the speakers' bus holds the backing back (in-ear mode, see *Venue
+    /// delay* in the module docs); at most [`MAX_VENUE_DELAY_FRAMES`] (more is clamped).
+    SetVenueDelay {
+        /// Frames, 48 kHz.
+        frames: u32,
+    },
+    /// How long the speakers' bus holds a seated singer's voice back (in-ear mode); at
+    /// most [`MAX_VENUE_DELAY_FRAMES`].
+    SetVoiceDelay {
+        /// The singer.
+        singer: SingerId,
+        /// Frames, 48 kHz.
+        frames: u32,
+    },
 }
 
 /// Backing-track audio for [`Engine::push_backing`].
@@ -222,6 +251,8 @@ pub struct BackingPosition {
     pub playing: bool,
     /// How many frames ahead of `position` the encoded mixes carried the backing.
     pub lead: u32,
+    /// How many frames the speakers' bus held the backing back (in-ear mode).
+    pub venue_delay: u32,
 }
 
 /// Why a command was refused.
@@ -355,13 +386,16 @@ struct Seat {
     voice_meter: Meter,
     personal_meter: Meter,
     route: MixId,
+    /// Its voice on the speakers' bus, held back by `venue_delay` (in-ear mode).
+    venue: Vec<f32>,
+    venue_delay: Delay,
 }
 
 /// One period's sources, from [`Engine::period_sources`].
 pub struct PeriodSources<'a> {
     /// Mix time of the period's first frame.
     pub start: u64,
-    /// The backing as the speakers got it, interleaved stereo.
+    /// The backing as rendered (before the speakers' in-ear delay), interleaved stereo.
     pub backing: &'a [f32],
     seats: &'a [Seat],
 }
@@ -408,8 +442,11 @@ pub struct Engine {
     bus: Vec<f32>,
     /// The encoded mixes' bus: backing `lead` frames on, and the voices.
     lead_bus: Vec<f32>,
-    /// The backing alone as the speakers got it this period (for the recorder).
+    /// The backing alone as rendered this period, before the speakers' delay (for the
+    /// recorder: what the singers sang to).
     backing_played: Vec<f32>,
+    /// The speakers' backing, held back for the slowest voice (in-ear mode).
+    venue_delay: Delay,
     /// The venue mix as encoded (from `lead_bus`), with its own limiter.
     venue_sent: Vec<f32>,
     venue_sent_limiter: Limiter,
@@ -466,6 +503,8 @@ impl Engine {
                 voice_meter: Meter::new(),
                 personal_meter: Meter::new(),
                 route: MixId::Venue,
+                venue: vec![0.0; 2 * period],
+                venue_delay: Delay::new(MAX_VENUE_DELAY_FRAMES),
             })
             .collect();
         Engine {
@@ -486,6 +525,7 @@ impl Engine {
                 mix_time: 0,
                 playing: false,
                 lead: 0,
+                venue_delay: 0,
             },
             lead: 0,
             lead_before: 0,
@@ -493,6 +533,7 @@ impl Engine {
             listeners: 0,
             bus: vec![0.0; 2 * period],
             backing_played: vec![0.0; 2 * period],
+            venue_delay: Delay::new(MAX_VENUE_DELAY_FRAMES),
             lead_bus: vec![0.0; 2 * period],
             venue_sent: vec![0.0; 2 * period],
             venue_sent_limiter: limiter(),
@@ -541,6 +582,8 @@ impl Engine {
                 seat.encoder.reset();
                 seat.voice_meter.take();
                 seat.personal_meter.take();
+                seat.venue_delay.set(0);
+                seat.venue_delay.clear();
                 self.update_route(idx);
             }
             Command::RemoveSinger(singer) => match self.seat_of(singer) {
@@ -575,6 +618,14 @@ impl Engine {
                 }
             }
             Command::SetLead { frames } => self.lead = frames.min(MAX_LEAD_FRAMES),
+            Command::SetVenueDelay { frames } => self.venue_delay.set(frames),
+            Command::SetVoiceDelay { singer, frames } => match self.seat_of(singer) {
+                Some(idx) => self.seats[idx].venue_delay.set(frames),
+                None => self.push_event(Event::Rejected {
+                    singer,
+                    reason: Reject::UnknownSinger,
+                }),
+            },
         }
     }
 
@@ -644,6 +695,7 @@ impl Engine {
         self.venue_encoder.take();
         self.render_backing();
         self.backing_played.copy_from_slice(&self.bus);
+        self.venue_delay.process(&mut self.bus);
         for seat in &mut self.seats {
             seat.encoder.take();
             if seat.singer.is_none() {
@@ -666,8 +718,12 @@ impl Engine {
                     seat.reverb.process_add(&seat.voice, wet, &mut seat.own);
                 }
             }
-            for ((b, l), &o) in self.bus.iter_mut().zip(&mut self.lead_bus).zip(&seat.own) {
-                *b += o;
+            seat.venue.copy_from_slice(&seat.own);
+            seat.venue_delay.process(&mut seat.venue);
+            for (b, &v) in self.bus.iter_mut().zip(&seat.venue) {
+                *b += v;
+            }
+            for (l, &o) in self.lead_bus.iter_mut().zip(&seat.own) {
                 *l += o;
             }
         }
@@ -881,6 +937,7 @@ impl Engine {
             mix_time: self.mix_time,
             playing: have > 0,
             lead: self.lead,
+            venue_delay: self.venue_delay.frames(),
         };
         let gain = if self.backing_muted {
             0.0

@@ -1019,6 +1019,7 @@ fn a_seek_flushes_what_was_queued_and_the_next_period_plays_the_new_position() {
             mix_time: 19 * period as u64,
             playing: true,
             lead: 0,
+            venue_delay: 0,
         }
     );
     assert_eq!(d.engine.stats().backing_underrun_frames, 0);
@@ -1188,4 +1189,82 @@ fn assert_same(got: &[Option<u64>], want: &[Option<u64>], what: &str) {
     if let Some(k) = (0..got.len()).find(|&k| got[k] != want[k]) {
         panic!("{what}: frame {k} is {:?}, not {:?}", got[k], want[k]);
     }
+}
+
+/// In-ear mode: the speakers hold a voice back by its delay and the backing by its
+/// own; the singer's return mix and the recorder's sources are not delayed.
+#[test]
+fn the_venue_delays_hold_back_the_speakers_only() {
+    let noise = Signal::Noise {
+        seed: 5,
+        amplitude: 0.3,
+    };
+    let delay = 2_400usize;
+    let run = |voice_delay: u32| {
+        let mut h = Harness::new(config()).seed(11);
+        // Hearing itself a little, so that its own return mix carries its voice.
+        let monitor = SingerSettings {
+            monitor: 0.5,
+            ..solo()
+        };
+        let a = h.add_phone(noise, Network::default(), monitor);
+        let singer = h.singer(a);
+        h.engine.handle_command(Command::SetVoiceDelay {
+            singer,
+            frames: voice_delay,
+        });
+        h.record(true);
+        let mut recorded = Vec::new();
+        for _ in 0..150 {
+            h.run_for(Duration::from_millis(10));
+            let sources = h.engine.period_sources();
+            let voice = sources.voices().next().expect("a seat").1;
+            recorded.extend_from_slice(voice);
+        }
+        (left(&h.venue), left(&h.personal[0]), recorded)
+    };
+    let (venue, personal, recorded) = run(0);
+    let (venue_d, personal_d, recorded_d) = run(delay as u32);
+    let voiced = venue.iter().filter(|v| v.abs() > 0.01).count();
+    assert!(voiced > 48_000, "the voice reached the speakers: {voiced}");
+    assert_eq!(venue_d.len(), venue.len());
+    for k in delay..venue.len() {
+        assert!(
+            (venue_d[k] - venue[k - delay]).abs() < 1e-6,
+            "the speakers play the voice {delay} frames later: frame {k}"
+        );
+    }
+    assert!(venue_d[..delay].iter().all(|v| v.abs() < 1e-6));
+    assert!(
+        personal.iter().filter(|v| v.abs() > 0.01).count() > 48_000,
+        "the return mix carries the voice"
+    );
+    assert_eq!(personal_d, personal, "the return mix is not delayed");
+    assert_eq!(recorded_d, recorded, "nor what the recorder gets");
+
+    // The backing: held back on the speakers, not in the encoded mixes.
+    let mut d = Deck::new();
+    let period = d.engine.config().period_samples;
+    let latency = d.engine.output_latency_frames();
+    d.push(1, 0, 24_000, false);
+    d.engine
+        .handle_command(Command::SetVenueDelay { frames: 960 });
+    d.render(20);
+    let heard = d.heard(0);
+    // The first period crossfaded from no delay; from the second on, frame f plays at
+    // f + 960 (after the limiter's look-ahead).
+    let from = period + latency + 960;
+    assert_same(
+        &heard[from..],
+        &expected((period + latency) as u64, heard.len() - from),
+        "the speakers play the backing 960 frames late",
+    );
+    assert_eq!(d.engine.backing_position().venue_delay, 960);
+    d.engine
+        .handle_command(Command::SetVenueDelay { frames: u32::MAX });
+    d.render(1);
+    assert_eq!(
+        d.engine.backing_position().venue_delay,
+        MAX_VENUE_DELAY_FRAMES
+    );
 }
