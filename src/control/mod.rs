@@ -17,6 +17,7 @@
 //! Boundary: knows the room, the audio thread's queues and our `rtc` module; imports
 //! nothing of `http` (adapters map the room's refusals to their wire's codes).
 
+pub mod in_ear;
 pub mod link;
 pub mod night;
 pub mod recorder;
@@ -63,6 +64,15 @@ const FANOUT_TICK: Duration = Duration::from_millis(1);
 /// timeline counts it as a jump (an output stall): well above the burst of a device
 /// refilling its buffer. A smaller error is the sync loop's to absorb.
 pub const CLOCK_JUMP: Duration = Duration::from_millis(100);
+
+/// How much the stage timeline (the speakers' device delay) must move before the room
+/// hears of it: a device's delay wobbles by a period as it is read.
+const STAGE_MOVE: Duration = Duration::from_millis(2);
+
+/// `frames` at 48 kHz as a duration.
+fn frames_to_duration(frames: u64) -> Duration {
+    Duration::from_nanos(frames * 1_000_000_000 / u64::from(crate::engine::SAMPLE_RATE_HZ))
+}
 
 /// How often the audio thread's reports are read (it writes them every 100 ms).
 const REPORT_TICK: Duration = Duration::from_millis(20);
@@ -474,6 +484,8 @@ pub struct ControlTask {
     /// The levels of each mix someone hears, as encoded.
     envelopes: HashMap<MixId, KeptEnvelope>,
     /// Records every song (`songs.record`).
+    /// The stage timeline behind the mixer, as the room was last told.
+    stage_behind: Duration,
     recorder: Option<SongRecorder>,
 }
 
@@ -552,6 +564,7 @@ pub fn start(
         speaker_frames,
         envelopes: HashMap::new(),
         recorder,
+        stage_behind: Duration::ZERO,
     };
     Ok((control, task))
 }
@@ -926,6 +939,12 @@ impl ControlTask {
                     }
                     .after(&self.song_clock.borrow());
                     self.song_clock.send_replace(clock);
+                    let behind = frames_to_duration(clock.speakers_behind_frames());
+                    if behind.abs_diff(self.stage_behind) >= STAGE_MOVE {
+                        self.stage_behind = behind;
+                        let _ = self.room.handle(self.now(), Input::Stage { behind });
+                        changed = true;
+                    }
                     if let Some(recorder) = self.recorder.as_mut() {
                         recorder.follow(&clock);
                     }

@@ -71,6 +71,40 @@ pub struct Entry {
     pub song: SongRef,
     /// Its singers, the one who added it first.
     pub singers: Vec<PeerId>,
+    /// Whom its singers follow: the speakers or their phones (the host picks).
+    pub mode: SyncMode,
+}
+
+/// Whom the singers of a song follow (`docs/sync.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SyncMode {
+    /// The speakers: the phones play in time with them; each voice reaches the
+    /// speakers one uplink late.
+    #[default]
+    Stage,
+    /// Their phones, in headphones: the speakers hold the backing (and every faster
+    /// voice) back until the slowest voice arrives, so the venue hears each voice on
+    /// its beat.
+    InEar,
+}
+
+impl SyncMode {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Stage => "stage",
+            SyncMode::InEar => "in_ear",
+        }
+    }
+
+    /// The mode a wire name names.
+    pub fn parse(name: &str) -> Option<SyncMode> {
+        match name {
+            "stage" => Some(SyncMode::Stage),
+            "in_ear" => Some(SyncMode::InEar),
+            _ => None,
+        }
+    }
 }
 
 /// Where the transport is.
@@ -345,8 +379,24 @@ impl Night {
         }
         self.next_entry += 1;
         let id = EntryId(self.next_entry);
-        self.queue.push(Entry { id, song, singers });
+        self.queue.push(Entry {
+            id,
+            song,
+            singers,
+            mode: SyncMode::Stage,
+        });
         Ok(id)
+    }
+
+    /// The host picks whom the singers of an entry follow, queued or playing.
+    pub fn set_mode(&mut self, entry: EntryId, mode: SyncMode) -> Result<(), NightRefusal> {
+        if let Some(now) = self.now.as_mut().filter(|n| n.entry.id == entry) {
+            now.entry.mode = mode;
+            return Ok(());
+        }
+        let idx = self.index(entry)?;
+        self.queue[idx].mode = mode;
+        Ok(())
     }
 
     /// A singer named by an entry withdraws: the one who added it removes it; a partner

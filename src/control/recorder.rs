@@ -28,6 +28,7 @@ use tokio::sync::mpsc;
 
 use super::recording::{RecordPlan, RecordingNews};
 use super::SongClock;
+use crate::control::in_ear::PHONE_PACKET;
 use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::record::{RecordLink, Recorder, RecorderCommand, RecorderEvent, Session, VoicePlan};
 
@@ -35,9 +36,6 @@ use crate::record::{RecordLink, Recorder, RecorderCommand, RecorderEvent, Sessio
 /// it records from the report on instead of from the song's first frame: its start is
 /// gone from the audio thread's chunks anyway.
 const START_WITHIN_FRAMES: u64 = SAMPLE_RATE_HZ as u64;
-
-/// What a browser's Opus packet holds (WebRTC's default 20 ms).
-const PHONE_PACKET: Duration = Duration::from_millis(20);
 
 /// Longest part of a singer's name in a file name.
 const LABEL_NAME_CHARS: usize = 24;

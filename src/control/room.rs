@@ -51,9 +51,10 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::in_ear::{InEar, Uplink, PHONE_PACKET};
 use super::night::{
     BackingSource, Effect, EntryId, LiveState, Night, NightRefusal, NowPlaying, Problem,
-    SongFeedback, SongRef, Transport,
+    SongFeedback, SongRef, SyncMode, Transport,
 };
 use super::recording::{
     Follow, RecordPlan, RecordVoice, RecordingNews, Recordings, RecordingsView,
@@ -534,6 +535,20 @@ pub enum Input {
         /// Its new place.
         to: usize,
     },
+    /// The host picks whom the singers of an entry (queued or playing) follow.
+    SetMode {
+        /// The entry.
+        entry: EntryId,
+        /// Its mode.
+        mode: SyncMode,
+    },
+    /// How long after the mixer renders a frame the stage timeline plays it (the
+    /// speakers' device and path, `SongClock::speakers_behind_frames`): in-ear mode
+    /// holds the speakers back by this plus the slowest uplink.
+    Stage {
+        /// The stage timeline behind the mixer.
+        behind: Duration,
+    },
     /// The host's (or panel's) transport.
     Transport(Transport),
     /// News from the player or the engine about the song.
@@ -740,6 +755,8 @@ pub struct EntryView {
     pub song: SongRef,
     /// Its singers and their names.
     pub singers: Vec<(PeerId, String)>,
+    /// Whom its singers follow.
+    pub mode: SyncMode,
 }
 
 /// The song playing.
@@ -782,6 +799,8 @@ pub struct RoomView {
     pub pin_set: bool,
     /// How far ahead of the speakers the phones' backing plays, ms.
     pub lead_ms: f32,
+    /// How long the speakers hold the backing back for in-ear singers, ms.
+    pub venue_delay_ms: f32,
     /// The recordings (their ids are capabilities: adapters show each only to its
     /// singers and the host).
     pub recordings: RecordingsView,
@@ -848,6 +867,10 @@ pub struct Room {
     timeline: Timeline<PeerId>,
     /// The lead the engine was last told, frames.
     lead_frames: u32,
+    /// The speakers' in-ear delays the engine was last told.
+    in_ear: InEar,
+    /// The stage timeline behind the mixer ([`Input::Stage`]).
+    stage_behind: Duration,
     actions: VecDeque<Action>,
     changed: bool,
 }
@@ -880,6 +903,8 @@ impl Room {
             night,
             timeline: Timeline::new(max_lead),
             lead_frames: 0,
+            in_ear: InEar::new(),
+            stage_behind: Duration::ZERO,
             actions: VecDeque::new(),
             changed: false,
         }
@@ -1064,6 +1089,15 @@ impl Room {
                 self.changed = true;
                 Ok(Reply::Done)
             }
+            Input::SetMode { entry, mode } => {
+                self.night.set_mode(entry, mode).map_err(Refusal::Night)?;
+                self.changed = true;
+                Ok(Reply::Done)
+            }
+            Input::Stage { behind } => {
+                self.stage_behind = behind;
+                Ok(Reply::Done)
+            }
             Input::Transport(command) => {
                 let effects = self.night.transport(command).map_err(Refusal::Night)?;
                 self.carry_out(effects);
@@ -1133,6 +1167,7 @@ impl Room {
         };
         self.update_lead();
         self.follow_recording();
+        self.follow_in_ear();
         if std::mem::take(&mut self.changed) && !self.actions.contains(&Action::Changed) {
             self.actions.push_back(Action::Changed);
         }
@@ -1171,6 +1206,7 @@ impl Room {
                 .iter()
                 .filter_map(|p| Some((*p, self.participants.get(p)?.name.clone())))
                 .collect(),
+            mode: e.mode,
         };
         RoomView {
             queue: self.night.queue().iter().map(entry_view).collect(),
@@ -1218,6 +1254,7 @@ impl Room {
             singer_limit: self.singer_limit,
             pin_set: !self.pin.is_empty(),
             lead_ms: self.lead_frames as f32 / 48.0,
+            venue_delay_ms: self.in_ear.backing().as_secs_f32() * 1000.0,
             recordings: self.recordings.view(),
         }
     }
@@ -1263,6 +1300,33 @@ impl Room {
             Follow::Start(plan) => self.emit(Action::Record(plan)),
         }
         self.changed = true;
+    }
+
+    /// Holds the speakers back while an in-ear song is the song: by the stage timeline
+    /// and the slowest seated voice's uplink (`control::in_ear`). A singer's uplink is
+    /// its capture (from its calibration; none measured counts as none), one phone
+    /// packet and the box's jitter buffer for it.
+    fn follow_in_ear(&mut self) {
+        let on = self
+            .night
+            .now_playing()
+            .is_some_and(|n| n.entry.mode == SyncMode::InEar);
+        let uplinks: Vec<Uplink> = self
+            .participants
+            .iter()
+            .filter(|(_, p)| p.slot.is_some())
+            .map(|(peer, p)| Uplink {
+                singer: peer.singer(),
+                uplink: p.calibration.map(|c| c.capture()).unwrap_or_default()
+                    + PHONE_PACKET
+                    + Duration::from_secs_f32(p.figures.delay_ms.max(0.0) / 1000.0),
+            })
+            .collect();
+        let commands = self.in_ear.follow(on, self.stage_behind, &uplinks);
+        for command in commands {
+            self.emit(Action::Engine(command));
+            self.changed = true;
+        }
     }
 
     fn carry_out(&mut self, effects: Vec<Effect>) {

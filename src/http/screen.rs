@@ -193,6 +193,7 @@ mod tests {
             singer_limit: 2,
             pin_set: true,
             lead_ms: 0.0,
+            venue_delay_ms: 0.0,
         };
         let s = state_json("Stage left", Some("https://10.0.0.2:8443/"), &view, -3.0);
         assert_eq!(s["slots"][0]["name"], "Mia");

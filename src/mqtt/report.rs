@@ -272,6 +272,7 @@ mod tests {
             singer_limit: 2,
             pin_set: true,
             lead_ms: 0.0,
+            venue_delay_ms: 0.0,
         }
     }
 
@@ -351,6 +352,7 @@ mod tests {
             id: EntryId(n),
             song: song(u64::from(n)),
             singers: vec![(PeerId(3), "Ana".into())],
+            mode: Default::default(),
         };
         let mut v = view();
         v.queue = (2..=60).map(entry).collect();
@@ -361,6 +363,7 @@ mod tests {
                     id: EntryId(1),
                     song: song(1),
                     singers: vec![PeerId(3)],
+                    mode: Default::default(),
                 },
                 generation: 4,
                 state: TransportState::Playing,

@@ -1794,3 +1794,126 @@ fn a_box_that_does_not_record_plans_no_recording() {
         .unwrap();
     assert_eq!(record_actions(&h.take()), vec![]);
 }
+
+fn venue_delays(actions: &[Action]) -> Vec<Command> {
+    engine_commands(actions)
+        .into_iter()
+        .filter(|c| {
+            matches!(
+                c,
+                Command::SetVenueDelay { .. } | Command::SetVoiceDelay { .. }
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn an_in_ear_song_holds_the_speakers_back_for_the_slowest_voice_and_a_stage_song_does_not() {
+    use crate::control::night::SyncMode;
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    h.media(secs(0.5), 2, MediaState::Connected);
+    // Ana's phone captures 33 ms late (calibrated); Ben has not calibrated. Their
+    // jitter buffers hold 30 and 10 ms.
+    h.handle(
+        secs(0.6),
+        Input::Calibrated {
+            conn: ConnId(1),
+            calibration: Calibration {
+                round_trip: Duration::from_millis(45),
+                output: Duration::from_millis(12),
+            },
+        },
+    )
+    .unwrap();
+    for (peer, delay_ms) in [(ana.peer, 30.0), (ben.peer, 10.0)] {
+        let figures = SingerFigures {
+            level_db: -20.0,
+            delay_ms,
+            lost: 0,
+            packets: 100,
+        };
+        h.handle(
+            secs(0.7),
+            Input::Figures {
+                singer: peer.singer(),
+                figures,
+            },
+        )
+        .unwrap();
+    }
+    h.handle(
+        secs(0.8),
+        Input::Stage {
+            behind: Duration::from_millis(40),
+        },
+    )
+    .unwrap();
+    let duet = queue_add(&mut h, 1, 7, Some(ben.peer)).unwrap();
+    let next = queue_add(&mut h, 2, 8, Some(ana.peer)).unwrap();
+    assert_eq!(
+        h.room.view().queue[0].mode,
+        SyncMode::Stage,
+        "stage by default"
+    );
+    // Only a known entry takes a mode.
+    assert!(h
+        .handle(
+            secs(1.0),
+            Input::SetMode {
+                entry: EntryId(99),
+                mode: SyncMode::InEar
+            }
+        )
+        .is_err());
+    h.handle(
+        secs(1.0),
+        Input::SetMode {
+            entry: duet,
+            mode: SyncMode::InEar,
+        },
+    )
+    .unwrap();
+    assert_eq!(h.room.view().queue[0].mode, SyncMode::InEar);
+    assert_eq!(venue_delays(&h.take()), vec![], "nothing plays yet");
+    h.handle(secs(2.0), Input::Transport(Transport::Start(duet)))
+        .unwrap();
+    // Ana: 33 + 20 + 30 = 83 ms; Ben: 0 + 20 + 10 = 30 ms. The backing waits 40 + 83,
+    // Ben's voice 53.
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![
+            Command::SetVenueDelay { frames: 5_904 },
+            Command::SetVoiceDelay {
+                singer: ben.peer.singer(),
+                frames: 2_544
+            },
+        ]
+    );
+    assert!((h.room.view().venue_delay_ms - 123.0).abs() < 0.01);
+    // The next song is a stage song: nothing held back.
+    h.handle(secs(5.0), Input::Transport(Transport::Start(next)))
+        .unwrap();
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![
+            Command::SetVenueDelay { frames: 0 },
+            Command::SetVoiceDelay {
+                singer: ben.peer.singer(),
+                frames: 0
+            },
+        ]
+    );
+    // The host switches the playing song to in-ear: it holds back at once.
+    h.handle(
+        secs(6.0),
+        Input::SetMode {
+            entry: next,
+            mode: SyncMode::InEar,
+        },
+    )
+    .unwrap();
+    assert_eq!(venue_delays(&h.take()).len(), 2);
+}
