@@ -110,6 +110,27 @@ function handle(msg) {
   }
 }
 
+/** The button that switches an entry between stage and in-ear (docs/sync.md). */
+function modeButton(e) {
+  const inEar = e.mode === 'in_ear';
+  const b = el('button', {
+    className: 'btn mode',
+    textContent: inEar ? 'In-ear' : 'Stage',
+    title: inEar
+      ? 'Singers follow their phones in headphones; the speakers wait for their voices. Tap for stage.'
+      : 'Singers follow the speakers. Tap for in-ear (headphones).',
+  });
+  b.dataset.mode = e.mode;
+  b.onclick = () => send({ type: 'mode', entry: e.entry, mode: inEar ? 'stage' : 'in_ear' });
+  return b;
+}
+
+/** How long the speakers hold the backing back for in-ear voices. */
+function drawDelay() {
+  const d = host.room && host.room.venue_delay_ms;
+  $('now-delay').textContent = typeof d === 'number' && d > 0 ? `speakers held back ${Math.round(d)} ms for the voices` : '';
+}
+
 function drawQueue() {
   const q = host.queue;
   const list = $('queue');
@@ -130,7 +151,7 @@ function drawQueue() {
     down.onclick = () => send({ type: 'queue_move', entry: e.entry, to: i + 1 });
     const remove = el('button', { className: 'btn danger', textContent: '✕', title: 'Remove' });
     remove.onclick = () => send({ type: 'queue_remove', entry: e.entry });
-    const li = el('li', {}, [what, start, up, down, remove]);
+    const li = el('li', {}, [what, start, modeButton(e), up, down, remove]);
     li.dataset.entry = e.entry;
     list.append(li);
   });
@@ -152,6 +173,11 @@ function drawQueue() {
     $('now-title').textContent = `${song.title}${song.artist ? ' · ' + song.artist : ''}`;
     $('now-singers').textContent = names(song.singers);
     $('now-state').textContent = song.state;
+    const mode = modeButton(song);
+    $('now-mode').textContent = mode.textContent;
+    $('now-mode').dataset.mode = song.mode;
+    $('now-mode').onclick = mode.onclick;
+    drawDelay();
   }
   $('pause').disabled = !song || song.state === 'paused';
   $('stop').disabled = !song;
@@ -193,6 +219,7 @@ function drawRoom() {
   const far = r.peers.filter((p) => typeof p.sync_ms === 'number').reduce((m, p) => Math.max(m, Math.abs(p.sync_ms)), 0);
   const lead = typeof r.lead_ms === 'number' && r.lead_ms > 0 ? ` · phones led ${Math.round(r.lead_ms)} ms, furthest ${Math.round(far)} ms off` : '';
   $('listeners').textContent = `${listeners} listener${listeners === 1 ? '' : 's'}${lead}`;
+  drawDelay();
   // Rebuild only when the slots' holders changed, so sliders are not yanked mid-drag.
   const shape = r.slots.map((s) => s.peer || '-').join(',');
   if (slots.dataset.shape !== shape) {

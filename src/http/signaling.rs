@@ -7,7 +7,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::control::night::{BackingSource, EntryId, Problem, Transport};
+use crate::control::night::{BackingSource, EntryId, Problem, SyncMode, Transport};
 use crate::control::recording::Take;
 use crate::control::{Calibration, PeerId, Role, RoomView, SlotChange, SlotId, Token};
 use crate::songs::library::{LibrarySong, SongId};
@@ -133,6 +133,13 @@ pub enum ClientMessage {
         /// Its new place.
         to: usize,
     },
+    /// Host: whom the singers of an entry (queued or playing) follow.
+    Mode {
+        /// The entry.
+        entry: EntryId,
+        /// Stage or in-ear.
+        mode: SyncMode,
+    },
     /// Host: a slot's settings (only the fields given).
     Slot {
         /// The slot.
@@ -169,6 +176,7 @@ impl ClientMessage {
             ClientMessage::Transport(_)
                 | ClientMessage::QueueRemove { .. }
                 | ClientMessage::QueueMove { .. }
+                | ClientMessage::Mode { .. }
                 | ClientMessage::Slot { .. }
                 | ClientMessage::Master { .. }
                 | ClientMessage::Backing { .. }
@@ -557,6 +565,15 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
                 to: to.min(u64::from(u32::MAX)) as usize,
             })
         }
+        "mode" => {
+            let mode = SyncMode::parse(&string_field(&obj, "mode")?).ok_or_else(|| {
+                WireError::new(ErrorCode::BadField, "`mode` must be stage or in_ear")
+            })?;
+            Ok(ClientMessage::Mode {
+                entry: entry_field(&obj)?,
+                mode,
+            })
+        }
         "slot" => {
             let slot = SlotId::parse(&string_field(&obj, "slot")?).ok_or_else(|| {
                 WireError::new(ErrorCode::BadField, "`slot` must be a slot letter")
@@ -855,6 +872,8 @@ pub struct HostRoomView {
     pub live_source: Option<LiveView>,
     /// How far ahead of the speakers the phones' backing plays, ms (`docs/sync.md`).
     pub lead_ms: f32,
+    /// How long the speakers hold the backing back for an in-ear song's voices, ms.
+    pub venue_delay_ms: f32,
     /// The songs' recordings: every one the room lists, the one being made, and why
     /// the last one stopped early.
     pub recording: HostRecordingView,
@@ -943,6 +962,7 @@ impl HostRoomView {
             backing_source: view.backing_source.as_str(),
             line_in_configured: view.line_in_configured,
             lead_ms: round1(view.lead_ms),
+            venue_delay_ms: round1(view.venue_delay_ms),
             live_source: view.live.as_ref().map(|l| LiveView {
                 source: l.source.as_str(),
                 live: l.live,
@@ -1012,6 +1032,9 @@ pub struct EntryItem {
     pub artist: Option<String>,
     /// Singers, the one who added it first.
     pub singers: Vec<EntrySinger>,
+    /// Whom they follow: `stage` (the speakers) or `in_ear` (their phones, in
+    /// headphones).
+    pub mode: &'static str,
 }
 
 /// The song playing.
@@ -1062,6 +1085,7 @@ impl QueueView {
                     name: name.clone(),
                 })
                 .collect(),
+            mode: e.mode.as_str(),
         };
         QueueView {
             entries: view.queue.iter().map(entry).collect(),
@@ -1235,6 +1259,23 @@ mod tests {
             .unwrap()
             .is_host_only());
         assert!(!parse(r#"{"type":"songs"}"#).unwrap().is_host_only());
+        check(
+            r#"{"type":"mode","entry":3,"mode":"in_ear"}"#,
+            "Mode { entry: EntryId(3), mode: InEar }",
+        );
+        for bad in ["inear", "STAGE", ""] {
+            check(
+                &format!(r#"{{"type":"mode","entry":3,"mode":"{bad}"}}"#),
+                "error BadField: `mode` must be stage or in_ear",
+            );
+        }
+        check(
+            r#"{"type":"mode","entry":3,"mode":1}"#,
+            "error BadField: `mode` must be a string",
+        );
+        assert!(parse(r#"{"type":"mode","entry":3,"mode":"stage"}"#)
+            .unwrap()
+            .is_host_only());
     }
 
     #[test]

@@ -203,6 +203,9 @@ impl Session {
             ClientMessage::QueueRemove { entry } => {
                 self.forward(Input::QueueRemove { entry }).await
             }
+            ClientMessage::Mode { entry, mode } => {
+                self.forward(Input::SetMode { entry, mode }).await
+            }
             ClientMessage::QueueMove { entry, to } => {
                 self.forward(Input::QueueMove { entry, to }).await
             }

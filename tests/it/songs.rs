@@ -373,6 +373,7 @@ async fn strangers_cannot_run_the_night_and_lyrics_come_only_from_the_index() {
         json!({"type": "queue_remove", "entry": entry}),
         json!({"type": "kick", "peer": "p1"}),
         json!({"type": "master", "gain_db": 12}),
+        json!({"type": "mode", "entry": entry, "mode": "in_ear"}),
     ] {
         night.singer.send(msg).await;
         let error = night.singer.expect("error").await;
@@ -392,9 +393,28 @@ async fn strangers_cannot_run_the_night_and_lyrics_come_only_from_the_index() {
     assert_eq!(night.singer.expect("error").await["code"], "already_joined");
     night
         .until("nothing started", |q| {
-            q["song"].is_null() && q["entries"][0]["entry"] == entry
+            q["song"].is_null()
+                && q["entries"][0]["entry"] == entry
+                && q["entries"][0]["mode"] == "stage"
         })
         .await;
+    // The host makes it an in-ear song; an unknown entry is refused.
+    night
+        .host
+        .send(json!({"type": "mode", "entry": entry, "mode": "in_ear"}))
+        .await;
+    night
+        .until("the song is in-ear", |q| {
+            q["entries"][0]["mode"] == "in_ear"
+        })
+        .await;
+    night
+        .host
+        .send(json!({"type": "mode", "entry": entry + 100, "mode": "stage"}))
+        .await;
+    let error = night.host.expect("error").await;
+    assert_eq!(error["code"], "refused", "{error}");
+    assert_eq!(error["message"], "no such queue entry", "{error}");
 
     // Guessing the host PIN: refused and closed; the sixth guess from this address
     // waits even with the right PIN.
