@@ -119,7 +119,7 @@ export class SongsPanel {
       const li = el('li', { className: mine ? 'mine' : '' }, [
         el('div', { className: 'what' }, [
           el('b', { textContent: e.title }),
-          el('span', { textContent: names(e.singers) }),
+          el('span', { textContent: names(e.singers) + (mine && e.mode === 'in_ear' ? ' · in-ear: bring headphones' : '') }),
         ]),
       ]);
       li.dataset.entry = e.entry;
@@ -137,5 +137,10 @@ export class SongsPanel {
       ? `${song.title}${song.artist ? ` · ${song.artist}` : ''} — ${names(song.singers)}`
       : 'No song playing.';
     this.ui.nowState.textContent = song ? song.state : '';
+    // In-ear: the singers follow their phones, so they wear headphones (the speakers
+    // wait for their voices and would sound late to them).
+    const singing = song && song.singers.some((s) => s.peer === this.me);
+    this.ui.nowTitle.dataset.mode = song ? song.mode : '';
+    if (singing && song.mode === 'in_ear') this.ui.nowTitle.textContent += ' · in-ear: sing to your headphones, not the speakers';
   }
 }
