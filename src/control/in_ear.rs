@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use crate::engine::{frames_in, Command, SingerId, MAX_VENUE_DELAY_FRAMES};
+use crate::engine::{duration_of, frames_in, Command, SingerId, MAX_VENUE_DELAY_FRAMES};
 
 /// What a phone's sender adds before its first sample leaves: one 20 ms Opus packet.
 pub const PHONE_PACKET: Duration = Duration::from_millis(20);
@@ -45,7 +45,7 @@ impl InEar {
 
     /// How long the speakers hold the backing back now.
     pub fn backing(&self) -> Duration {
-        Duration::from_secs_f64(f64::from(self.backing) / f64::from(crate::engine::SAMPLE_RATE_HZ))
+        duration_of(u64::from(self.backing))
     }
 
     /// The commands that bring the engine to what `on` (the song playing is in-ear),

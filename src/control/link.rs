@@ -14,7 +14,7 @@
 //!
 //! Pure: the caller hands in a push function (the real queue, or a test's).
 
-use crate::engine::Command;
+use crate::engine::{Command, SingerId};
 
 /// The commands that did not fit the audio thread's queue yet, coalesced.
 #[derive(Debug, Default)]
@@ -32,21 +32,13 @@ impl EngineLink {
     /// stale.
     pub fn queue(&mut self, command: Command) {
         match command {
-            Command::SetSinger { singer, .. } => {
+            Command::SetSinger { singer, .. } | Command::SetVoiceDelay { singer, .. } => {
+                // A newer setting of the same kind for the same singer replaces it.
+                let same = std::mem::discriminant(&command);
                 if let Some(slot) = self
                     .waiting
                     .iter_mut()
-                    .find(|c| matches!(c, Command::SetSinger { singer: s, .. } if *s == singer))
-                {
-                    *slot = command;
-                    return;
-                }
-            }
-            Command::SetVoiceDelay { singer, .. } => {
-                if let Some(slot) = self
-                    .waiting
-                    .iter_mut()
-                    .find(|c| matches!(c, Command::SetVoiceDelay { singer: s, .. } if *s == singer))
+                    .find(|c| std::mem::discriminant(*c) == same && singer_of(c) == Some(singer))
                 {
                     *slot = command;
                     return;
@@ -106,6 +98,14 @@ impl EngineLink {
     /// Commands still waiting.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+}
+
+/// The singer a per-singer setting is for.
+fn singer_of(command: &Command) -> Option<SingerId> {
+    match command {
+        Command::SetSinger { singer, .. } | Command::SetVoiceDelay { singer, .. } => Some(*singer),
+        _ => None,
     }
 }
 

@@ -69,11 +69,6 @@ pub const CLOCK_JUMP: Duration = Duration::from_millis(100);
 /// hears of it: a device's delay wobbles by a period as it is read.
 const STAGE_MOVE: Duration = Duration::from_millis(2);
 
-/// `frames` at 48 kHz as a duration.
-fn frames_to_duration(frames: u64) -> Duration {
-    Duration::from_nanos(frames * 1_000_000_000 / u64::from(crate::engine::SAMPLE_RATE_HZ))
-}
-
 /// How often the audio thread's reports are read (it writes them every 100 ms).
 const REPORT_TICK: Duration = Duration::from_millis(20);
 
@@ -182,10 +177,9 @@ impl SongClock {
     /// this report's mix time when the clock moved more than [`CLOCK_JUMP`] away from
     /// the frames rendered since.
     pub fn after(mut self, prev: &SongClock) -> SongClock {
-        let rendered = self.mix_time.saturating_sub(prev.mix_time);
-        let rendered_us = (rendered * 1_000_000 / u64::from(crate::engine::SAMPLE_RATE_HZ)) as i64;
-        let elapsed_us = self.at.saturating_sub(prev.at).as_micros() as i64;
-        self.steady_from = if (elapsed_us - rendered_us).abs() > CLOCK_JUMP.as_micros() as i64 {
+        let rendered = crate::engine::duration_of(self.mix_time.saturating_sub(prev.mix_time));
+        let elapsed = self.at.saturating_sub(prev.at);
+        self.steady_from = if elapsed.abs_diff(rendered) > CLOCK_JUMP {
             self.mix_time
         } else {
             prev.steady_from
@@ -483,9 +477,9 @@ pub struct ControlTask {
     speaker_frames: u32,
     /// The levels of each mix someone hears, as encoded.
     envelopes: HashMap<MixId, KeptEnvelope>,
-    /// Records every song (`songs.record`).
     /// The stage timeline behind the mixer, as the room was last told.
     stage_behind: Duration,
+    /// Records every song (`songs.record`).
     recorder: Option<SongRecorder>,
 }
 
@@ -939,7 +933,7 @@ impl ControlTask {
                     }
                     .after(&self.song_clock.borrow());
                     self.song_clock.send_replace(clock);
-                    let behind = frames_to_duration(clock.speakers_behind_frames());
+                    let behind = crate::engine::duration_of(clock.speakers_behind_frames());
                     if behind.abs_diff(self.stage_behind) >= STAGE_MOVE {
                         self.stage_behind = behind;
                         let _ = self.room.handle(self.now(), Input::Stage { behind });

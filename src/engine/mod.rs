@@ -116,6 +116,11 @@ pub fn frames_in(d: Duration) -> u64 {
     (d.as_secs_f64() * f64::from(SAMPLE_RATE_HZ)).round() as u64
 }
 
+/// How long `frames` (at [`SAMPLE_RATE_HZ`]) last: [`frames_in`]'s inverse.
+pub fn duration_of(frames: u64) -> Duration {
+    Duration::from_nanos(frames * 1_000_000_000 / u64::from(SAMPLE_RATE_HZ))
+}
+
 /// Seconds of stereo backing audio the engine can hold ahead of playout.
 const BACKING_CAPACITY_S: usize = 2;
 

@@ -1610,6 +1610,17 @@ fn playout_reports_set_the_lead_and_each_phones_offset() {
     assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 720 }));
 }
 
+/// A phone's calibration report: round trip and output latency, ms.
+fn calibrated(conn: u64, round_trip_ms: u64, output_ms: u64) -> Input {
+    Input::Calibrated {
+        conn: ConnId(conn),
+        calibration: Calibration {
+            round_trip: Duration::from_millis(round_trip_ms),
+            output: Duration::from_millis(output_ms),
+        },
+    }
+}
+
 #[test]
 fn a_calibration_is_kept_with_the_token_and_nonsense_is_refused() {
     let mut h = Harness::new(config());
@@ -1617,13 +1628,6 @@ fn a_calibration_is_kept_with_the_token_and_nonsense_is_refused() {
     assert_eq!(ana.calibration, None);
     h.media(secs(0.5), 1, MediaState::Connected);
     h.take();
-    let calibrated = |conn, round_trip_ms: u64, output_ms: u64| Input::Calibrated {
-        conn: ConnId(conn),
-        calibration: Calibration {
-            round_trip: Duration::from_millis(round_trip_ms),
-            output: Duration::from_millis(output_ms),
-        },
-    };
     assert_eq!(h.handle(secs(1.0), calibrated(1, 45, 12)), Ok(Reply::Done));
     assert!(h.take().contains(&Action::Changed), "the host sees it");
     assert_eq!(
@@ -1689,17 +1693,7 @@ fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
     let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
     h.media(secs(0.5), 1, MediaState::Connected);
-    h.handle(
-        secs(0.6),
-        Input::Calibrated {
-            conn: ConnId(1),
-            calibration: Calibration {
-                round_trip: Duration::from_millis(45),
-                output: Duration::from_millis(12),
-            },
-        },
-    )
-    .unwrap();
+    h.handle(secs(0.6), calibrated(1, 45, 12)).unwrap();
     let solo = queue_add(&mut h, 1, 7, None).unwrap();
     let duet = queue_add(&mut h, 2, 8, Some(ana.peer)).unwrap();
     h.take();
@@ -1817,17 +1811,7 @@ fn an_in_ear_song_holds_the_speakers_back_for_the_slowest_voice_and_a_stage_song
     h.media(secs(0.5), 2, MediaState::Connected);
     // Ana's phone captures 33 ms late (calibrated); Ben has not calibrated. Their
     // jitter buffers hold 30 and 10 ms.
-    h.handle(
-        secs(0.6),
-        Input::Calibrated {
-            conn: ConnId(1),
-            calibration: Calibration {
-                round_trip: Duration::from_millis(45),
-                output: Duration::from_millis(12),
-            },
-        },
-    )
-    .unwrap();
+    h.handle(secs(0.6), calibrated(1, 45, 12)).unwrap();
     for (peer, delay_ms) in [(ana.peer, 30.0), (ben.peer, 10.0)] {
         let figures = SingerFigures {
             level_db: -20.0,
