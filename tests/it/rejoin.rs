@@ -200,15 +200,22 @@ async fn a_phone_that_loses_its_network_comes_back_to_its_slot_and_its_partner()
         back_ms <= 3000,
         "A heard its partner only {back_ms} ms after the network returned"
     );
-    let deaf = samples
+    // From a second after the cut: what the phone's jitter buffer held and its
+    // concealment's fade may play on for a few hundred ms, and a loaded host's
+    // renderer and page timers add their own lateness.
+    let deaf: Vec<(u64, f64)> = samples
         .iter()
-        .filter(|s| {
+        .filter_map(|s| {
             let t = s["t"].as_u64().unwrap_or(0);
-            t > outage.cut_ms + 500 && t < outage.restored_ms
+            (t > outage.cut_ms + 1000 && t < outage.restored_ms)
+                .then(|| (t - outage.cut_ms, level_db(s, 660)))
         })
-        .filter(|s| level_db(s, 660) > HEARD_DB)
-        .count();
-    assert_eq!(deaf, 0, "the cut really cut A off");
+        .filter(|&(_, db)| db > HEARD_DB)
+        .collect();
+    assert!(
+        deaf.is_empty(),
+        "the cut really cut A off, but A heard its partner (ms after the cut, dB): {deaf:?}"
+    );
 
     // Same place and settings after the rejoin (the box's word, and the page's).
     let after = outage.after.expect("the view after the rejoin");

@@ -96,8 +96,8 @@ pub struct Options {
     /// The payload type offered for Opus (Chromium's 111 by default; aiortc and
     /// GStreamer use 96, Firefox 109).
     pub opus_payload_type: u8,
-    /// Packets sent every 20 ms (1; more makes a flooding client whose stream's clock
-    /// runs that many times too fast).
+    /// Packets sent every 20 ms (1; more makes a flooding client that sends copies of
+    /// each frame, its stream's clock running that many times too fast).
     pub packets_per_frame: u32,
     /// Decode what arrives (false: only count the packets and when they came, a light
     /// listener for load tests).
@@ -659,18 +659,23 @@ async fn send(voice: LocalVoice, mut source: Source, shared: Arc<Shared>, per_ti
     let mut payload = vec![0u8; MAX_PACKET_BYTES];
     let mut decoded = vec![0.0f32; FRAME_SAMPLES];
     let mut tick = tokio::time::interval(FRAME);
+    let (mut n, mut frames) = (0, 0);
     for k in 0u64.. {
-        if k % u64::from(per_tick.max(1)) == 0 {
+        // A flooder (more than one packet per tick) encodes once per tick and sends
+        // copies, as a cheap attacker would: the test client's own encoding must not
+        // take the CPU that the box and the other clients need.
+        let first = k % u64::from(per_tick.max(1)) == 0;
+        if first {
             tick.tick().await;
+            let pcm = source(k / u64::from(per_tick.max(1)));
+            assert_eq!(pcm.len(), FRAME_SAMPLES, "a source frame is 20 ms of mono");
+            n = encoder
+                .encode_float(&pcm, &mut payload)
+                .expect("encoding 20 ms of mono");
+            frames = local
+                .decode_float(&payload[..n], &mut decoded, false)
+                .expect("decoding our own packet");
         }
-        let pcm = source(k);
-        assert_eq!(pcm.len(), FRAME_SAMPLES, "a source frame is 20 ms of mono");
-        let n = encoder
-            .encode_float(&pcm, &mut payload)
-            .expect("encoding 20 ms of mono");
-        let frames = local
-            .decode_float(&payload[..n], &mut decoded, false)
-            .expect("decoding our own packet");
         let packet = rtc::rtp::packet::Packet {
             header: rtc::rtp::header::Header {
                 version: 2,
