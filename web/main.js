@@ -12,7 +12,7 @@ import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
 import {
-  BoxClock, PlayedLevels, PlayoutCorrection, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer,
+  BoxClock, PlayedLevels, PlayoutCorrection, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer, wallClockReport,
 } from './sync.js';
 import { View, explain } from './view.js';
 
@@ -86,6 +86,8 @@ const app = {
   mixSentAt: 0,
   song: null,
   syncTimers: [],
+  /** The wall clock offset the box has from this connection (ms), or null. */
+  wallSent: null,
   syncOffsetMs: null,
   leadMs: null,
   jitterTargetMs: 0,
@@ -177,6 +179,7 @@ const session = new Session({
       const me = view.room(peers, app.peer, listeners);
       app.boxDelayMs = me && typeof me.delay_ms === 'number' && app.role === 'singer' ? me.delay_ms : null;
       app.lossPct = me && typeof me.loss_pct === 'number' && app.role === 'singer' ? me.loss_pct : null;
+      app.oneWayMs = me && typeof me.one_way_ms === 'number' && app.role === 'singer' ? me.one_way_ms : null;
       updateLatency();
     },
     remote: (stream) => {
@@ -197,7 +200,14 @@ const session = new Session({
       app.rttMs = ms;
       updateLatency();
     },
-    pong: (sent, received, now) => boxClock.add(sent, received, now),
+    pong: (sent, received, now) => {
+      boxClock.add(sent, received, now);
+      const wall = wallClockReport(boxClock.offset(), performance.timeOrigin, app.wallSent);
+      if (wall) {
+        app.wallSent = wall.offset;
+        session.send(wall);
+      }
+    },
     sync: onSync,
     envelope: onEnvelope,
     live: () => {
@@ -398,6 +408,8 @@ function onEnvelope(msg) {
 
 function startSync() {
   stopSync();
+  // A new connection: the box keeps the wall clock per connection.
+  app.wallSent = null;
   // A quick burst first, so the first reports have a clock to go by.
   for (let k = 0; k < 5; k++) app.syncTimers.push(setTimeout(() => session.send({ type: 'ping', t: performance.now() }), 100 * k));
   app.syncTimers.push(setInterval(() => session.send({ type: 'ping', t: performance.now() }), SYNC_PING_MS));
@@ -433,7 +445,8 @@ function onSync(msg) {
   app.leadMs = msg.lead_ms;
   const extra = steer(audio.extraMs, msg.offset_ms);
   // The last minute of the loop, for the test hook.
-  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10, msg.lead_ms, correction.value()]);
+  const jitterBuffer = typeof app.jitterBufferMs === 'number' ? Math.round(app.jitterBufferMs * 10) / 10 : null;
+  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10, msg.lead_ms, correction.value(), jitterBuffer]);
   if (app.syncHistory.length > 120) app.syncHistory.shift();
   if (!audio.setExtraDelay(extra)) {
     // Played by the media element: the jitter buffer's target is the only delay there.
@@ -641,7 +654,7 @@ window.duetboxTest = {
   /** Playout sync: the last offset from the speakers (ms), the extra delay, the lead,
    * the clock's best round trip, and the last minute of [epoch ms, offset, extra]. */
   sync: () => ({
-    offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(),
+    offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(), one_way_ms: app.oneWayMs ?? null,
     correction_ms: correction.value(), matches: correction.lags.slice(), match_r: app.matchR, match_why: app.matchWhy,
     history: app.syncHistory.map(([t, ...rest]) => [performance.timeOrigin + t, ...rest]),
   }),

@@ -52,6 +52,23 @@ export class BoxClock {
   }
 }
 
+/** A `wall_clock` moves the box only when it changed by this much (ms). */
+export const WALL_CLOCK_STEP_MS = 0.5;
+
+/**
+ * The `wall_clock` message, or null when the box already has it: the box's clock less
+ * this page's wall clock (`performance.timeOrigin + performance.now()`, the clock its
+ * RTCP sender reports use). With it the box turns those reports into the network's
+ * one-way time from this phone (docs/sync.md). `clockOffset`: BoxClock.offset();
+ * `sent`: the offset last sent on this connection, or null.
+ */
+export function wallClockReport(clockOffset, timeOrigin, sent) {
+  if (clockOffset === null || !Number.isFinite(timeOrigin)) return null;
+  const offset = Math.round((clockOffset - timeOrigin) * 1000) / 1000;
+  if (sent !== null && Math.abs(offset - sent) < WALL_CLOCK_STEP_MS) return null;
+  return { type: 'wall_clock', offset };
+}
+
 /** A synchronization source's `timestamp` on the performance clock: Chromium stamps
  * it on the Date clock (ms since 1970), the specification on performance's. */
 export function sourceTimeToPerf(timestamp, timeOrigin) {

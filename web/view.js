@@ -128,6 +128,7 @@ export class View {
       roomEmpty: byId('room-empty'),
       latRtt: byId('lat-rtt'),
       latBox: byId('lat-box'),
+      latOneWay: byId('lat-oneway'),
       latPhone: byId('lat-phone'),
       latLoss: byId('lat-loss'),
       latSync: byId('lat-sync'),
@@ -284,11 +285,12 @@ export class View {
     else ui.calibrateNote.textContent = this.calibrateHint;
   }
 
-  latency({ rttMs, boxDelayMs, jitterBufferMs, lossPct, syncOffsetMs }) {
+  latency({ rttMs, boxDelayMs, oneWayMs, jitterBufferMs, lossPct, syncOffsetMs }) {
     const ui = this.ui;
     ui.latSync.textContent = describeOffset(syncOffsetMs) || '\u2013';
     ui.latRtt.textContent = fmtMs(rttMs);
     ui.latBox.textContent = fmtMs(boxDelayMs);
+    ui.latOneWay.textContent = fmtMs(oneWayMs);
     ui.latPhone.textContent = fmtMs(jitterBufferMs);
     ui.latLoss.textContent = typeof lossPct === 'number' ? `${Math.round(lossPct * 10) / 10} %` : '\u2013';
   }

@@ -14,12 +14,13 @@
 //! shift = speakers behind the render (limiter, bridge, device, speaker path)
 //!       + the phone's capture latency (its calibration; 0 when it made none)
 //!       + one Opus packet (the packet's first sample waits for its last)
+//!       + the network's fastest one-way time (its sender reports against the page's
+//!         wall clock; 0 until both are in)
 //!       + the box's jitter buffer for the voice, as it moves (the recorder reads it
 //!         with every chunk: `crate::record`)
 //! ```
 //!
-//! The Wi-Fi's fastest one-way time (a few ms on a venue's LAN) is not measured and
-//! not counted (`docs/sync.md`).
+//! The first three are the plan's `to_the_box` (`docs/sync.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,7 +29,6 @@ use tokio::sync::mpsc;
 
 use super::recording::{RecordPlan, RecordingNews};
 use super::SongClock;
-use crate::control::in_ear::PHONE_PACKET;
 use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::record::{RecordLink, Recorder, RecorderCommand, RecorderEvent, Session, VoicePlan};
 
@@ -125,7 +125,7 @@ impl SongRecorder {
             .map(|v| VoicePlan {
                 singer: v.peer.singer(),
                 label: label(&v.slot.to_string(), &v.name),
-                shift_frames: speakers + frames_in(v.capture.unwrap_or_default() + PHONE_PACKET),
+                shift_frames: speakers + frames_in(v.to_the_box),
                 gain_db: v.gain_db,
                 pan: v.pan,
             })

@@ -37,8 +37,10 @@ pub struct RecordVoice {
     pub gain_db: f32,
     /// The slot's pan, -1..=1.
     pub pan: f32,
-    /// What the phone's microphone adds (its calibration), when it measured it.
-    pub capture: Option<Duration>,
+    /// From a sound reaching the phone's microphone to its packet reaching the box
+    /// (capture, one phone packet, the network's one-way time; what was not measured
+    /// counts as none). The box's jitter buffer comes after.
+    pub to_the_box: Duration,
 }
 
 /// A song to record: what the room knows (the recorder adds where it starts in the mix

@@ -571,6 +571,23 @@ pub enum Input {
         /// The round trip.
         calibration: Calibration,
     },
+    /// The box's reading of a singer's uplink against its phone's wall clock: the
+    /// fastest packet's one-way time less (box clock − phone's wall clock), ms
+    /// (`rtc::PeerEvent::SenderClock`).
+    SenderClock {
+        /// The connection whose media it measured.
+        conn: ConnId,
+        /// The reading, ms.
+        lateness_ms: f64,
+    },
+    /// A phone's wall clock (the one its RTCP sender reports use) against the box's:
+    /// the box's clock minus the phone's, ms, as the page measured it.
+    WallClock {
+        /// The connection.
+        conn: ConnId,
+        /// Box clock − the phone's wall clock, ms.
+        offset_ms: f64,
+    },
     /// News from the recorder (`control::recording`).
     Recorded(RecordingNews),
     /// Time passed: expire what is due ([`Room::next_deadline`]).
@@ -733,6 +750,8 @@ pub struct ParticipantView {
     pub sync_ms: Option<f32>,
     /// Its speaker-to-microphone round trip, ms, once calibrated.
     pub round_trip_ms: Option<f32>,
+    /// The network's fastest one-way time from it to the box, ms, once measured.
+    pub one_way_ms: Option<f32>,
 }
 
 /// One slot as everyone may see it.
@@ -842,7 +861,48 @@ struct Participant {
     sync_ms: Option<f32>,
     /// Its last calibration.
     calibration: Option<Calibration>,
+    /// The two halves of its one-way network time, each with the connection it was
+    /// measured on ([`Input::SenderClock`], [`Input::WallClock`]).
+    sender_lateness: Option<(ConnId, f64)>,
+    wall_offset: Option<(ConnId, f64)>,
+    /// The one-way time last shown, ms.
+    one_way_shown: Option<f32>,
 }
+
+impl Participant {
+    /// The network's fastest one-way time from this phone to the box, when both halves
+    /// were measured on its current connection and agree with a network: within
+    /// [`MAX_ONE_WAY`] (a few ms below zero, clock readings' noise, count as zero).
+    fn one_way(&self) -> Option<Duration> {
+        let conn = self.conn?;
+        let (by, lateness) = self.sender_lateness?;
+        let (with, offset) = self.wall_offset?;
+        if by != conn || with != conn {
+            return None;
+        }
+        let ms = lateness - offset;
+        (-ONE_WAY_SLACK_MS..=MAX_ONE_WAY.as_secs_f64() * 1000.0)
+            .contains(&ms)
+            .then(|| Duration::from_secs_f64(ms.max(0.0) / 1000.0))
+    }
+
+    /// From a sound reaching this phone's microphone to its packet reaching the box:
+    /// its capture (from its calibration; none measured counts as none), one phone
+    /// packet and the network's fastest one-way time (none measured counts as none).
+    /// The box's jitter buffer comes after.
+    fn to_the_box(&self) -> Duration {
+        self.calibration.map(|c| c.capture()).unwrap_or_default()
+            + PHONE_PACKET
+            + self.one_way().unwrap_or_default()
+    }
+}
+
+/// The longest one-way time believed: past it, the phone's clock readings disagree
+/// with each other, not with the network.
+pub const MAX_ONE_WAY: Duration = Duration::from_secs(1);
+
+/// How far below zero a one-way reading may fall and still count (as zero), ms.
+const ONE_WAY_SLACK_MS: f64 = 10.0;
 
 struct Slot {
     holder: Option<PeerId>,
@@ -1140,6 +1200,23 @@ impl Room {
                 self.changed = true;
                 Ok(Reply::Done)
             }
+            Input::SenderClock { conn, lateness_ms } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                let p = self.participants.get_mut(&peer).expect("found by its conn");
+                p.sender_lateness = Some((conn, lateness_ms));
+                self.one_way_moved(peer);
+                Ok(Reply::Done)
+            }
+            Input::WallClock { conn, offset_ms } => {
+                let peer = self.by_conn(conn).ok_or(Refusal::NotJoined)?;
+                if !offset_ms.is_finite() {
+                    return Err(Refusal::OutOfRange("offset_ms"));
+                }
+                let p = self.participants.get_mut(&peer).expect("found by its conn");
+                p.wall_offset = Some((conn, offset_ms));
+                self.one_way_moved(peer);
+                Ok(Reply::Done)
+            }
             Input::Recorded(news) => {
                 let participants = &self.participants;
                 self.recordings.news(news, |peer| {
@@ -1233,6 +1310,7 @@ impl Room {
                     loss_pct: p.loss_pct,
                     sync_ms: p.sync_ms,
                     round_trip_ms: p.calibration.map(|c| c.round_trip.as_secs_f32() * 1000.0),
+                    one_way_ms: p.one_way().map(|d| d.as_secs_f32() * 1000.0),
                 })
                 .collect(),
             slots: self
@@ -1289,7 +1367,7 @@ impl Room {
                             settings.gain_db
                         },
                         pan: settings.pan,
-                        capture: p.calibration.map(|c| c.capture()),
+                        to_the_box: p.to_the_box(),
                     })
                 })
                 .collect()
@@ -1304,8 +1382,7 @@ impl Room {
 
     /// Holds the speakers back while an in-ear song is the song: by the stage timeline
     /// and the slowest seated voice's uplink (`control::in_ear`). A singer's uplink is
-    /// its capture (from its calibration; none measured counts as none), one phone
-    /// packet and the box's jitter buffer for it.
+    /// what reaches the box ([`Participant::to_the_box`]) and the box's jitter buffer.
     fn follow_in_ear(&mut self) {
         let on = self
             .night
@@ -1317,14 +1394,29 @@ impl Room {
             .filter(|(_, p)| p.slot.is_some())
             .map(|(peer, p)| Uplink {
                 singer: peer.singer(),
-                uplink: p.calibration.map(|c| c.capture()).unwrap_or_default()
-                    + PHONE_PACKET
+                uplink: p.to_the_box()
                     + Duration::from_secs_f32(p.figures.delay_ms.max(0.0) / 1000.0),
             })
             .collect();
         let commands = self.in_ear.follow(on, self.stage_behind, &uplinks);
         for command in commands {
             self.emit(Action::Engine(command));
+            self.changed = true;
+        }
+    }
+
+    /// Shows a participant's one-way time when it moved by a millisecond or more.
+    fn one_way_moved(&mut self, peer: PeerId) {
+        let Some(p) = self.participants.get_mut(&peer) else {
+            return;
+        };
+        let ms = p.one_way().map(|d| d.as_secs_f32() * 1000.0);
+        let moved = match (p.one_way_shown, ms) {
+            (Some(old), Some(new)) => (old - new).abs() >= 1.0,
+            (old, new) => old.is_some() != new.is_some(),
+        };
+        if moved {
+            p.one_way_shown = ms;
             self.changed = true;
         }
     }
@@ -1541,6 +1633,9 @@ impl Room {
                 loss_pct: 0.0,
                 sync_ms: None,
                 calibration: None,
+                sender_lateness: None,
+                wall_offset: None,
+                one_way_shown: None,
             },
         );
         if request.role == Role::Listener {

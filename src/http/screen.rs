@@ -157,6 +157,7 @@ mod tests {
             loss_pct: 1.0,
             sync_ms: None,
             round_trip_ms: None,
+            one_way_ms: None,
         };
         let view = RoomView {
             recordings: Default::default(),

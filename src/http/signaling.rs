@@ -27,6 +27,10 @@ pub const MAX_QUERY_CHARS: usize = crate::songs::library::MAX_QUERY_CHARS;
 /// The most delay a phone may say it adds of its own, ms.
 pub const MAX_EXTRA_MS: f64 = 2_000.0;
 
+/// The largest `wall_clock` offset, ms: a wall clock in the year 5000 or one before
+/// 1970 is not a phone's (today's is about 1.8e12 ms).
+pub const MAX_WALL_OFFSET_MS: f64 = 1e14;
+
 /// The longest round trip a `calibration` may report, ms (the room's bound).
 pub const MAX_ROUND_TRIP_MS: f64 = Calibration::MAX_ROUND_TRIP.as_millis() as f64;
 
@@ -81,6 +85,14 @@ pub enum ClientMessage {
         at: f64,
         /// The phone's own added delay, ms (0 to [`MAX_EXTRA_MS`]).
         extra: f64,
+    },
+    /// The phone's wall clock, the one its RTCP sender reports use, against the box's
+    /// (`docs/sync.md`): the box's clock (`pong`'s `now`) minus the page's
+    /// `performance.timeOrigin + performance.now()`, ms.
+    WallClock {
+        /// Box clock − the page's wall clock, ms (finite, at most [`MAX_WALL_OFFSET_MS`]
+        /// either way).
+        offset: f64,
     },
     /// Asks for the levels of this phone's return mix (answered with `envelope`).
     Envelope,
@@ -441,6 +453,18 @@ pub fn parse(text: &str) -> Result<ClientMessage, WireError> {
                 })?;
             Ok(ClientMessage::Playout { rtp, at, extra })
         }
+        "wall_clock" => {
+            let offset = field(&obj, "offset")?
+                .as_f64()
+                .filter(|o| o.abs() <= MAX_WALL_OFFSET_MS)
+                .ok_or_else(|| {
+                    WireError::new(
+                        ErrorCode::BadField,
+                        "`offset` must be the box's clock less the page's wall clock, ms",
+                    )
+                })?;
+            Ok(ClientMessage::WallClock { offset })
+        }
         "envelope" => Ok(ClientMessage::Envelope),
         "calibration" => {
             let round_trip_ms = field(&obj, "round_trip_ms")?
@@ -651,6 +675,8 @@ pub struct PeerView {
     pub sync_ms: Option<f32>,
     /// Its speaker-to-microphone round trip, ms, once calibrated.
     pub round_trip_ms: Option<f32>,
+    /// The network's fastest one-way time from it to the box, ms, once measured.
+    pub one_way_ms: Option<f32>,
 }
 
 impl ServerMessage {
@@ -689,6 +715,7 @@ impl PeerView {
             state: p.presence.as_str(),
             sync_ms: p.sync_ms.map(round1),
             round_trip_ms: p.round_trip_ms.map(round1),
+            one_way_ms: p.one_way_ms.map(round1),
         }
     }
 }
@@ -1348,6 +1375,16 @@ mod tests {
         }
         check(r#"{"type":"leave"}"#, "Leave");
         check(r#"{"type":"envelope"}"#, "Envelope");
+        check(
+            r#"{"type":"wall_clock","offset":-1780000000123.25}"#,
+            "WallClock { offset: -1780000000123.25 }",
+        );
+        for offset in ["1e15", "-1e300", "\"now\"", "null"] {
+            check(
+                &format!(r#"{{"type":"wall_clock","offset":{offset}}}"#),
+                "error BadField: `offset` must be the box's clock less the page's wall clock, ms",
+            );
+        }
         check(
             r#"{"type":"calibration","round_trip_ms":45.5,"output_ms":12}"#,
             "Calibration { round_trip_ms: 45.5, output_ms: 12.0 }",

@@ -232,7 +232,9 @@ async fn ingest(
                             Some(PeerEvent::Connected) => MediaState::Connected,
                             Some(PeerEvent::Disconnected) => MediaState::Disconnected,
                             Some(PeerEvent::Failed) | None => MediaState::Failed,
-                            Some(PeerEvent::LocalCandidate(_)) => continue,
+                            // A WHIP client has no page to tell its wall clock: its
+                            // one-way time stays unmeasured.
+                            Some(PeerEvent::LocalCandidate(_) | PeerEvent::SenderClock(_)) => continue,
                         };
                         let _ = control.handle(Input::Media { conn, state }).await;
                         if state == MediaState::Failed {

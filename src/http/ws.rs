@@ -364,6 +364,13 @@ impl Session {
                 self.send(ServerMessage::Pong { t, now });
                 true
             }
+            ClientMessage::WallClock { offset } => {
+                let input = Input::WallClock {
+                    conn: self.conn,
+                    offset_ms: offset,
+                };
+                self.forward(input).await
+            }
             ClientMessage::Playout { rtp, at, extra } => {
                 self.playout(rtp, at, extra).await;
                 true
@@ -710,6 +717,10 @@ async fn session(socket: WebSocket, state: AppState, client: IpAddr) {
                         if let Ok(candidate) = serde_json::from_str(&json) {
                             s.send(ServerMessage::Candidate { candidate });
                         }
+                        continue;
+                    }
+                    Some(PeerEvent::SenderClock(lateness_ms)) => {
+                        let _ = s.control.handle(Input::SenderClock { conn: s.conn, lateness_ms }).await;
                         continue;
                     }
                     Some(PeerEvent::Connected) => MediaState::Connected,

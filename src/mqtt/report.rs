@@ -237,6 +237,7 @@ mod tests {
                     loss_pct: 0.0,
                     sync_ms: None,
                     round_trip_ms: None,
+                    one_way_ms: None,
                 },
                 ParticipantView {
                     peer: PeerId(4),
@@ -249,6 +250,7 @@ mod tests {
                     loss_pct: 0.0,
                     sync_ms: None,
                     round_trip_ms: None,
+                    one_way_ms: None,
                 },
             ],
             slots: vec![

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::interceptor::Registry;
+use rtc::interceptor::{Attribute, Interceptor, Packet, Registry, Slot, StreamInfo, TaggedPacket};
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::configuration::interceptor_registry::register_default_interceptors;
 use rtc::peer_connection::configuration::media_engine::{MediaEngine, MIME_TYPE_OPUS};
@@ -22,10 +22,12 @@ use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::transport::RTCIceCandidateInit;
+use rtc::rtcp::sender_report::SenderReport;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
     RtpCodecKind,
 };
+use rtc::sansio::Protocol;
 use tokio::sync::{mpsc, Notify};
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
@@ -38,6 +40,9 @@ use webrtc::peer_connection::{
 use crate::audio::{AudioHandle, PacketSlot};
 use crate::engine::SingerId;
 use crate::limits::TokenBucket;
+
+mod sender_clock;
+use sender_clock::SenderClock;
 
 /// The payload type we register for Opus (Chrome's and Safari's choice too). A peer that
 /// offers another one gets its own in the answer, and its mix is sent with that.
@@ -97,7 +102,15 @@ pub enum PeerEvent {
     Disconnected,
     /// Consent lost for good (or the peer closed): free the seat.
     Failed,
+    /// The singer's uplink on its own wall clock, ms: its fastest packet's one-way
+    /// time less (the box's clock − the phone's wall clock) (`sender_clock`). At most
+    /// one a [`SENDER_CLOCK_EVERY`].
+    SenderClock(f64),
 }
+
+/// The most often a peer's [`PeerEvent::SenderClock`] is told (a phone may send
+/// sender reports as fast as it likes).
+pub const SENDER_CLOCK_EVERY: Duration = Duration::from_secs(1);
 
 /// Where a singer's RTP goes.
 #[derive(Clone)]
@@ -304,12 +317,31 @@ impl PeerConnectionEventHandler for Handler {
                 return;
             }
         };
+        let events = self.events.clone();
         tokio::spawn(async move {
             let mut oversized = 0u64;
             let mut flooded = 0u64;
+            let mut sender_clock = SenderClock::new();
+            let mut told: Option<Duration> = None;
             while let Some(event) = track.poll().await {
-                let TrackRemoteEvent::OnRtpPacket(packet) = event else {
-                    continue;
+                let packet = match event {
+                    TrackRemoteEvent::OnRtpPacket(packet) => packet,
+                    TrackRemoteEvent::OnRtcpPacket(packets) => {
+                        let at = inbound.audio.clock.now();
+                        for sr in packets
+                            .iter()
+                            .filter_map(|p| p.as_any().downcast_ref::<SenderReport>())
+                        {
+                            sender_clock.report(sr.ssrc, sr.ntp_time, sr.rtp_time, at);
+                        }
+                        let due = told.is_none_or(|t| at.saturating_sub(t) >= SENDER_CLOCK_EVERY);
+                        if let Some(lateness) = sender_clock.lateness_ms().filter(|_| due) {
+                            told = Some(at);
+                            let _ = events.send(PeerEvent::SenderClock(lateness));
+                        }
+                        continue;
+                    }
+                    _ => continue,
                 };
                 let at = inbound.audio.clock.now();
                 if !budget.take(at) {
@@ -324,6 +356,7 @@ impl PeerConnectionEventHandler for Handler {
                     continue;
                 }
                 let h = &packet.header;
+                sender_clock.packet(h.ssrc, h.timestamp, at);
                 match PacketSlot::new(
                     inbound.singer,
                     h.ssrc,
@@ -339,6 +372,56 @@ impl PeerConnectionEventHandler for Handler {
             tracing::debug!(singer = %inbound.singer, oversized, flooded, "uplink track ended");
         });
     }
+}
+
+/// Where [`SenderReports`] sits in the interceptor chain: after every default one.
+const SENDER_REPORTS_SLOT: usize = 14_000;
+
+/// Hands the phones' RTCP sender reports to their tracks as well. Inbound RTCP is for
+/// the interceptors unless one marks it for the application; this one marks the
+/// compound packets that carry a sender report and changes nothing else.
+#[derive(Default)]
+struct SenderReports {
+    read: std::collections::VecDeque<TaggedPacket>,
+    write: std::collections::VecDeque<TaggedPacket>,
+}
+
+impl Protocol<TaggedPacket, TaggedPacket, ()> for SenderReports {
+    type Rout = TaggedPacket;
+    type Wout = TaggedPacket;
+    type Eout = ();
+    type Error = rtc::shared::error::Error;
+    type Time = std::time::Instant;
+
+    fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        if let Packet::Rtcp(packets) = &msg.message.packet {
+            if packets.iter().any(|p| p.as_any().is::<SenderReport>()) {
+                msg.message.add(Attribute::DeliverToApplication);
+            }
+        }
+        self.read.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_read(&mut self) -> Option<TaggedPacket> {
+        self.read.pop_front()
+    }
+
+    fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        self.write.push_back(msg);
+        Ok(())
+    }
+
+    fn poll_write(&mut self) -> Option<TaggedPacket> {
+        self.write.pop_front()
+    }
+}
+
+impl Interceptor for SenderReports {
+    fn bind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
+    fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
+    fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
 
 /// Forwards a backing feed's packets (within the packet budget) to its decoder task.
@@ -406,9 +489,12 @@ pub async fn answer(
         )
         .map_err(|e| Error::Setup(e.to_string()))?;
     // Default interceptors: receiver reports for the phone's uplink, sender reports
-    // (NTP/RTP mapping) for the mix we send, NACK/TWCC bookkeeping.
+    // (NTP/RTP mapping) for the mix we send, NACK/TWCC bookkeeping. Last in the chain,
+    // after they have read them: the phone's sender reports, on to its track
+    // (`sender_clock`).
     let registry = register_default_interceptors(Registry::new(), &mut media_engine)
-        .map_err(|e| Error::Setup(e.to_string()))?;
+        .map_err(|e| Error::Setup(e.to_string()))?
+        .with(Slot::from(SENDER_REPORTS_SLOT), SenderReports::default());
     // mDNS off: the default QueryOnly mode opens a multicast socket per peer and fails
     // on a box without a multicast route (WEBRTC.md §3); phones that hide their address
     // still connect through peer-reflexive candidates.

@@ -798,7 +798,8 @@ fn burst_onsets(samples: &[f32], hz: f32, floor: f32) -> Vec<usize> {
 /// more downlink than usual. In the recording the box shifts the voice back by what it
 /// measured (speakers, capture, packet, jitter buffer): each marker the voice sang
 /// must sit on the backing's marker, within the phone's own distance from the speakers
-/// (what stage mode assumes is zero, and the sync loop keeps within ±15 ms) and ±5 ms.
+/// (what stage mode assumes is zero, and the sync loop keeps within ±15 ms) and ±5 ms
+/// (the recorder's part: the median once the phone's own distance is taken out).
 #[test]
 fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
     const CAPTURE_MS: f64 = 60.0;
@@ -887,6 +888,11 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
     // backing's, and by the median within ±5 ms. With the shift fixed at the song's
     // start (before the recording followed the jitter buffer) the voice moved by 15 ms
     // here as the buffer adapted.
+    //
+    // The recorder's own part is judged apart from the sync loop's (which the sync
+    // test judges): by the median of each marker's error less the phone's own distance
+    // from the speakers for that marker, within ±5 ms. On a busy host the phone played
+    // a whole song 6 ms early now and then, and the voice sat 6 ms early with it.
     let judged = &rows[SETTLING..];
     for &(error, phone) in judged {
         assert!(
@@ -896,10 +902,21 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
     }
     let mut errors: Vec<f64> = judged.iter().map(|r| r.0).collect();
     let median = crate::support::latency::median(&mut errors);
-    eprintln!("recording: voice − backing, median {median:+.1} ms");
+    let mut own: Vec<f64> = judged
+        .iter()
+        .filter_map(|&(error, phone)| Some(error - phone?))
+        .collect();
     assert!(
-        median.abs() <= 5.0,
-        "the voice sits {median:+.1} ms from the backing in the recording, by the median"
+        own.len() >= 3,
+        "the phone's own distance from the speakers for at least three judged markers: {rows:?}"
+    );
+    let recorder = crate::support::latency::median(&mut own);
+    eprintln!(
+        "recording: voice − backing, median {median:+.1} ms; less the phone's distance from the speakers, median {recorder:+.1} ms"
+    );
+    assert!(
+        recorder.abs() <= 5.0,
+        "the voice sits {recorder:+.1} ms from the backing in the recording (by the median, less the phone's own distance from the speakers; {median:+.1} ms without)"
     );
 }
 
@@ -949,7 +966,7 @@ fn refined_onset(samples: &[f32], coarse: usize, hz: f32) -> usize {
 /// - both play it within ±15 ms of the speakers (measured −10 to +5: the box's idea of
 ///   the speakers runs about 5 ms early against the test's reading of the recording);
 /// - the box made up for the injected delays: the 20 ms phone waits about 60 ms more
-///   than the 80 ms one, and the loop settled.
+///   than the 80 ms one (its extra delay and jitter buffer), and the loop settled.
 #[test]
 fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers() {
     /// Markers not judged: the loop settles meanwhile.
@@ -1035,17 +1052,21 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers()
     eprintln!("sync: Mia − Theo per settled marker (ms): {apart:?}");
     assert_within_but_one("Mia and Theo", "marker", &apart, 10.0, 40.0);
     // The injected delays are what the box made up for: Mia (20 ms) waits about 60 ms
-    // more of her own than Theo (80 ms), and the loop has settled: medians over the
-    // judged markers (a PulseAudio stall of the "speakers" on two busy cores unsettles
-    // it for a few seconds now and then, and it settles again).
+    // longer than Theo (80 ms) after the injected delay: in her jitter buffer (its
+    // average from getStats) and the extra delay the box steers (each browser's NetEq
+    // picks its own buffer, tens of ms apart now and then, so the extra delays alone
+    // need not differ by 60). And the loop has settled: medians over the judged markers
+    // (a PulseAudio stall of the "speakers" on two busy cores unsettles it for a few
+    // seconds now and then, and it settles again). History entries: [t, offset, extra,
+    // lead, correction, jitter buffer].
     let (from, to) = (heard[0][SETTLING].0, heard[0].last().expect("markers").0);
-    let median = |r: &Value, k: usize| -> f64 {
+    let median_of = |r: &Value, value: &dyn Fn(&Value) -> Option<f64>| -> f64 {
         let mut v: Vec<f64> = r["sync"]["history"]
             .as_array()
             .map(|a| {
                 a.iter()
                     .filter(|e| e[0].as_f64().is_some_and(|t| t >= from && t <= to))
-                    .filter_map(|e| e[k].as_f64())
+                    .filter_map(value)
                     .collect()
             })
             .unwrap_or_default();
@@ -1057,10 +1078,17 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers()
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (me, te) = (median(&mia, 2), median(&theo, 2));
+    let median = |r: &Value, k: usize| median_of(r, &|e: &Value| e[k].as_f64());
+    let waits = |r: &Value| median_of(r, &|e: &Value| Some(e[2].as_f64()? + e[5].as_f64()?));
+    let (me, te) = (waits(&mia), waits(&theo));
+    eprintln!(
+        "sync: extra delay + jitter buffer, median: Mia {me:.1} ms (extra {:.1}), Theo {te:.1} ms (extra {:.1})",
+        median(&mia, 2),
+        median(&theo, 2)
+    );
     assert!(
         (35.0..=85.0).contains(&(me - te)),
-        "Mia's extra delay {me:.1} ms, Theo's {te:.1} ms: about 60 ms apart, as injected"
+        "Mia waits {me:.1} ms, Theo {te:.1} ms (extra delay + jitter buffer): about 60 ms apart, as injected"
     );
     for (who, r) in [("Mia", &mia), ("Theo", &theo)] {
         let offset = median(r, 1);

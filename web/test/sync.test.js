@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BoxClock, CLOCK_SAMPLES, MAX_EXTRA_MS, SONG_CLOCKS_KEPT, SongClocks, describeOffset, playoutReport, sourceTimeToPerf, steer } from '../sync.js';
+import { BoxClock, CLOCK_SAMPLES, MAX_EXTRA_MS, SONG_CLOCKS_KEPT, SongClocks, describeOffset, playoutReport, sourceTimeToPerf, steer, wallClockReport } from '../sync.js';
 
 test('the clock offset comes from the fastest recent round trip', () => {
   const c = new BoxClock();
@@ -161,4 +161,13 @@ test('the audio a phone plays is read with the song clock that was true when it 
   assert.equal(w.clocks.length, SONG_CLOCKS_KEPT);
   w.clear();
   assert.equal(w.latest(), null);
+});
+
+test('the wall clock is told once, and again when it moved half a millisecond', () => {
+  const origin = 1780000000000.25;
+  assert.equal(wallClockReport(null, origin, null), null, 'no clock yet');
+  const first = wallClockReport(5000.5, origin, null);
+  assert.deepEqual(first, { type: 'wall_clock', offset: 5000.5 - origin });
+  assert.equal(wallClockReport(5000.7, origin, first.offset), null, 'within half a millisecond');
+  assert.deepEqual(wallClockReport(5001.5, origin, first.offset), { type: 'wall_clock', offset: 5001.5 - origin });
 });

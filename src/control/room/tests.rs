@@ -1712,7 +1712,8 @@ fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
     assert_eq!((plan.entry, plan.generation), (solo, generation));
     assert_eq!(plan.voices.len(), 1, "only the song's singer: {plan:?}");
     assert_eq!(plan.voices[0].peer, ana.peer);
-    assert_eq!(plan.voices[0].capture, Some(Duration::from_millis(33)));
+    // Capture 33 ms, one 20 ms packet, no one-way time measured.
+    assert_eq!(plan.voices[0].to_the_box, Duration::from_millis(53));
     assert_eq!(h.room.view().recordings.now.as_deref(), Some("Song 7"));
     // A pause, a seek and position news are part of the same recording.
     h.handle(secs(3.0), Input::Transport(Transport::Pause))
@@ -1900,4 +1901,102 @@ fn an_in_ear_song_holds_the_speakers_back_for_the_slowest_voice_and_a_stage_song
     )
     .unwrap();
     assert_eq!(venue_delays(&h.take()).len(), 2);
+}
+
+/// The two halves of a phone's one-way time: the box's reading of its sender reports
+/// and the page's wall clock against the box's.
+fn one_way_halves(conn: u64, one_way_ms: f64) -> [Input; 2] {
+    let offset_ms = -1.78e12;
+    [
+        Input::SenderClock {
+            conn: ConnId(conn),
+            lateness_ms: offset_ms + one_way_ms,
+        },
+        Input::WallClock {
+            conn: ConnId(conn),
+            offset_ms,
+        },
+    ]
+}
+
+#[test]
+fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
+    use crate::control::night::SyncMode;
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    let figures = SingerFigures {
+        level_db: -20.0,
+        delay_ms: 10.0,
+        lost: 0,
+        packets: 100,
+    };
+    h.handle(
+        secs(0.6),
+        Input::Figures {
+            singer: ana.peer.singer(),
+            figures,
+        },
+    )
+    .unwrap();
+    h.handle(
+        secs(0.7),
+        Input::Stage {
+            behind: Duration::from_millis(40),
+        },
+    )
+    .unwrap();
+    let song = queue_add(&mut h, 1, 7, None).unwrap();
+    h.handle(
+        secs(1.0),
+        Input::SetMode {
+            entry: song,
+            mode: SyncMode::InEar,
+        },
+    )
+    .unwrap();
+    h.handle(secs(2.0), Input::Transport(Transport::Start(song)))
+        .unwrap();
+    // 40 + 0 (capture) + 20 (packet) + 10 (jitter buffer).
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 3_360 }]
+    );
+    let [lateness, wall] = one_way_halves(1, 80.0);
+    h.handle(secs(3.0), lateness).unwrap();
+    assert_eq!(venue_delays(&h.take()), vec![], "half a measurement");
+    assert_eq!(h.room.view().participants[0].one_way_ms, None);
+    h.handle(secs(3.1), wall).unwrap();
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 7_200 }],
+        "80 ms more"
+    );
+    assert_eq!(h.room.view().participants[0].one_way_ms, Some(80.0));
+    // A page whose clock readings contradict the box's: no one-way time at all.
+    for (one_way_ms, counted) in [(-30.0, None), (2_000.0, None), (-4.0, Some(0.0))] {
+        let [lateness, _] = one_way_halves(1, one_way_ms);
+        h.handle(secs(4.0), lateness).unwrap();
+        assert_eq!(
+            h.room.view().participants[0].one_way_ms,
+            counted,
+            "{one_way_ms} ms"
+        );
+    }
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 3_360 }]
+    );
+    assert!(h
+        .handle(
+            secs(5.0),
+            Input::WallClock {
+                conn: ConnId(1),
+                offset_ms: f64::NAN
+            }
+        )
+        .is_err());
+    // Another connection's readings are not Ana's.
+    let [lateness, _] = one_way_halves(9, 80.0);
+    assert!(h.handle(secs(5.0), lateness).is_err(), "not joined");
 }

@@ -1,0 +1,231 @@
+//! A phone's uplink on its own wall clock: how late its fastest packet reaches the
+//! box after the phone handed it to its RTP sender (`docs/sync.md`).
+//!
+//! A phone's RTCP sender reports map its RTP timestamps to its wall clock (the NTP
+//! time of the report). For libwebrtc's audio (Chromium, Firefox, Safari) that mapping
+//! is the moment each frame was handed to the sender, after the 20 ms frame filled.
+//! So for every packet, `arrival − handed_over(ts)` is the network's one-way time plus
+//! the difference between the box's clock and the phone's wall clock. The box cannot
+//! see that difference; the page measures it (`pong` against its wall clock) and the
+//! room subtracts it. Here:
+//!
+//! ```text
+//! lateness = min over packets (arrival − ts / 48 kHz)        the fastest packet
+//!          − min over reports (ntp − rtp / 48 kHz)           the promptest hand-over
+//! ```
+//!
+//! both over the last one or two [`WINDOW`]s, on one unwrapped RTP timeline, so the
+//! timestamps' random origin cancels. Pure: the uplink task passes each packet and
+//! report with the box's clock.
+
+use std::time::Duration;
+
+/// The span the minima are kept over (between one and two of these): long enough to
+/// hold several reports (libwebrtc sends one every 1 to 5 s for audio) and a packet
+/// that found the network quiet, short enough to follow a phone that moved away.
+pub const WINDOW: Duration = Duration::from_secs(10);
+
+/// RTP clock of Opus, per ms.
+const RTP_PER_MS: f64 = 48.0;
+
+/// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
+const NTP_UNIX_S: u64 = 2_208_988_800;
+
+/// The smallest value seen over the last one or two windows.
+#[derive(Clone, Debug, Default)]
+struct WindowMin {
+    current: Option<f64>,
+    previous: Option<f64>,
+    since: Duration,
+}
+
+impl WindowMin {
+    fn push(&mut self, value: f64, now: Duration) {
+        if now.saturating_sub(self.since) >= WINDOW {
+            self.previous = self.current.take();
+            self.since = now;
+        }
+        self.current = Some(self.current.map_or(value, |c| c.min(value)));
+    }
+
+    fn get(&self) -> Option<f64> {
+        match (self.current, self.previous) {
+            (Some(c), Some(p)) => Some(c.min(p)),
+            (c, p) => c.or(p),
+        }
+    }
+}
+
+/// One uplink's sender clock.
+#[derive(Clone, Debug, Default)]
+pub struct SenderClock {
+    /// The stream (a new SSRC starts over).
+    ssrc: Option<u32>,
+    /// The last packet's timestamp and where it sits on the unwrapped timeline.
+    last: Option<(u32, i64)>,
+    /// `arrival − ts`, ms.
+    arrivals: WindowMin,
+    /// `ntp − rtp`, ms.
+    reports: WindowMin,
+}
+
+impl SenderClock {
+    /// Nothing seen yet.
+    pub fn new() -> SenderClock {
+        SenderClock::default()
+    }
+
+    /// A packet of `ssrc` with RTP timestamp `ts` arrived at `at` (the box's clock).
+    pub fn packet(&mut self, ssrc: u32, ts: u32, at: Duration) {
+        if self.ssrc != Some(ssrc) {
+            *self = SenderClock {
+                ssrc: Some(ssrc),
+                ..SenderClock::default()
+            };
+        }
+        let unwrapped = self.unwrap(ts);
+        self.last = Some((ts, unwrapped));
+        let at_ms = at.as_secs_f64() * 1000.0;
+        self.arrivals
+            .push(at_ms - unwrapped as f64 / RTP_PER_MS, at);
+    }
+
+    /// A sender report of `ssrc`: RTP timestamp `rtp` was handed over at `ntp` (NTP
+    /// 32.32 fixed point) on the phone's wall clock; `at` is the box's clock now.
+    /// Reports of another stream, or before its first packet, are ignored.
+    pub fn report(&mut self, ssrc: u32, ntp: u64, rtp: u32, at: Duration) {
+        if self.ssrc != Some(ssrc) || self.last.is_none() {
+            return;
+        }
+        let unwrapped = self.unwrap(rtp);
+        self.reports
+            .push(unix_ms(ntp) - unwrapped as f64 / RTP_PER_MS, at);
+    }
+
+    /// `one-way − (box clock − phone's wall clock)`, ms, from the fastest packet and
+    /// the promptest report of the last window or two; `None` before both.
+    pub fn lateness_ms(&self) -> Option<f64> {
+        Some(self.arrivals.get()? - self.reports.get()?)
+    }
+
+    /// `ts` on the timeline of the packets so far: the nearest of its wraps to the last.
+    fn unwrap(&self, ts: u32) -> i64 {
+        match self.last {
+            None => i64::from(ts),
+            Some((last, at)) => at + i64::from(ts.wrapping_sub(last) as i32),
+        }
+    }
+}
+
+/// NTP 32.32 time as ms since the Unix epoch.
+fn unix_ms(ntp: u64) -> f64 {
+    let seconds = (ntp >> 32) as f64 - NTP_UNIX_S as f64;
+    let fraction = (ntp & 0xffff_ffff) as f64 / 4_294_967_296.0;
+    (seconds + fraction) * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NTP time of `unix_ms` ms since 1970.
+    fn ntp(unix_ms: f64) -> u64 {
+        let s = unix_ms / 1000.0 + NTP_UNIX_S as f64;
+        ((s.floor() as u64) << 32) | ((s.fract() * 4_294_967_296.0) as u64)
+    }
+
+    fn ms(x: f64) -> Duration {
+        Duration::from_secs_f64(x / 1000.0)
+    }
+
+    /// A phone whose wall clock reads `wall` when the box's reads 0, sending a 20 ms
+    /// frame every 20 ms from RTP timestamp `ts0`, each handed over `handed[k]` ms late
+    /// and on the network `net[k]` ms; a report after every 50th frame.
+    fn run(
+        ts0: u32,
+        wall: f64,
+        handed: impl Fn(usize) -> f64,
+        net: impl Fn(usize) -> f64,
+    ) -> SenderClock {
+        let mut clock = SenderClock::new();
+        for k in 0..500 {
+            let due = 1000.0 + 20.0 * k as f64;
+            let sent = due + handed(k);
+            let ts = ts0.wrapping_add(960 * k as u32);
+            clock.packet(7, ts, ms(sent + net(k)));
+            if k % 50 == 49 {
+                // The report extrapolates from the last hand-over, 3 ms later.
+                let rtp = ts.wrapping_add(3 * 48);
+                clock.report(7, ntp(wall + sent + 3.0), rtp, ms(sent + 3.0 + net(k)));
+            }
+        }
+        clock
+    }
+
+    #[test]
+    fn the_lateness_is_the_fastest_one_way_less_the_clocks_offset() {
+        let wall = 1.78e12;
+        // 30 ms one way, a packet now and then 0 to 40 ms later.
+        let clock = run(1234, wall, |_| 0.0, |k| 30.0 + ((k * 37) % 41) as f64);
+        let lateness = clock.lateness_ms().expect("packets and reports");
+        // The room adds the page's offset (box − wall = −wall) back.
+        assert!((lateness + wall - 30.0).abs() < 0.01, "{}", lateness + wall);
+    }
+
+    #[test]
+    fn the_timestamps_may_wrap() {
+        let wall = 1.7e12;
+        let clock = run(u32::MAX - 960 * 100, wall, |_| 0.0, |_| 12.5);
+        let one_way = clock.lateness_ms().expect("measured") + wall;
+        assert!((one_way - 12.5).abs() < 0.01, "{one_way}");
+    }
+
+    #[test]
+    fn a_late_hand_over_does_not_hide_the_network() {
+        // The phone hands frames over 0 to 4 ms late; the reports' mappings move with
+        // them: the result stays within the hand-over jitter of the network's 80 ms.
+        let wall = 1.7e12;
+        let clock = run(5, wall, |k| ((k * 7) % 5) as f64, |_| 80.0);
+        let one_way = clock.lateness_ms().expect("measured") + wall;
+        assert!((one_way - 80.0).abs() <= 4.0, "{one_way}");
+    }
+
+    #[test]
+    fn nothing_before_a_report_and_a_new_stream_starts_over() {
+        let mut clock = SenderClock::new();
+        clock.report(7, ntp(1.0e12), 0, ms(0.0));
+        clock.packet(7, 0, ms(10.0));
+        assert_eq!(clock.lateness_ms(), None, "no report after a packet yet");
+        clock.report(7, ntp(1.0e12), 0, ms(11.0));
+        assert!(clock.lateness_ms().is_some());
+        clock.report(8, ntp(2.0e12), 0, ms(12.0));
+        assert!(
+            clock.lateness_ms().is_some(),
+            "another stream's report is ignored"
+        );
+        clock.packet(8, 99, ms(13.0));
+        assert_eq!(clock.lateness_ms(), None, "a new SSRC starts over");
+    }
+
+    #[test]
+    fn an_old_fast_packet_is_forgotten_after_two_windows() {
+        let mut clock = SenderClock::new();
+        let wall = 1.0e12;
+        clock.packet(1, 0, ms(5.0));
+        clock.report(1, ntp(wall), 0, ms(5.0));
+        let fast = clock.lateness_ms().expect("measured") + wall;
+        assert!((fast - 5.0).abs() < 0.01, "{fast}");
+        // The path gets slower: 50 ms, for more than two windows.
+        let mut t = 0.0;
+        for k in 1..1500u32 {
+            t = 20.0 * f64::from(k);
+            clock.packet(1, 960 * k, ms(t + 50.0));
+            if k % 50 == 0 {
+                clock.report(1, ntp(wall + t), 960 * k, ms(t + 50.0));
+            }
+        }
+        assert!(t > 2.0 * WINDOW.as_secs_f64() * 1000.0);
+        let slow = clock.lateness_ms().expect("measured") + wall;
+        assert!((slow - 50.0).abs() < 0.01, "{slow}");
+    }
+}
