@@ -259,7 +259,8 @@ function drawRoom() {
     if (!row) continue;
     const sync = p && typeof p.sync_ms === 'number' ? ` · ${syncText(p.sync_ms)}` : '';
     const trip = p && typeof p.round_trip_ms === 'number' ? ` · phone round trip ${Math.round(p.round_trip_ms)} ms` : '';
-    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss${sync}${trip}` : '';
+    const oneWay = p && typeof p.one_way_ms === 'number' ? ` · network ${Math.round(p.one_way_ms)} ms one way` : '';
+    row.querySelector('.fig').textContent = p ? `${p.state} · ${p.delay_ms} ms · ${p.loss_pct}% loss${sync}${trip}${oneWay}` : '';
     row.querySelector('.meter i').style.width = p ? levelWidth(p.level_db) : '0';
   }
   for (const [id, value] of [['master', r.master_gain_db], ['backing', r.backing_gain_db]]) {
