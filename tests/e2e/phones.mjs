@@ -36,10 +36,12 @@
 // microphone of exactly MS ms, as the page hears it (see acousticLoopback), and has it
 // tap "Measure my phone's delay" once it is live, before `mark: all live`; its result
 // then carries `calibration` (the page's duetboxTest.calibration()).
-// `--echo NAME:MS` makes that singer sing exactly what its page plays, MS ms later
-// (a singer on the beat they hear, whose microphone adds MS): once calibrated (with
-// --loopback NAME:MS, the page measures the same path), the track it sends becomes
-// its page's Web Audio output through a delay of MS.
+// `--echo NAME:MS[:SHIFT_HZ]` makes that singer sing exactly what its page plays, MS
+// ms later (a singer on the beat they hear, whose microphone adds MS): once calibrated
+// (with --loopback NAME:MS, the page measures the same path), the track it sends
+// becomes its page's Web Audio output through a delay of MS; with SHIFT_HZ, also
+// ring-modulated by that frequency (a 1760 Hz marker is sung as 1760 ± SHIFT_HZ), so
+// the venue's recording tells the voice from the backing.
 // `--watch` samples every phone every 100 ms while they sing (see below).
 // `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
 // page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
@@ -59,11 +61,12 @@
 // Exit status: 0 when every phone reached what it should, 1 on any timeout or wrong
 // outcome (the reason on stderr), 2 on a usage error.
 //
-// The karaoke night (`--night TITLE --host-pin PIN [--screen URL] [--marker-hz F]`):
+// The karaoke night (`--night TITLE --host-pin PIN [--screen URL] [--marker-hz F] [--in-ear]`):
 // once all are live, the first singer searches the songs for TITLE on its page
 // (screenshot NAME-songs.png), picks the second singer as partner and taps Add; a host
 // desk (a page in the first phone's browser) logs in with the host PIN and taps Start
-// on the entry (screenshot host.png); every phone must then show the song playing
+// on the entry (with --in-ear, it taps the entry's Stage button first, making the song
+// in-ear; screenshot host.png); every phone must then show the song playing
 // (mark `song playing`). With --screen, the venue screen is open from then on (in the
 // same browser; screenshot screen.png at the end). With --marker-hz, every phone taps
 // the track it receives and notes when bursts of F Hz begin (the song's lyric-line
@@ -144,7 +147,7 @@ function parseArgs(argv) {
   const opts = {
     url: null, out: null, seconds: null, pin: null, freqs: [440, 660, 880], chromeArgs: [],
     phones: [], pulseServer: null, watch: false, strictTls: false, mixes: [], freeze: null, loopbacks: [], echoes: [],
-    night: null, hostPin: null, screen: null, markerHz: null, delays: [],
+    night: null, hostPin: null, screen: null, markerHz: null, inEar: false, delays: [],
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -154,6 +157,10 @@ function parseArgs(argv) {
     }
     if (flag === '--strict-tls') {
       opts.strictTls = true;
+      continue;
+    }
+    if (flag === '--in-ear') {
+      opts.inEar = true;
       continue;
     }
     if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
@@ -224,11 +231,13 @@ function parseArgs(argv) {
         break;
       }
       case '--echo': {
-        const [name, ms] = value.split(':');
-        if (!name || !(Number(ms) > 0 && Number(ms) <= 400)) throw new UsageError(`--echo ${value}: expected NAME:MS (0 to 400)`);
-        opts.echoes.push({ name, ms: Number(ms) });
+        const [name, ms, shift] = value.split(':');
+        if (!name || !(Number(ms) > 0 && Number(ms) <= 400)) throw new UsageError(`--echo ${value}: expected NAME:MS[:SHIFT_HZ] (MS 0 to 400)`);
+        if (shift !== undefined && !(Number(shift) > 0 && Number(shift) <= 4000)) throw new UsageError(`--echo ${value}: SHIFT_HZ must be 0 to 4000`);
+        opts.echoes.push({ name, ms: Number(ms), shiftHz: shift === undefined ? 0 : Number(shift) });
         break;
       }
+
       case '--expect-error': {
         const last = opts.phones[opts.phones.length - 1];
         if (!last) throw new UsageError('--expect-error must follow the --phone it applies to');
@@ -264,6 +273,7 @@ function parseArgs(argv) {
     const phone = opts.phones.find((p) => p.name === e.name);
     if (!phone || phone.role !== 'singer' || phone.engine !== 'chromium') throw new UsageError(`--echo names no Chromium singer ${e.name}`);
     phone.echoMs = e.ms;
+    phone.echoShiftHz = e.shiftHz;
   }
   if (opts.freeze && !names.has(opts.freeze.name)) throw new UsageError(`--freeze names no phone ${opts.freeze.name}`);
   if (opts.phones.some((p) => p.engine === 'firefox') && !opts.pulseServer) throw new UsageError('a firefox phone needs --pulse-server');
@@ -294,7 +304,7 @@ function parsePhone(spec) {
   const wav = wavArg === '-' ? null : path.resolve(wavArg);
   if (wav && !fs.existsSync(wav)) throw new UsageError(`--phone ${spec}: no such file ${wav}`);
   if (wav && engine === 'firefox') throw new UsageError(`--phone ${spec}: Firefox's fake microphone is its own tone (use -)`);
-  return { name, role, wav, engine, expectError: null, delayMs: 0, loopbackMs: 0, echoMs: 0 };
+  return { name, role, wav, engine, expectError: null, delayMs: 0, loopbackMs: 0, echoMs: 0, echoShiftHz: 0 };
 }
 
 function sleep(ms) {
@@ -665,19 +675,32 @@ class Phone {
     }
   }
 
-  /** --echo: from now on the phone sends what its page plays, `ms` later. */
-  async echo(ms) {
-    await this.driver.evaluate(async (delayMs) => {
+  /** --echo: from now on the phone sends what its page plays, `ms` later; with
+   * `shiftHz`, ring-modulated by a `shiftHz` cosine (each tone f becomes f ± shiftHz),
+   * so that what it sings can be told from the backing it sings to in the venue. */
+  async echo(ms, shiftHz) {
+    await this.driver.evaluate(async ([delayMs, shift]) => {
       const { ctx, node } = window.duetboxTest.output();
       const delay = ctx.createDelay(1);
       delay.delayTime.value = delayMs / 1000;
       const sung = ctx.createMediaStreamDestination();
       node.connect(delay);
-      delay.connect(sung);
+      if (shift > 0) {
+        const ring = ctx.createGain();
+        ring.gain.value = 0;
+        const carrier = ctx.createOscillator();
+        carrier.frequency.value = shift;
+        carrier.connect(ring.gain);
+        carrier.start();
+        delay.connect(ring);
+        ring.connect(sung);
+      } else {
+        delay.connect(sung);
+      }
       const sender = window.duetboxTest.peerConnection().getSenders().find((x) => x.track && x.track.kind === 'audio');
       await sender.replaceTrack(sung.stream.getAudioTracks()[0]);
-    }, ms);
-    this.log(`echo: sings what it plays, ${ms} ms later`);
+    }, [ms, shiftHz]);
+    this.log(`echo: sings what it plays, ${ms} ms later${shiftHz > 0 ? `, shifted by ${shiftHz} Hz` : ''}`);
   }
 
   /** One --watch sample: state and the tone levels of the last 100 ms. */
@@ -933,7 +956,16 @@ async function hostStarts(phone, opts) {
   await desk.fill('#pin', opts.hostPin);
   await desk.click('#login-button');
   await desk.waitForFunction(() => window.duetboxHost.state === 'desk' && window.duetboxHost.queue, null, { timeout: JOIN_DEADLINE_MS });
-  const start = desk.locator('#queue li', { hasText: opts.night }).first().locator('button.primary');
+  const entry = desk.locator('#queue li', { hasText: opts.night }).first();
+  if (opts.inEar) {
+    await entry.locator('button.mode').click({ timeout: JOIN_DEADLINE_MS });
+    await desk.waitForFunction(() => {
+      const q = window.duetboxHost.queue;
+      return q && q.entries.some((e) => e.mode === 'in_ear');
+    }, null, { timeout: JOIN_DEADLINE_MS });
+    log('[host] the song is in-ear');
+  }
+  const start = entry.locator('button.primary');
   await start.click({ timeout: JOIN_DEADLINE_MS });
   await desk.waitForFunction(() => {
     const q = window.duetboxHost.queue;
@@ -1001,7 +1033,7 @@ async function run(opts) {
       }
     }
     if (problems.length) return problems;
-    for (const p of seated.filter((q) => q.spec.echoMs > 0)) await p.echo(p.spec.echoMs);
+    for (const p of seated.filter((q) => q.spec.echoMs > 0)) await p.echo(p.spec.echoMs, p.spec.echoShiftHz);
 
     // Markers on stderr let a caller line its own records up with this run.
     log('mark: all live');
@@ -1026,9 +1058,20 @@ async function run(opts) {
         });
         out({ kind: 'screen', ...seen });
       }
-      // The host stops the song: its recording reaches both singers' pages.
-      await theNight.desk.click('#stop');
-      log('mark: song stopped');
+      // The host stops the song: its recording reaches both singers' pages. On a slow
+      // host the 21 s song may have ended by itself meanwhile (Stop is then disabled);
+      // its recording ends with it.
+      try {
+        await theNight.desk.click('#stop', { timeout: 5000 });
+        log('mark: song stopped');
+      } catch (err) {
+        const ended = await theNight.desk.evaluate(() => {
+          const q = window.duetboxHost.queue;
+          return !(q && q.song);
+        });
+        if (!ended) throw err;
+        log('mark: song ended');
+      }
       for (const [k, p] of singers.entries()) p.result.night.recording = await p.takeRecording(k === 0);
     }
     for (const p of phones) out(p.result);

@@ -8,6 +8,7 @@
 //! waited for. The box under test runs in-process on 127.0.0.1 ([`start_box`]); the
 //! WHIP/WHEP client that talks to it lives in `whip_client.rs`.
 
+pub mod delay_link;
 pub mod e2e;
 pub mod lan;
 pub mod latency;
