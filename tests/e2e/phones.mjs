@@ -977,6 +977,13 @@ async function hostStarts(phone, opts) {
 
 async function night(opts, singers) {
   const [first, partner] = singers;
+  if (opts.inEar) {
+    // The box measures each singer's one-way time from its sender reports (every 1 to
+    // 5 s) before the song starts, as it has for a phone that joined minutes before
+    // its song: the recording's voice shift is taken when the song starts.
+    await Promise.all(singers.map((p) => p.driver.waitFor(() => typeof window.duetboxTest.sync().one_way_ms === 'number', null, JOIN_DEADLINE_MS)));
+    log('[host] every singer\'s one-way time is measured');
+  }
   await first.addSong(opts.night, partner || null);
   const desk = await hostStarts(first, opts);
   if (opts.markerHz) await Promise.all(singers.map((p) => p.tapMarkers(opts.markerHz)));

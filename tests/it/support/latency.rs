@@ -247,5 +247,11 @@ pub fn median(values: &mut [f64]) -> f64 {
         return f64::NAN;
     }
     values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        // Four markers judged are common: the upper middle alone would be one marker.
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
 }
