@@ -872,14 +872,7 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
         .unwrap_or_default();
     let phone_late: Vec<Option<f64>> = speakers
         .iter()
-        .map(|&s| {
-            played
-                .iter()
-                .copied()
-                .filter(|p| (p - s).abs() < 400.0)
-                .min_by(|x, y| (x - s).abs().total_cmp(&(y - s).abs()))
-                .map(|p| p - s)
-        })
+        .map(|&s| nearest(&played, s).map(|p| p - s))
         .collect();
     let rows: Vec<(f64, Option<f64>)> = b
         .iter()
@@ -946,6 +939,15 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
         recorder.abs() <= 5.0,
         "the voice sits {recorder:+.1} ms from the backing in the recording (by the median, less the phone's own distance from the speakers; {median:+.1} ms without)"
     );
+}
+
+/// The time in `list` nearest to `at`, if one is within 400 ms (epoch ms; the markers
+/// are 2 s apart).
+fn nearest(list: &[f64], at: f64) -> Option<f64> {
+    list.iter()
+        .copied()
+        .filter(|o| (o - at).abs() < 400.0)
+        .min_by(|x, y| (x - at).abs().total_cmp(&(y - at).abs()))
 }
 
 /// The song's recording the singer "Echo" (its driver result `echo`) got a link to, on
@@ -1064,12 +1066,7 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
         .iter()
         .map(|&s| {
             let stage = s - rec.venue_delay_at(s);
-            played
-                .iter()
-                .copied()
-                .filter(|p| (p - stage).abs() < 400.0)
-                .min_by(|x, y| (x - stage).abs().total_cmp(&(y - stage).abs()))
-                .map(|p| p - stage)
+            nearest(&played, stage).map(|p| p - stage)
         })
         .collect();
     eprintln!(
@@ -1176,12 +1173,6 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers()
             .map(|a| a.iter().filter_map(Value::as_f64).collect())
             .unwrap_or_default()
     };
-    let near = |list: &[f64], at: f64| {
-        list.iter()
-            .copied()
-            .filter(|o| (o - at).abs() < 400.0)
-            .min_by(|x, y| (x - at).abs().total_cmp(&(y - at).abs()))
-    };
     let round = |x: f64| (x * 10.0).round() / 10.0;
     eprintln!("sync: Mia {} Theo {}", mia["sync"], theo["sync"]);
     // Per phone, per marker the speakers played: (heard − speakers, believed − speakers).
@@ -1190,7 +1181,7 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers()
         let (on, believed) = (list(&r["night"]["onsets"]), list(&r["night"]["believed"]));
         let rows: Vec<(f64, f64, f64)> = speakers
             .iter()
-            .filter_map(|&s| Some((s, near(&on, s)? - s, near(&believed, s)? - s)))
+            .filter_map(|&s| Some((s, nearest(&on, s)? - s, nearest(&believed, s)? - s)))
             .collect();
         eprintln!(
             "sync: {who} (heard − speakers, believed − speakers), ms: {:?}",
