@@ -159,7 +159,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         rtc,
         audio.clone(),
         library,
-        (!config.audio.line_in.is_empty()).then(|| config.audio.line_in.clone()),
+        (!config.audio.line_in.is_empty()).then(|| control::LineInDevice {
+            pcm: config.audio.line_in.clone(),
+            realtime_priority,
+        }),
         config.songs.record.then(|| control::recorder::RecordTo {
             dir: recordings_dir.clone(),
             kept: config.songs.recordings_kept,

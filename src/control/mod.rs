@@ -490,6 +490,15 @@ struct KeptEnvelope {
     levels: std::collections::VecDeque<u8>,
 }
 
+/// The line-in the room may switch the backing to (`audio.line_in`).
+pub struct LineInDevice {
+    /// The ALSA capture PCM.
+    pub pcm: String,
+    /// The audio thread's `SCHED_FIFO` priority (0: normal scheduling); the capture
+    /// thread takes one below it.
+    pub realtime_priority: u8,
+}
+
 /// Builds the room, its task, the song player's and the recorder's threads and the
 /// handle. Run the task with [`ControlTask::run`].
 pub fn start(
@@ -497,16 +506,21 @@ pub fn start(
     rtc: RtcSettings,
     audio: AudioHandle,
     library: watch::Receiver<Arc<Library>>,
-    line_in_pcm: Option<String>,
+    line_in: Option<LineInDevice>,
     record: Option<RecordTo>,
     shutdown: CancellationToken,
 ) -> std::io::Result<(Control, ControlTask)> {
     let (player_tx, player_events) = mpsc::unbounded_channel();
     let player = Player::spawn(audio.backing.clone(), player_tx)?;
     let (line_in_tx, line_in_events) = mpsc::unbounded_channel();
-    config.line_in = line_in_pcm.is_some();
-    let line_in = match line_in_pcm {
-        Some(pcm) => Some(LineIn::spawn(pcm, audio.clone(), line_in_tx)?),
+    config.line_in = line_in.is_some();
+    let line_in = match line_in {
+        Some(d) => Some(LineIn::spawn(
+            d.pcm,
+            d.realtime_priority,
+            audio.clone(),
+            line_in_tx,
+        )?),
         None => None,
     };
     let speaker_frames = crate::engine::frames_in(config.speaker_latency) as u32;

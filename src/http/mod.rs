@@ -367,6 +367,7 @@ async fn health(State(state): State<AppState>) -> Response {
         "periods": c.periods.load(Ordering::Relaxed),
         "xruns": c.xruns.load(Ordering::Relaxed),
         "packets_dropped": c.packets_dropped.load(Ordering::Relaxed),
+        "backing_underrun_frames": c.backing_underrun_frames.load(Ordering::Relaxed),
         "venue_level_db": state.control.venue_level_db(),
         "connections": state.connections.open_now(),
         "connections_refused": state.connections.refused(),

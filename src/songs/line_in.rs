@@ -285,16 +285,31 @@ pub struct LineIn {
 
 impl LineIn {
     /// Starts the thread for ALSA capture PCM `pcm`, feeding `audio`'s backing queue.
-    /// It opens nothing until told to start.
+    /// It opens nothing until told to start. With a `realtime_priority` (the audio
+    /// thread's, `audio.realtime_priority`) it runs under `SCHED_FIFO` one below the
+    /// audio thread: it keeps only two capture periods (10 ms) of slack ahead of the
+    /// output, which a thread at normal priority loses to the network's tasks on a busy
+    /// Pi, and every such loss is a gap in the venue's backing.
     pub fn spawn(
         pcm: String,
+        realtime_priority: u8,
         audio: AudioHandle,
         events: tokio::sync::mpsc::UnboundedSender<LineInEvent>,
     ) -> std::io::Result<LineIn> {
         let (tx, rx) = std::sync::mpsc::channel();
         let join = std::thread::Builder::new()
             .name("duetbox-line-in".into())
-            .spawn(move || run(&pcm, &rx, &audio, &events))?;
+            .spawn(move || {
+                if realtime_priority > 0 {
+                    let priority = realtime_priority.saturating_sub(1).max(1);
+                    match crate::audio::make_realtime(priority) {
+                        Ok(()) => tracing::info!(priority, "line-in thread is real-time"),
+                        Err(e) => tracing::warn!(priority, error = %e,
+                            "real-time scheduling refused; the line-in runs at normal priority"),
+                    }
+                }
+                run(&pcm, &rx, &audio, &events)
+            })?;
         Ok(LineIn {
             commands: tx,
             join: Some(join),
