@@ -724,6 +724,11 @@ impl ControlTask {
                         recorder.stop();
                     }
                 }
+                Action::RecordShift { peer, to_the_box } => {
+                    if let Some(recorder) = self.recorder.as_mut() {
+                        recorder.shift(peer, to_the_box);
+                    }
+                }
                 Action::Changed => view_changed = true,
             }
         }

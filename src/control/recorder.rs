@@ -28,6 +28,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::recording::{RecordPlan, RecordingNews};
+use super::room::PeerId;
 use super::SongClock;
 use crate::engine::{frames_in, SAMPLE_RATE_HZ};
 use crate::record::{RecordLink, Recorder, RecorderCommand, RecorderEvent, Session, VoicePlan};
@@ -64,6 +65,9 @@ pub struct SongRecorder {
     /// The plan waiting for its song's first report.
     pending: Option<RecordPlan>,
     started: Vec<Started>,
+    /// The speakers behind the render when the recording running started, frames
+    /// (each voice's shift counts it: see the module docs).
+    speakers: Option<u64>,
 }
 
 impl SongRecorder {
@@ -79,6 +83,7 @@ impl SongRecorder {
             events,
             pending: None,
             started: Vec::new(),
+            speakers: None,
         })
     }
 
@@ -94,7 +99,23 @@ impl SongRecorder {
     /// Ends the recording running (its event follows).
     pub fn stop(&mut self) {
         self.pending = None;
+        self.speakers = None;
         self.recorder.send(RecorderCommand::Stop);
+    }
+
+    /// A voice's place moved (`Action::RecordShift`): the plan waiting takes it, the
+    /// recording running follows it.
+    pub fn shift(&mut self, peer: PeerId, to_the_box: Duration) {
+        if let Some(plan) = self.pending.as_mut() {
+            if let Some(v) = plan.voices.iter_mut().find(|v| v.peer == peer) {
+                v.to_the_box = to_the_box;
+            }
+        } else if let Some(speakers) = self.speakers {
+            self.recorder.send(RecorderCommand::Shift {
+                singer: peer.singer(),
+                shift_frames: speakers + frames_in(to_the_box),
+            });
+        }
     }
 
     /// Starts the pending plan once `clock` shows its song playing.
@@ -119,6 +140,7 @@ impl SongRecorder {
         let id = format!("{:032x}", rand::random::<u128>());
         let dir = self.to.dir.join(&id);
         let speakers = clock.speakers_behind_frames();
+        self.speakers = Some(speakers);
         let voices = plan
             .voices
             .iter()

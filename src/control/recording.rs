@@ -39,7 +39,9 @@ pub struct RecordVoice {
     pub pan: f32,
     /// From a sound reaching the phone's microphone to its packet reaching the box
     /// (capture, one phone packet, the network's one-way time; what was not measured
-    /// counts as none). The box's jitter buffer comes after.
+    /// counts as none), and for an in-ear song how late the phone plays against the
+    /// stage timeline (the singer sings to it). The box's jitter buffer comes after.
+    /// The room tells the recording running when it moves (`Action::RecordShift`).
     pub to_the_box: Duration,
 }
 

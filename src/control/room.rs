@@ -689,6 +689,14 @@ pub enum Action {
     Record(RecordPlan),
     /// End the recording running.
     RecordStop,
+    /// A recorded voice's place moved by a millisecond or more (its singer's
+    /// [`RecordVoice::to_the_box`] now): the recording running follows it.
+    RecordShift {
+        /// The singer.
+        peer: PeerId,
+        /// What [`RecordVoice::to_the_box`] is now.
+        to_the_box: Duration,
+    },
     /// The room view changed (publish it).
     Changed,
 }
@@ -895,7 +903,31 @@ impl Participant {
             + PHONE_PACKET
             + self.one_way().unwrap_or_default()
     }
+
+    /// How much later than the stage timeline this singer's voice of a moment reaches
+    /// the box (before its jitter buffer): [`Participant::to_the_box`], and in in-ear
+    /// mode how late the phone plays against the timeline too (its playout report,
+    /// early counting against the rest): the singer sings to what the phone plays, and
+    /// a phone's playout wanders by tens of ms while the box steers it back.
+    fn sung_late(&self, in_ear: bool) -> Duration {
+        let late_ms = if in_ear {
+            self.sync_ms.unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        // Whole microseconds, within ±10 s (the playout report's range is wider).
+        let late = Duration::from_micros((late_ms.abs().min(10_000.0) * 1000.0) as u64);
+        if late_ms >= 0.0 {
+            self.to_the_box() + late
+        } else {
+            self.to_the_box().saturating_sub(late)
+        }
+    }
 }
+
+/// How far a recorded voice's place must move before the recording running is told
+/// (the recorder puts a voice back only past a millisecond, too).
+const RECORD_SHIFT_STEP: Duration = Duration::from_millis(1);
 
 /// The longest one-way time believed: past it, the phone's clock readings disagree
 /// with each other, not with the network.
@@ -929,6 +961,9 @@ pub struct Room {
     lead_frames: u32,
     /// The speakers' in-ear delays the engine was last told.
     in_ear: InEar,
+    /// Each recorded voice's [`RecordVoice::to_the_box`] as the recording running was
+    /// last told (empty when none runs).
+    record_shifts: Vec<(PeerId, Duration)>,
     /// The stage timeline behind the mixer ([`Input::Stage`]).
     stage_behind: Duration,
     actions: VecDeque<Action>,
@@ -964,6 +999,7 @@ impl Room {
             timeline: Timeline::new(max_lead),
             lead_frames: 0,
             in_ear: InEar::new(),
+            record_shifts: Vec::new(),
             stage_behind: Duration::ZERO,
             actions: VecDeque::new(),
             changed: false,
@@ -1349,6 +1385,7 @@ impl Room {
     /// Turns the night's effects into actions (and stage moves).
     /// Starts or ends the song's recording as the transport moved.
     fn follow_recording(&mut self) {
+        let in_ear = self.in_ear_song();
         let (participants, slots) = (&self.participants, &self.slots);
         let voices = |singers: &[PeerId]| {
             singers
@@ -1367,34 +1404,63 @@ impl Room {
                             settings.gain_db
                         },
                         pan: settings.pan,
-                        to_the_box: p.to_the_box(),
+                        to_the_box: p.sung_late(in_ear),
                     })
                 })
                 .collect()
         };
         match self.recordings.follow(self.night.now_playing(), voices) {
-            Follow::Same => return,
-            Follow::Stop => self.emit(Action::RecordStop),
-            Follow::Start(plan) => self.emit(Action::Record(plan)),
+            Follow::Same => {}
+            Follow::Stop => {
+                self.record_shifts.clear();
+                self.emit(Action::RecordStop);
+                self.changed = true;
+                return;
+            }
+            Follow::Start(plan) => {
+                self.record_shifts = plan.voices.iter().map(|v| (v.peer, v.to_the_box)).collect();
+                self.emit(Action::Record(plan));
+                self.changed = true;
+                return;
+            }
         }
-        self.changed = true;
+        // The recording running follows each voice's place as it is measured anew (a
+        // one-way time that settles, an in-ear phone's playout that wanders).
+        let mut moved = Vec::new();
+        for (peer, told) in &mut self.record_shifts {
+            let Some(now) = self.participants.get(peer).map(|p| p.sung_late(in_ear)) else {
+                continue;
+            };
+            if now.abs_diff(*told) >= RECORD_SHIFT_STEP {
+                *told = now;
+                moved.push((*peer, now));
+            }
+        }
+        for (peer, to_the_box) in moved {
+            self.emit(Action::RecordShift { peer, to_the_box });
+        }
+    }
+
+    /// Whether the song playing is sung in-ear.
+    fn in_ear_song(&self) -> bool {
+        self.night
+            .now_playing()
+            .is_some_and(|n| n.entry.mode == SyncMode::InEar)
     }
 
     /// Holds the speakers back while an in-ear song is the song: by the stage timeline
     /// and the slowest seated voice's uplink (`control::in_ear`). A singer's uplink is
-    /// what reaches the box ([`Participant::to_the_box`]) and the box's jitter buffer.
+    /// how late it reaches the box against the timeline ([`Participant::sung_late`]:
+    /// its phone's playout, capture, packet and network) and the box's jitter buffer.
     fn follow_in_ear(&mut self) {
-        let on = self
-            .night
-            .now_playing()
-            .is_some_and(|n| n.entry.mode == SyncMode::InEar);
+        let on = self.in_ear_song();
         let uplinks: Vec<Uplink> = self
             .participants
             .iter()
             .filter(|(_, p)| p.slot.is_some())
             .map(|(peer, p)| Uplink {
                 singer: peer.singer(),
-                uplink: p.to_the_box()
+                uplink: p.sung_late(true)
                     + Duration::from_secs_f32(p.figures.delay_ms.max(0.0) / 1000.0),
             })
             .collect();

@@ -8,7 +8,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::control::night::{BackingSource, Transport};
+use crate::control::night::{BackingSource, EntryId, SyncMode, Transport};
 use crate::control::room::{GAIN_MAX_DB, GAIN_MIN_DB, PIN_MAX_CHARS};
 use crate::control::{Input, PeerId, Refusal, SlotChange, SlotId};
 
@@ -19,7 +19,7 @@ pub const MAX_PAYLOAD_BYTES: usize = 4096;
 pub const MAX_ID_CHARS: usize = 64;
 
 /// Every command, as `<base>/cmd/<name>`.
-pub const NAMES: [&str; 15] = [
+pub const NAMES: [&str; 16] = [
     "master",
     "backing",
     "slot",
@@ -35,6 +35,7 @@ pub const NAMES: [&str; 15] = [
     "next",
     "skip",
     "seek",
+    "mode",
 ];
 
 /// Why a command was not carried out: a stable `code` for programs, a `message` for
@@ -201,6 +202,26 @@ fn input(name: &str, f: &mut Fields) -> Result<Input, Failure> {
                 ));
             }
             Input::Transport(Transport::Seek(std::time::Duration::from_millis(ms as u64)))
+        }
+        "mode" => {
+            let entry = match f.0.remove("entry") {
+                Some(Value::Number(n)) => n
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| not_a("entry", "queue entry number"))?,
+                Some(_) => return Err(not_a("entry", "queue entry number")),
+                None => return Err(missing("entry")),
+            };
+            let mode = match f.0.remove("mode") {
+                Some(Value::String(m)) => SyncMode::parse(&m)
+                    .ok_or_else(|| Failure::new("bad_field", "`mode` must be stage or in_ear"))?,
+                Some(_) => return Err(not_a("mode", "string (stage or in_ear)")),
+                None => return Err(missing("mode")),
+            };
+            Input::SetMode {
+                entry: EntryId(entry),
+                mode,
+            }
         }
         _ => unreachable!("every name in NAMES is handled"),
     })
@@ -443,6 +464,55 @@ mod tests {
             input("clear_pin", "{}"),
             Ok(Input::SetPin { pin: None })
         ));
+        assert!(matches!(
+            input("mode", r#"{"entry": 7, "mode": "in_ear"}"#),
+            Ok(Input::SetMode {
+                entry: EntryId(7),
+                mode: SyncMode::InEar
+            })
+        ));
+        assert!(matches!(
+            input("mode", r#"{"entry": 7, "mode": "stage"}"#),
+            Ok(Input::SetMode {
+                entry: EntryId(7),
+                mode: SyncMode::Stage
+            })
+        ));
+        for (bad, says) in [
+            (r#"{"mode": "in_ear"}"#, "`entry` is missing"),
+            (r#"{"entry": 7}"#, "`mode` is missing"),
+            (
+                r#"{"entry": -1, "mode": "stage"}"#,
+                "`entry` must be a queue entry number",
+            ),
+            (
+                r#"{"entry": 4294967296, "mode": "stage"}"#,
+                "`entry` must be a queue entry number",
+            ),
+            (
+                r#"{"entry": "7", "mode": "stage"}"#,
+                "`entry` must be a queue entry number",
+            ),
+            (
+                r#"{"entry": 7, "mode": "headphones"}"#,
+                "`mode` must be stage or in_ear",
+            ),
+            (
+                r#"{"entry": 7, "mode": 1}"#,
+                "`mode` must be a string (stage or in_ear)",
+            ),
+            (
+                r#"{"entry": 7, "mode": "stage", "song": 1}"#,
+                "unknown field `song`",
+            ),
+        ] {
+            let failure = input("mode", bad).expect_err(bad);
+            assert_eq!(
+                (failure.code, failure.message.as_str()),
+                ("bad_field", says),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -96,6 +96,7 @@ pub fn state(
             "artist": s.entry.song.artist,
             "singers": s.entry.singers.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
             "state": s.now.state.as_str(),
+            "mode": s.entry.mode.as_str(),
             "position_ms": song_ms.unwrap_or(0).max(0),
             "duration_ms": s.now.duration.map(|d| d.as_millis() as u64),
         })),
@@ -104,6 +105,7 @@ pub fn state(
             "title": e.song.title,
             "artist": e.song.artist,
             "singers": e.singers.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
+            "mode": e.mode.as_str(),
         })).collect::<Vec<_>>(),
         "queue_length": view.queue.len(),
         "problems": view.problems.len(),
@@ -358,6 +360,7 @@ mod tests {
         };
         let mut v = view();
         v.queue = (2..=60).map(entry).collect();
+        v.queue[0].mode = crate::control::night::SyncMode::InEar;
         v.song = Some(SongView {
             entry: entry(1),
             now: NowPlaying {
@@ -381,6 +384,11 @@ mod tests {
         assert_eq!(s["song"]["title"], "Song 1");
         assert_eq!(s["song"]["singers"][0], "Ana");
         assert_eq!(s["song"]["position_ms"], 12_345);
+        assert_eq!(s["song"]["mode"], "stage");
+        assert_eq!(
+            (&s["queue"][0]["mode"], &s["queue"][1]["mode"]),
+            (&json!("in_ear"), &json!("stage"))
+        );
         assert_eq!(s["queue"].as_array().map(Vec::len), Some(MAX_QUEUE_LISTED));
         assert_eq!(s["queue_length"], 59);
         let ms = Duration::from_millis;

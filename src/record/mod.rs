@@ -261,6 +261,15 @@ pub enum RecorderCommand {
     /// Ends the running recording: every track is padded to the backing's length,
     /// closed and synced.
     Stop,
+    /// A voice of the running recording is now this far behind the backing it was
+    /// sung to ([`VoicePlan::shift_frames`]): its track follows from the next chunk on,
+    /// put back like a moved jitter buffer (past [`REALIGN_FRAMES`]).
+    Shift {
+        /// The voice.
+        singer: SingerId,
+        /// Its new shift, frames.
+        shift_frames: u64,
+    },
 }
 
 /// What the recorder tells the room.
@@ -381,6 +390,14 @@ fn run(link: RecordLink, commands: Receiver<RecorderCommand>, events: impl Fn(Re
                     }
                 }
             }
+            Some(RecorderCommand::Shift {
+                singer,
+                shift_frames,
+            }) => {
+                if let Some(rec) = current.as_mut() {
+                    rec.shift(singer, shift_frames);
+                }
+            }
             Some(RecorderCommand::Stop) => {
                 link.on.store(false, Ordering::Relaxed);
                 drain(&link, &mut current, &mut early, &events);
@@ -463,6 +480,13 @@ struct Recording {
 }
 
 impl Recording {
+    /// Moves a voice's place (see [`RecorderCommand::Shift`]).
+    fn shift(&mut self, singer: SingerId, shift_frames: u64) {
+        if let Some(voice) = self.voices.iter_mut().find(|v| v.plan.singer == singer) {
+            voice.plan.shift_frames = shift_frames;
+        }
+    }
+
     fn start(session: Session) -> std::io::Result<Recording> {
         std::fs::create_dir_all(&session.dir)?;
         let tags = [

@@ -359,6 +359,8 @@ async fn panel_commands_drive_the_mixer_and_bad_ones_change_nothing() {
         ("singer_limit", r#"{"limit": 9}"#, "out_of_range"),
         ("singer_limit", r#"{"limit": 0}"#, "out_of_range"),
         ("pin", r#"{"pin": ""}"#, "out_of_range"),
+        ("mode", r#"{"entry": 99, "mode": "in_ear"}"#, "refused"),
+        ("mode", r#"{"entry": 1, "mode": "loud"}"#, "bad_field"),
         ("reboot", "{}", "unknown_command"),
     ];
     for (cmd, payload, code) in bad {

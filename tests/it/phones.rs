@@ -272,6 +272,13 @@ fn syllable_mics(area: &str, tones: &[(&str, f32)]) -> Vec<PathBuf> {
 
 #[test]
 fn two_phones_sing_a_duet_through_the_box() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "two_phones_sing_a_duet_through_the_box",
+        two_phones_sing_a_duet_through_the_box_once,
+    );
+}
+
+fn two_phones_sing_a_duet_through_the_box_once() {
     let _serial = crate::support::SERIAL.blocking_lock();
     duetbox::telemetry::init("duetbox=info,warn");
     let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
@@ -350,6 +357,13 @@ fn two_phones_sing_a_duet_through_the_box() {
 /// offers 127.0.0.1; PLATFORM.md §6), the box listens on the namespace's link.
 #[test]
 fn a_firefox_singer_and_a_chromium_singer_sing_a_duet() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "a_firefox_singer_and_a_chromium_singer_sing_a_duet",
+        a_firefox_singer_and_a_chromium_singer_sing_a_duet_once,
+    );
+}
+
+fn a_firefox_singer_and_a_chromium_singer_sing_a_duet_once() {
     // Each phone's speaker-to-mic round trip (the harness's acoustic path), which it
     // measures with the page's calibration before the duet.
     const F_ROUND_TRIP_MS: f64 = 45.0;
@@ -532,6 +546,13 @@ fn assert_within_but_one(who: &str, what: &str, errors: &[(usize, f64)], bound: 
 /// phone plays it. Screenshots: the phone's song list, the host desk, the screen.
 #[test]
 fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time",
+        two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time_once,
+    );
+}
+
+fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time_once() {
     let _serial = crate::support::SERIAL.blocking_lock();
     duetbox::telemetry::init("duetbox=info,warn");
     let _pulse = PulseAudio::start(&alsa_config().pulse_e2e_dir());
@@ -841,6 +862,13 @@ fn burst_onsets(samples: &[f32], hz: f32, floor: f32) -> Vec<usize> {
 /// (the recorder's part: the median once the phone's own distance is taken out).
 #[test]
 fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording",
+        a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once,
+    );
+}
+
+fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once() {
     const CAPTURE_MS: f64 = 60.0;
     /// Markers not judged: the sync loop settles meanwhile.
     const SETTLING: usize = 4;
@@ -1003,6 +1031,13 @@ fn sung_against_beats(beats: &[usize], sung: &[usize]) -> Vec<(usize, f64)> {
 /// recording −8.8 to +23.1 ms (one run's recording drifted 13 → 31 ms over the song).
 #[test]
 fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_recording() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_recording",
+        an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_recording_once,
+    );
+}
+
+fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_recording_once() {
     const CAPTURE_MS: f64 = 45.0;
     const SHIFT_HZ: f32 = 1100.0;
     const SUNG_HZ: f32 = 1760.0 + SHIFT_HZ;
@@ -1153,6 +1188,13 @@ fn refined_onset(samples: &[f32], coarse: usize, hz: f32) -> usize {
 ///   than the 80 ms one (its extra delay and jitter buffer), and the loop settled.
 #[test]
 fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers() {
+    crate::support::stalls::once_more_if_the_machine_stalled(
+        "two_phones_with_different_network_delays_play_each_marker_with_the_speakers",
+        two_phones_with_different_network_delays_play_each_marker_with_the_speakers_once,
+    );
+}
+
+fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers_once() {
     /// Markers not judged: the loop settles meanwhile.
     const SETTLING: usize = 4;
     let _serial = crate::support::SERIAL.blocking_lock();

@@ -2000,3 +2000,149 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
     let [lateness, _] = one_way_halves(9, 80.0);
     assert!(h.handle(secs(5.0), lateness).is_err(), "not joined");
 }
+
+#[test]
+fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more() {
+    use crate::control::night::SyncMode;
+    let mut h = Harness::new(config());
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    let figures = SingerFigures {
+        level_db: -20.0,
+        delay_ms: 10.0,
+        lost: 0,
+        packets: 100,
+    };
+    h.handle(
+        secs(0.6),
+        Input::Figures {
+            singer: ana.peer.singer(),
+            figures,
+        },
+    )
+    .unwrap();
+    h.handle(
+        secs(0.7),
+        Input::Stage {
+            behind: Duration::from_millis(40),
+        },
+    )
+    .unwrap();
+    let song = queue_add(&mut h, 1, 7, None).unwrap();
+    h.handle(
+        secs(1.0),
+        Input::SetMode {
+            entry: song,
+            mode: SyncMode::InEar,
+        },
+    )
+    .unwrap();
+    h.handle(secs(2.0), Input::Transport(Transport::Start(song)))
+        .unwrap();
+    // 40 (stage) + 20 (packet) + 10 (jitter buffer).
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 3_360 }]
+    );
+    let playout = |delay_ms: i64, extra_ms: i64| Input::Playout {
+        conn: ConnId(1),
+        delay_us: delay_ms * 1000,
+        extra_us: extra_ms * 1000,
+    };
+    let offset = |r: Result<Reply, Refusal>| match r {
+        Ok(Reply::Sync(s)) => s.offset_us,
+        other => panic!("a playout report answers with a steer: {other:?}"),
+    };
+    // Her phone plays 30 ms behind the stage timeline (5 ms of its own buffer, 35 of
+    // extra not yet steered away): she sings 30 ms late, and the speakers wait for it.
+    assert_eq!(offset(h.handle(secs(3.0), playout(40, 35))), 30_000);
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 4_800 }]
+    );
+    // Steered back onto the timeline.
+    assert_eq!(offset(h.handle(secs(4.0), playout(10, 5))), 0);
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 3_360 }]
+    );
+    // 4 ms early is less than a move.
+    assert_eq!(offset(h.handle(secs(5.0), playout(6, 1))), -4_000);
+    assert_eq!(venue_delays(&h.take()), vec![]);
+    // A stage song: the speakers hold nothing back, however late the phone.
+    h.handle(
+        secs(6.0),
+        Input::SetMode {
+            entry: song,
+            mode: SyncMode::Stage,
+        },
+    )
+    .unwrap();
+    h.handle(secs(6.5), playout(40, 35)).unwrap();
+    assert_eq!(
+        venue_delays(&h.take()),
+        vec![Command::SetVenueDelay { frames: 0 }]
+    );
+}
+
+#[test]
+fn the_recording_running_follows_each_voice_as_it_is_measured_anew() {
+    use crate::control::night::SyncMode;
+    let mut h = Harness::new(RoomConfig {
+        record: true,
+        ..config()
+    });
+    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
+    h.media(secs(0.5), 1, MediaState::Connected);
+    h.handle(secs(0.6), calibrated(1, 45, 12)).unwrap();
+    let song = queue_add(&mut h, 1, 7, None).unwrap();
+    h.handle(secs(1.0), Input::Transport(Transport::Start(song)))
+        .unwrap();
+    opened(&mut h, secs(1.1));
+    let shifts = |actions: &[Action]| {
+        pick(actions, |a| match a {
+            Action::RecordShift { peer, to_the_box } => {
+                Some((*peer, (to_the_box.as_secs_f64() * 10_000.0).round() / 10.0))
+            }
+            _ => None,
+        })
+    };
+    let started = h.take();
+    assert_eq!(record_actions(&started).len(), 1, "{started:?}");
+    assert_eq!(shifts(&started), vec![]);
+    // Her one-way time comes in mid-song: 80 ms more, told once.
+    for input in one_way_halves(1, 80.0) {
+        h.handle(secs(2.0), input).unwrap();
+    }
+    assert_eq!(shifts(&h.take()), vec![(ana.peer, 133.0)]);
+    let [lateness, _] = one_way_halves(1, 80.4);
+    h.handle(secs(3.0), lateness).unwrap();
+    assert_eq!(shifts(&h.take()), vec![], "under a millisecond");
+    // A stage song: how her phone plays does not move her voice (she follows the
+    // speakers)...
+    let playout = |delay_ms: i64, extra_ms: i64| Input::Playout {
+        conn: ConnId(1),
+        delay_us: delay_ms * 1000,
+        extra_us: extra_ms * 1000,
+    };
+    h.handle(secs(4.0), playout(40, 35)).unwrap();
+    assert_eq!(shifts(&h.take()), vec![]);
+    // ...an in-ear one: she sings to her phone, 30 ms behind the timeline.
+    h.handle(
+        secs(5.0),
+        Input::SetMode {
+            entry: song,
+            mode: SyncMode::InEar,
+        },
+    )
+    .unwrap();
+    assert_eq!(shifts(&h.take()), vec![(ana.peer, 163.4)]);
+    // Stopped: nothing more is told.
+    h.handle(secs(6.0), Input::Transport(Transport::Stop))
+        .unwrap();
+    h.take();
+    for input in one_way_halves(1, 20.0) {
+        h.handle(secs(7.0), input).unwrap();
+    }
+    assert_eq!(shifts(&h.take()), vec![]);
+}

@@ -15,6 +15,7 @@ pub mod latency;
 pub mod mqtt;
 pub mod netns;
 pub mod songs;
+pub mod stalls;
 pub mod whip_client;
 pub mod wss;
 
