@@ -932,20 +932,22 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once() {
     );
     // Once the loop settled. The singer follows the phone, which plays each marker a
     // few ms off the speakers (stage mode takes it as zero; the sync loop keeps it
-    // within ±15 ms and moves it now and then: the phone − speakers column, a reading
-    // with a few ms of noise of its own), so each marker sung sits within 15 ms of the
-    // backing's, and by the median within ±5 ms. With the shift fixed at the song's
-    // start (before the recording followed the jitter buffer) the voice moved by 15 ms
-    // here as the buffer adapted.
+    // within ±15 ms, the sync test's bound, and moves it now and then: the phone −
+    // speakers column, a reading with a few ms of noise of its own), and the voice
+    // sits off the backing's beat by as much. With the shift fixed at the song's start
+    // (before the recording followed the jitter buffer) the voice moved by 15 ms here
+    // as the buffer adapted.
     //
-    // The recorder's own part is judged apart from the sync loop's (which the sync
-    // test judges): by the median of each marker's error less the phone's own distance
-    // from the speakers for that marker, within ±5 ms. On a busy host the phone played
-    // a whole song 6 ms early now and then, and the voice sat 6 ms early with it.
+    // So the recorder's own part is judged apart from the sync loop's (which the sync
+    // test judges): each marker's error less the phone's own distance from the
+    // speakers for it within ±10 ms, and their median within ±5 ms; and each raw error
+    // within 30 ms (the sync test's bound and this one's: a voice not shifted back at
+    // all sits 100 ms late here). On a busy host the phone played a whole song 6 ms
+    // early now and then, and the voice sat 6 ms early with it.
     let judged = &rows[SETTLING..];
     for &(error, phone) in judged {
         assert!(
-            error.abs() <= 15.0,
+            error.abs() <= 30.0 && phone.is_none_or(|p| (error - p).abs() <= 10.0),
             "a marker sung on the beat sits {error:+.1} ms from the backing's in the recording (the phone played it {phone:?} ms from the speakers)"
         );
     }
@@ -1107,6 +1109,18 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
     eprintln!(
         "in-ear: the phone's distance from the stage timeline per venue marker, ms: {phone:?}"
     );
+    // What the page believed of its own playout against what it played (its lyric
+    // lines start on the markers): the box steers the phone by that belief.
+    let believed: Vec<f64> = echo["night"]["believed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    let belief: Vec<Option<f64>> = played
+        .iter()
+        .map(|&p| nearest(&believed, p).map(|b| b - p))
+        .collect();
+    eprintln!("in-ear: the phone's belief less what it played per marker, ms: {belief:?}");
+    eprintln!("in-ear: the phone's sync: {}", echo["night"]["sync"]);
     // The recording's k-th marker is the k-th the speakers played from the song's first.
     let skip = speakers.len().saturating_sub(recorded.len().max(1));
     for (what, errors, offset) in [("venue", &venue, 0), ("recording", &recorded, skip)] {
