@@ -549,16 +549,9 @@ async fn a_count_in_of_clicks_leads_into_the_song_on_the_beat() {
 /// backing level, whole (drift-corrected, no gaps), beside the voices.
 #[test]
 fn the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns() {
-    crate::support::stalls::once_more_if_the_machine_stalled(
+    crate::support::stalls::once_more_if_the_machine_stalled_async(
         "the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns",
-        || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns_once())
-        },
+        the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns_once,
     );
 }
 

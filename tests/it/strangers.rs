@@ -266,16 +266,9 @@ async fn a_client_that_never_reads_is_closed_and_costs_bounded_memory() {
 
 #[test]
 fn a_flooding_singer_hurts_only_itself() {
-    crate::support::stalls::once_more_if_the_machine_stalled(
+    crate::support::stalls::once_more_if_the_machine_stalled_async(
         "a_flooding_singer_hurts_only_itself",
-        || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(a_flooding_singer_hurts_only_itself_once())
-        },
+        a_flooding_singer_hurts_only_itself_once,
     );
 }
 

@@ -293,16 +293,9 @@ async fn whip_singer_with_the_right_pin_is_admitted() {
 
 #[test]
 fn whep_listener_hears_the_venue_mix() {
-    crate::support::stalls::once_more_if_the_machine_stalled(
+    crate::support::stalls::once_more_if_the_machine_stalled_async(
         "whep_listener_hears_the_venue_mix",
-        || {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("a runtime")
-                .block_on(whep_listener_hears_the_venue_mix_once())
-        },
+        whep_listener_hears_the_venue_mix_once,
     );
 }
 

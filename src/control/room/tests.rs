@@ -1919,8 +1919,10 @@ fn one_way_halves(conn: u64, one_way_ms: f64) -> [Input; 2] {
     ]
 }
 
-#[test]
-fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
+/// Ana alone on stage (jitter buffer 10 ms, the stage timeline 40 ms behind the mixer,
+/// no calibration) singing song 7 in-ear from 2 s: the harness, the entry, and what the
+/// room did by then.
+fn ana_sings_in_ear() -> (Harness, EntryId, Vec<Action>) {
     use crate::control::night::SyncMode;
     let mut h = Harness::new(config());
     let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
@@ -1957,9 +1959,16 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
     .unwrap();
     h.handle(secs(2.0), Input::Transport(Transport::Start(song)))
         .unwrap();
+    let actions = h.take();
+    (h, song, actions)
+}
+
+#[test]
+fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
+    let (mut h, _, actions) = ana_sings_in_ear();
     // 40 + 0 (capture) + 20 (packet) + 10 (jitter buffer).
     assert_eq!(
-        venue_delays(&h.take()),
+        venue_delays(&actions),
         vec![Command::SetVenueDelay { frames: 3_360 }]
     );
     let [lateness, wall] = one_way_halves(1, 80.0);
@@ -2003,45 +2012,10 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
 
 #[test]
 fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more() {
-    use crate::control::night::SyncMode;
-    let mut h = Harness::new(config());
-    let ana = h.join(secs(0.0), 1, "Ana", Role::Singer);
-    h.media(secs(0.5), 1, MediaState::Connected);
-    let figures = SingerFigures {
-        level_db: -20.0,
-        delay_ms: 10.0,
-        lost: 0,
-        packets: 100,
-    };
-    h.handle(
-        secs(0.6),
-        Input::Figures {
-            singer: ana.peer.singer(),
-            figures,
-        },
-    )
-    .unwrap();
-    h.handle(
-        secs(0.7),
-        Input::Stage {
-            behind: Duration::from_millis(40),
-        },
-    )
-    .unwrap();
-    let song = queue_add(&mut h, 1, 7, None).unwrap();
-    h.handle(
-        secs(1.0),
-        Input::SetMode {
-            entry: song,
-            mode: SyncMode::InEar,
-        },
-    )
-    .unwrap();
-    h.handle(secs(2.0), Input::Transport(Transport::Start(song)))
-        .unwrap();
+    let (mut h, song, actions) = ana_sings_in_ear();
     // 40 (stage) + 20 (packet) + 10 (jitter buffer).
     assert_eq!(
-        venue_delays(&h.take()),
+        venue_delays(&actions),
         vec![Command::SetVenueDelay { frames: 3_360 }]
     );
     let playout = |delay_ms: i64, extra_ms: i64| Input::Playout {

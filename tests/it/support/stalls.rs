@@ -117,3 +117,19 @@ pub fn once_more_if_the_machine_stalled<T>(what: &str, scenario: impl Fn() -> T)
         Err(panic) => resume_unwind(panic),
     }
 }
+
+/// [`once_more_if_the_machine_stalled`] for an async scenario, each run on a runtime of
+/// its own (two workers, as the other media tests have).
+pub fn once_more_if_the_machine_stalled_async<F: std::future::Future<Output = ()>>(
+    what: &str,
+    scenario: impl Fn() -> F,
+) {
+    once_more_if_the_machine_stalled(what, || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(scenario())
+    });
+}
