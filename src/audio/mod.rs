@@ -248,7 +248,8 @@ pub struct Counters {
     /// See [`Counters::backing_queued_frames`].
     pub backing_queued_at_us: AtomicU64,
     /// Backing frames that were due but missing, played as silence: a live source
-    /// (the line-in) that could not keep up ([`crate::engine::EngineStats`]).
+    /// (the line-in) that could not keep up ([`crate::engine::EngineStats`]; brought up
+    /// to date every [`STATS_INTERVAL`]).
     pub backing_underrun_frames: AtomicU64,
     /// Test-only fault switch: while set, the thread stalls (the watchdog must notice).
     pub stall: AtomicBool,
@@ -428,12 +429,12 @@ where
             render(&mut engine, &handle, now, bridge.render_slot());
             stage.add(&handle.record, &engine.period_sources());
             bridge.rendered();
-            handle
-                .counters
-                .backing_underrun_frames
-                .store(engine.stats().backing_underrun_frames, Ordering::Relaxed);
             if now >= next_report {
                 next_report = now + STATS_INTERVAL;
+                handle
+                    .counters
+                    .backing_underrun_frames
+                    .store(engine.stats().backing_underrun_frames, Ordering::Relaxed);
                 report_levels(&mut engine, &handle);
                 let position = engine.backing_position();
                 let latency_frames = engine.output_latency_frames() as u32;

@@ -637,18 +637,12 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time_on
     for (who, r) in [("Mia", &mia), ("Theo", &theo)] {
         let night = &r["night"];
         let appeared = night["lyrics"].as_array().cloned().unwrap_or_default();
-        let onsets: Vec<f64> = night["onsets"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+        let onsets: Vec<f64> = numbers(&night["onsets"]);
         let errors = lyric_errors(&appeared, &onsets, &lines);
         eprintln!("{who}: lyric line errors (line, ms): {errors:?}");
         let gaps: Vec<f64> = onsets.windows(2).map(|w| w[1] - w[0]).collect();
         eprintln!("{who}: marker onsets {} apart (ms): {gaps:?}", onsets.len());
-        let believed: Vec<f64> = night["believed"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default();
+        let believed: Vec<f64> = numbers(&night["believed"]);
         let ahead: Vec<f64> = onsets
             .iter()
             .filter_map(|o| {
@@ -894,10 +888,7 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once() {
     // The phone's own distance from the speakers for each marker (stage mode takes it
     // as zero): when it played the marker less when the speakers did.
     let speakers = venue_marker_epochs(&rec, 1760.0);
-    let played: Vec<f64> = echo["night"]["onsets"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
+    let played: Vec<f64> = numbers(&echo["night"]["onsets"]);
     let phone_late: Vec<Option<f64>> = speakers
         .iter()
         .map(|&s| nearest(&played, s).map(|p| p - s))
@@ -969,6 +960,13 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once() {
         recorder.abs() <= 5.0,
         "the voice sits {recorder:+.1} ms from the backing in the recording (by the median, less the phone's own distance from the speakers; {median:+.1} ms without)"
     );
+}
+
+/// A JSON array's numbers (none when it is not one).
+fn numbers(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
 }
 
 /// The time in `list` nearest to `at`, if one is within 400 ms (epoch ms; the markers
@@ -1094,10 +1092,7 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
     // sync loop's error, which the sync test judges; the singer follows the phone, so
     // the voice moves with it): when it played the marker less when the speakers did,
     // less what the speakers held the backing back by then.
-    let played: Vec<f64> = echo["night"]["onsets"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
+    let played: Vec<f64> = numbers(&echo["night"]["onsets"]);
     let speakers = venue_marker_epochs(&rec, 1760.0);
     let phone: Vec<Option<f64>> = speakers
         .iter()
@@ -1111,10 +1106,7 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
     );
     // What the page believed of its own playout against what it played (its lyric
     // lines start on the markers): the box steers the phone by that belief.
-    let believed: Vec<f64> = echo["night"]["believed"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_f64).collect())
-        .unwrap_or_default();
+    let believed: Vec<f64> = numbers(&echo["night"]["believed"]);
     let belief: Vec<Option<f64>> = played
         .iter()
         .map(|&p| nearest(&believed, p).map(|b| b - p))
@@ -1224,17 +1216,15 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers_o
     });
     let speakers = venue_marker_epochs(&rec, 1760.0);
     let (mia, theo) = (rec.run.result("Mia"), rec.run.result("Theo"));
-    let list = |v: &Value| -> Vec<f64> {
-        v.as_array()
-            .map(|a| a.iter().filter_map(Value::as_f64).collect())
-            .unwrap_or_default()
-    };
     let round = |x: f64| (x * 10.0).round() / 10.0;
     eprintln!("sync: Mia {} Theo {}", mia["sync"], theo["sync"]);
     // Per phone, per marker the speakers played: (heard − speakers, believed − speakers).
     let mut heard = Vec::new();
     for (who, r) in [("Mia", &mia), ("Theo", &theo)] {
-        let (on, believed) = (list(&r["night"]["onsets"]), list(&r["night"]["believed"]));
+        let (on, believed) = (
+            numbers(&r["night"]["onsets"]),
+            numbers(&r["night"]["believed"]),
+        );
         let rows: Vec<(f64, f64, f64)> = speakers
             .iter()
             .filter_map(|&s| Some((s, nearest(&on, s)? - s, nearest(&believed, s)? - s)))

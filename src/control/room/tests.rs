@@ -1555,17 +1555,22 @@ fn a_backing_feed_needs_the_host_pin_takes_no_seat_and_hands_back_when_it_leaves
     assert_eq!(h.room.view().backing_source, BackingSource::Songs);
 }
 
+/// A phone's playout report on `conn`: it plays `delay_ms` behind the speakers,
+/// `extra_ms` of it its own extra delay.
+fn playout(conn: u64, delay_ms: i64, extra_ms: i64) -> Input {
+    Input::Playout {
+        conn: ConnId(conn),
+        delay_us: delay_ms * 1000,
+        extra_us: extra_ms * 1000,
+    }
+}
+
 #[test]
 fn playout_reports_set_the_lead_and_each_phones_offset() {
     let mut h = Harness::new(config());
     let mia = h.join(secs(0.0), 1, "Mia", Role::Singer);
     let lou = h.join(secs(0.0), 2, "Lou", Role::Listener);
     h.take();
-    let playout = |conn, delay_ms: i64, extra_ms: i64| Input::Playout {
-        conn: ConnId(conn),
-        delay_us: delay_ms * 1000,
-        extra_us: extra_ms * 1000,
-    };
     // The listener plays 70 ms behind the speakers, the singer 10 ms: the lead covers
     // the listener (and 5 ms), and each is told how far it is from it.
     let steer = |r: Result<Reply, Refusal>| match r {
@@ -2018,30 +2023,25 @@ fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more(
         venue_delays(&actions),
         vec![Command::SetVenueDelay { frames: 3_360 }]
     );
-    let playout = |delay_ms: i64, extra_ms: i64| Input::Playout {
-        conn: ConnId(1),
-        delay_us: delay_ms * 1000,
-        extra_us: extra_ms * 1000,
-    };
     let offset = |r: Result<Reply, Refusal>| match r {
         Ok(Reply::Sync(s)) => s.offset_us,
         other => panic!("a playout report answers with a steer: {other:?}"),
     };
     // Her phone plays 30 ms behind the stage timeline (5 ms of its own buffer, 35 of
     // extra not yet steered away): she sings 30 ms late, and the speakers wait for it.
-    assert_eq!(offset(h.handle(secs(3.0), playout(40, 35))), 30_000);
+    assert_eq!(offset(h.handle(secs(3.0), playout(1, 40, 35))), 30_000);
     assert_eq!(
         venue_delays(&h.take()),
         vec![Command::SetVenueDelay { frames: 4_800 }]
     );
     // Steered back onto the timeline.
-    assert_eq!(offset(h.handle(secs(4.0), playout(10, 5))), 0);
+    assert_eq!(offset(h.handle(secs(4.0), playout(1, 10, 5))), 0);
     assert_eq!(
         venue_delays(&h.take()),
         vec![Command::SetVenueDelay { frames: 3_360 }]
     );
     // 4 ms early is less than a move.
-    assert_eq!(offset(h.handle(secs(5.0), playout(6, 1))), -4_000);
+    assert_eq!(offset(h.handle(secs(5.0), playout(1, 6, 1))), -4_000);
     assert_eq!(venue_delays(&h.take()), vec![]);
     // A stage song: the speakers hold nothing back, however late the phone.
     h.handle(
@@ -2052,7 +2052,7 @@ fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more(
         },
     )
     .unwrap();
-    h.handle(secs(6.5), playout(40, 35)).unwrap();
+    h.handle(secs(6.5), playout(1, 40, 35)).unwrap();
     assert_eq!(
         venue_delays(&h.take()),
         vec![Command::SetVenueDelay { frames: 0 }]
@@ -2094,12 +2094,7 @@ fn the_recording_running_follows_each_voice_as_it_is_measured_anew() {
     assert_eq!(shifts(&h.take()), vec![], "under a millisecond");
     // A stage song: how her phone plays does not move her voice (she follows the
     // speakers)...
-    let playout = |delay_ms: i64, extra_ms: i64| Input::Playout {
-        conn: ConnId(1),
-        delay_us: delay_ms * 1000,
-        extra_us: extra_ms * 1000,
-    };
-    h.handle(secs(4.0), playout(40, 35)).unwrap();
+    h.handle(secs(4.0), playout(1, 40, 35)).unwrap();
     assert_eq!(shifts(&h.take()), vec![]);
     // ...an in-ear one: she sings to her phone, 30 ms behind the timeline.
     h.handle(
