@@ -36,12 +36,15 @@
 // microphone of exactly MS ms, as the page hears it (see acousticLoopback), and has it
 // tap "Measure my phone's delay" once it is live, before `mark: all live`; its result
 // then carries `calibration` (the page's duetboxTest.calibration()).
-// `--echo NAME:MS[:SHIFT_HZ]` makes that singer sing exactly what its page plays, MS
-// ms later (a singer on the beat they hear, whose microphone adds MS): once calibrated
-// (with --loopback NAME:MS, the page measures the same path), the track it sends
-// becomes its page's Web Audio output through a delay of MS; with SHIFT_HZ, also
-// ring-modulated by that frequency (a 1760 Hz marker is sung as 1760 ± SHIFT_HZ), so
-// the venue's recording tells the voice from the backing.
+// `--echo NAME:MS[:SHIFT_HZ]` makes that singer sing exactly what its page plays (a
+// singer on the beat they hear): once calibrated (with --loopback NAME:MS, the page
+// measures an acoustic round trip of MS), the track it sends carries what its output
+// played, MS less the page's output latency later (its microphone's latency), fed in
+// real time as a microphone's (see echo()); with SHIFT_HZ, ring-modulated by that
+// frequency (a 1760 Hz marker is sung as 1760 ± SHIFT_HZ), so the venue's recording
+// tells the voice from the backing. Its result's `night.diag.echo` counts the 10 ms
+// chunks sent, those sent more than 10 ms late, and those sent silent because what
+// they should carry had not reached the page yet.
 // `--watch` samples every phone every 100 ms while they sing (see below).
 // `--strict-tls` (Chromium): certificate errors are errors, as on a real phone; the
 // page loads only if Chromium trusts the box (its NSS database, in $HOME/.pki/nssdb).
@@ -675,16 +678,31 @@ class Phone {
     }
   }
 
-  /** --echo: from now on the phone sends what its page plays, `ms` later; with
+  /** --echo: from now on the phone sings what its page plays, as a singer in
+   * headphones would: what its output plays at time t (the context's output timestamp,
+   * as the marker tap hears it) is what its microphone picks up at t, and the track it
+   * sends carries it `ms` less the page's output latency later (the microphone's own
+   * latency, as the page's calibration over an acoustic path of `ms` reports it). With
    * `shiftHz`, ring-modulated by a `shiftHz` cosine (each tone f becomes f ± shiftHz),
-   * so that what it sings can be told from the backing it sings to in the venue. */
+   * so that what it sings can be told from the backing it sings to in the venue.
+   *
+   * The track is a MediaStreamTrackGenerator fed 10 ms of 48 kHz at a time, each
+   * chunk once its 10 ms have passed and never before (from a timer, which fires late,
+   * never early), stamped with the moment its last sample was captured, as a
+   * microphone's: Chromium's sender reports take that stamp as the capture time (with
+   * the chunk's start instead, the box read the one-way time 11 ms long). The page's
+   * Web Audio output as the track (a MediaStreamAudioDestinationNode) would not do:
+   * Chromium stamps what its graph renders when it renders it, ahead of the output and
+   * unevenly, and the box read such a phone's one-way time 1 to 10 ms long where
+   * fake-capture phones read 0.7 to 3.5 ms; through the test's delay link the two
+   * read alike (71.1 to 72.3 ms for this singer, 71.4 for a fake-capture phone). */
   async echo(ms, shiftHz) {
-    await this.driver.evaluate(async ([delayMs, shift]) => {
+    const r = await this.driver.evaluate(async ([roundTripMs, shift]) => {
       const { ctx, node } = window.duetboxTest.output();
-      const delay = ctx.createDelay(1);
-      delay.delayTime.value = delayMs / 1000;
-      const sung = ctx.createMediaStreamDestination();
-      node.connect(delay);
+      const rate = ctx.sampleRate;
+      const outputMs = ((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000;
+      const captureMs = Math.max(0, roundTripMs - outputMs);
+      let sung = node;
       if (shift > 0) {
         const ring = ctx.createGain();
         ring.gain.value = 0;
@@ -692,15 +710,86 @@ class Phone {
         carrier.frequency.value = shift;
         carrier.connect(ring.gain);
         carrier.start();
-        delay.connect(ring);
-        ring.connect(sung);
-      } else {
-        delay.connect(sung);
+        node.connect(ring);
+        sung = ring;
       }
+      // What the output plays, by context frame: a recorder posts every 256 frames.
+      const code = `class Rec extends AudioWorkletProcessor {
+        constructor() { super(); this.buf = new Float32Array(256); this.n = 0; this.from = 0; }
+        process(inputs) {
+          const x = inputs[0] && inputs[0][0];
+          if (this.n === 0) this.from = currentFrame;
+          for (let i = 0; i < 128; i++) this.buf[this.n + i] = x ? x[i] : 0;
+          this.n += 128;
+          if (this.n === 256) {
+            this.port.postMessage({ from: this.from, samples: this.buf.slice() });
+            this.n = 0;
+          }
+          return true;
+        }
+      }
+      registerProcessor('duetbox-echo-recorder', Rec);`;
+      await ctx.audioWorklet.addModule(URL.createObjectURL(new Blob([code], { type: 'text/javascript' })));
+      const rec = new AudioWorkletNode(ctx, 'duetbox-echo-recorder', { numberOfOutputs: 1, channelCount: 1, channelCountMode: 'explicit' });
+      const mute = ctx.createGain();
+      mute.gain.value = 0;
+      sung.connect(rec);
+      rec.connect(mute);
+      mute.connect(ctx.destination);
+      const size = 1 << 17;
+      const ring = new Float32Array(size);
+      let upTo = 0;
+      rec.port.onmessage = (ev) => {
+        const { from, samples } = ev.data;
+        for (let i = 0; i < samples.length; i++) ring[(from + i) % size] = samples[i];
+        upTo = Math.max(upTo, from + samples.length);
+      };
+      // The context frame (fractional) its output plays at performance time t.
+      const frameAt = (t) => {
+        const ts = ctx.getOutputTimestamp();
+        return (ts.contextTime + (t - ts.performanceTime) / 1000) * rate;
+      };
+      // The track runs at 48 kHz, as the sender's: Chromium would resample another
+      // rate on its way to the sender, and hand the frames over unevenly.
+      const per = 480;
+      const step = rate / 48000;
+      const generator = new MediaStreamTrackGenerator({ kind: 'audio' });
+      const writer = generator.writable.getWriter();
+      const state = { chunks: 0, missing: 0, late: 0 };
+      window.__echo = state;
+      const t0 = performance.now();
+      const write = async () => {
+        const now = performance.now();
+        while (t0 + (state.chunks + 1) * 10 <= now) {
+          // Chunk n: what the output played from t0 + 10 n − capture on.
+          const n = state.chunks;
+          const f0 = frameAt(t0 + n * 10 - captureMs);
+          const data = new Float32Array(per);
+          if (Math.floor(f0 + per * step) + 1 > upTo) state.missing += 1;
+          else {
+            for (let i = 0; i < per; i++) {
+              const f = f0 + i * step;
+              const k = Math.floor(f);
+              const a = ring[k % size];
+              const b = ring[(k + 1) % size];
+              data[i] = a + (b - a) * (f - k);
+            }
+          }
+          if (now - (t0 + (n + 1) * 10) > 10) state.late += 1;
+          writer.write(new AudioData({
+            format: 'f32-planar', sampleRate: 48000, numberOfFrames: per, numberOfChannels: 1,
+            timestamp: Math.round((t0 + (n + 1) * 10) * 1000), data,
+          }));
+          state.chunks += 1;
+        }
+        setTimeout(write, Math.max(0, t0 + (state.chunks + 1) * 10 - performance.now()));
+      };
+      write();
       const sender = window.duetboxTest.peerConnection().getSenders().find((x) => x.track && x.track.kind === 'audio');
-      await sender.replaceTrack(sung.stream.getAudioTracks()[0]);
+      await sender.replaceTrack(generator);
+      return { outputMs, captureMs };
     }, [ms, shiftHz]);
-    this.log(`echo: sings what it plays, ${ms} ms later${shiftHz > 0 ? `, shifted by ${shiftHz} Hz` : ''}`);
+    this.log(`echo: sings what it plays; its microphone adds ${r.captureMs.toFixed(1)} ms (${ms} ms round trip, ${r.outputMs.toFixed(1)} ms output)${shiftHz > 0 ? `, shifted by ${shiftHz} Hz` : ''}`);
   }
 
   /** One --watch sample: state and the tone levels of the last 100 ms. */
@@ -879,6 +968,7 @@ class Phone {
         st.forEach((v) => { if (v.type === 'media-playout') diag.playout = v; });
         const { ctx } = window.duetboxTest.output();
         diag.ctx = { base: ctx.baseLatency, out: ctx.outputLatency, rate: ctx.sampleRate };
+        diag.echo = window.__echo || null;
       } catch (_) { /* diagnostics only */ }
       const m = window.__markers;
       // When the page believed each line's first millisecond played (epoch ms).

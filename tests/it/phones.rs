@@ -847,8 +847,8 @@ fn burst_onsets(samples: &[f32], hz: f32, floor: f32) -> Vec<usize> {
 }
 
 /// The song's recording, stage mode (`docs/sync.md`): a Chromium singer who sings
-/// exactly what their phone plays, 60 ms later (their microphone's latency, which the
-/// page's calibration measures), over a song with a marker burst every 2 s, with 40 ms
+/// exactly what their phone plays (an acoustic round trip of 60 ms, which the page's
+/// calibration measures; the microphone adds that less the output latency), over a song with a marker burst every 2 s, with 40 ms
 /// more downlink than usual. In the recording the box shifts the voice back by what it
 /// measured (speakers, capture, packet, jitter buffer): each marker the voice sang
 /// must sit on the backing's marker, within the phone's own distance from the speakers
@@ -1012,23 +1012,26 @@ fn sung_against_beats(beats: &[usize], sung: &[usize]) -> Vec<(usize, f64)> {
 /// In-ear mode (`docs/sync.md`), the issue's case: a Chromium singer in headphones
 /// whose network adds 80 ms towards the box and 60 ms back (every packet, the page's
 /// and its WebSocket's too, through a relay at the IP layer: [`DelayLink`]) and whose
-/// microphone adds 45 ms (calibrated) sings exactly what the phone plays, each 1760 Hz
-/// marker as heard coming back ring-modulated to 2860 Hz (so the venue's output tells
-/// it from the backing's). The host makes the song in-ear on the host page. The
-/// speakers hold the backing back by the stage timeline and the singer's uplink
-/// (capture, packet, the one-way time the box measured from the phone's sender reports
-/// and wall clock, jitter buffer): in the venue's output each marker the voice sang
+/// acoustic round trip is 45 ms (calibrated; its microphone adds that less the page's
+/// output latency) sings exactly what the phone plays, each 1760 Hz marker as heard,
+/// ring-modulated to 2860 Hz (so the venue's output tells it from the backing's), into
+/// a track fed in real time as a microphone's (tests/e2e/phones.mjs, `echo()`). The
+/// host makes the song in-ear on the host page. The speakers hold the backing back by
+/// the stage timeline and the singer's uplink (capture, packet, the one-way time the
+/// box measured from the phone's sender reports and wall clock, the phone's own
+/// playout offset, jitter buffer): in the venue's output each marker the voice sang
 /// starts with the backing's, and in the recording too.
 ///
 /// What holds here, from the fifth marker (the loops settle before): the box measures
-/// the one-way time within 50 to 100 ms (60.6 to 79.6 measured); each marker within
-/// 60 ms (one may stray to 100), the median within ±30 ms. These bounds are coarse:
-/// they catch what the box itself must do (without the one-way time the voice would
-/// sit 80 ms off, without the held-back speakers over 200 ms), not the ±5 ms the issue
-/// asks, which this host does not show: the phone's playout wanders ±15 ms from the
-/// stage timeline over a song, ±38 ms in a bad run (the sync loop's error, which the
-/// singer follows); medians measured in seven runs: venue −12.8 to +12.1 ms,
-/// recording −8.8 to +23.1 ms (one run's recording drifted 13 → 31 ms over the song).
+/// the one-way time within 50 to 100 ms (71.1 to 72.3 measured: the link's 80 less
+/// the page's clock error, half the link's asymmetry, which the phone's playout
+/// carries too and so cancels); each marker within 30 ms (one may stray to 60), the
+/// median within ±10 ms. Medians measured in five runs with this singer: venue −6.3 to
+/// −3.5 ms, recording −5.3 to −2.0 ms; most markers within −7.5 to +12 ms, one in
+/// three runs 21 to 35 ms off. So the issue's ±5 ms is not shown: the voice sits
+/// about 4.5 ms early, steadily, for a reason not yet found, and the speakers' hold
+/// moves only in 5 ms steps (a crossfade each), so it may sit up to 5 ms from where
+/// it should between steps.
 #[test]
 fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_recording() {
     crate::support::stalls::once_more_if_the_machine_stalled(
@@ -1113,6 +1116,10 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
         .collect();
     eprintln!("in-ear: the phone's belief less what it played per marker, ms: {belief:?}");
     eprintln!("in-ear: the phone's sync: {}", echo["night"]["sync"]);
+    eprintln!(
+        "in-ear: the singer's track, 10 ms chunks: {}",
+        echo["night"]["diag"]["echo"]
+    );
     // The recording's k-th marker is the k-th the speakers played from the song's first.
     let skip = speakers.len().saturating_sub(recorded.len().max(1));
     for (what, errors, offset) in [("venue", &venue, 0), ("recording", &recorded, skip)] {
@@ -1131,14 +1138,14 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
             .filter_map(|&(k, e)| Some(e - phone.get(k + offset).copied().flatten()?))
             .collect();
         let own = (!own.is_empty()).then(|| crate::support::latency::median(&mut own));
-        assert_within_but_one("in-ear", &format!("{what} marker"), &judged, 60.0, 100.0);
+        assert_within_but_one("in-ear", &format!("{what} marker"), &judged, 30.0, 60.0);
         let mut raw: Vec<f64> = judged.iter().map(|&(_, e)| e).collect();
         let median = crate::support::latency::median(&mut raw);
         eprintln!(
             "in-ear: {what}, voice − backing, median {median:+.1} ms; less the phone's distance from the stage, median {own:+.1?} ms"
         );
         assert!(
-            median.abs() <= 30.0,
+            median.abs() <= 10.0,
             "in the {what} the voice sits {median:+.1} ms from the backing's beat, by the median"
         );
     }
