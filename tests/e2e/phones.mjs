@@ -713,16 +713,21 @@ class Phone {
         node.connect(ring);
         sung = ring;
       }
-      // What the output plays, by context frame: a recorder posts every 256 frames.
+      // What the output plays, by context frame: a recorder on the audio thread posts
+      // every 256 frames straight to the worker that feeds the track.
       const code = `class Rec extends AudioWorkletProcessor {
-        constructor() { super(); this.buf = new Float32Array(256); this.n = 0; this.from = 0; }
+        constructor() {
+          super();
+          this.buf = new Float32Array(256); this.n = 0; this.from = 0; this.out = null;
+          this.port.onmessage = (ev) => { this.out = ev.data; };
+        }
         process(inputs) {
           const x = inputs[0] && inputs[0][0];
           if (this.n === 0) this.from = currentFrame;
           for (let i = 0; i < 128; i++) this.buf[this.n + i] = x ? x[i] : 0;
           this.n += 128;
           if (this.n === 256) {
-            this.port.postMessage({ from: this.from, samples: this.buf.slice() });
+            if (this.out) this.out.postMessage({ from: this.from, samples: this.buf.slice() });
             this.n = 0;
           }
           return true;
@@ -736,55 +741,75 @@ class Phone {
       sung.connect(rec);
       rec.connect(mute);
       mute.connect(ctx.destination);
-      const size = 1 << 17;
-      const ring = new Float32Array(size);
-      let upTo = 0;
-      rec.port.onmessage = (ev) => {
-        const { from, samples } = ev.data;
-        for (let i = 0; i < samples.length; i++) ring[(from + i) % size] = samples[i];
-        upTo = Math.max(upTo, from + samples.length);
-      };
-      // The context frame (fractional) its output plays at performance time t.
-      const frameAt = (t) => {
-        const ts = ctx.getOutputTimestamp();
-        return (ts.contextTime + (t - ts.performanceTime) / 1000) * rate;
-      };
-      // The track runs at 48 kHz, as the sender's: Chromium would resample another
-      // rate on its way to the sender, and hand the frames over unevenly.
-      const per = 480;
-      const step = rate / 48000;
-      const generator = new MediaStreamTrackGenerator({ kind: 'audio' });
-      const writer = generator.writable.getWriter();
-      const state = { chunks: 0, missing: 0, late: 0 };
-      window.__echo = state;
-      const t0 = performance.now();
-      const write = async () => {
-        const now = performance.now();
-        while (t0 + (state.chunks + 1) * 10 <= now) {
-          // Chunk n: what the output played from t0 + 10 n − capture on.
-          const n = state.chunks;
-          const f0 = frameAt(t0 + n * 10 - captureMs);
-          const data = new Float32Array(per);
-          if (Math.floor(f0 + per * step) + 1 > upTo) state.missing += 1;
-          else {
-            for (let i = 0; i < per; i++) {
-              const f = f0 + i * step;
-              const k = Math.floor(f);
-              const a = ring[k % size];
-              const b = ring[(k + 1) % size];
-              data[i] = a + (b - a) * (f - k);
+      // The track is fed from a worker, on its own timers: the page's main thread
+      // (the page's own work, the test's polling) would delay chunks by tens of ms.
+      const feeder = `
+        const size = 1 << 17;
+        const ring = new Float32Array(size);
+        let upTo = 0, map = null, writer = null, rate = 0, captureMs = 0, shift = 0, t0 = 0;
+        const state = { chunks: 0, missing: 0, late: 0 };
+        // The context frame (fractional) the output plays at window time t.
+        const frameAt = (t) => (map.contextTime + (t - map.performanceTime) / 1000) * rate;
+        const write = () => {
+          const now = performance.now();
+          while (t0 + (state.chunks + 1) * 10 <= now) {
+            // Chunk n: what the output played from 10 n − capture on (window time).
+            const n = state.chunks;
+            const f0 = frameAt(t0 + shift + n * 10 - captureMs);
+            const step = rate / 48000;
+            const data = new Float32Array(480);
+            if (!map || Math.floor(f0 + 480 * step) + 1 > upTo) state.missing += 1;
+            else {
+              for (let i = 0; i < 480; i++) {
+                const f = f0 + i * step;
+                const k = Math.floor(f);
+                const a = ring[k % size];
+                data[i] = a + (ring[(k + 1) % size] - a) * (f - k);
+              }
             }
+            if (now - (t0 + (n + 1) * 10) > 10) state.late += 1;
+            writer.write(new AudioData({
+              format: 'f32-planar', sampleRate: 48000, numberOfFrames: 480, numberOfChannels: 1,
+              timestamp: Math.round((t0 + (n + 1) * 10) * 1000), data,
+            }));
+            state.chunks += 1;
           }
-          if (now - (t0 + (n + 1) * 10) > 10) state.late += 1;
-          writer.write(new AudioData({
-            format: 'f32-planar', sampleRate: 48000, numberOfFrames: per, numberOfChannels: 1,
-            timestamp: Math.round((t0 + (n + 1) * 10) * 1000), data,
-          }));
-          state.chunks += 1;
-        }
-        setTimeout(write, Math.max(0, t0 + (state.chunks + 1) * 10 - performance.now()));
+          setTimeout(write, Math.max(0, t0 + (state.chunks + 1) * 10 - performance.now()));
+        };
+        onmessage = (ev) => {
+          const d = ev.data;
+          if (d.map) map = d.map;
+          if (d.writable) {
+            writer = d.writable.getWriter();
+            ({ rate, captureMs } = d);
+            // Window time less this worker's: their time origins differ.
+            shift = performance.timeOrigin - d.windowOrigin;
+            d.port.onmessage = (m) => {
+              const { from, samples } = m.data;
+              for (let i = 0; i < samples.length; i++) ring[(from + i) % size] = samples[i];
+              upTo = Math.max(upTo, from + samples.length);
+            };
+            t0 = performance.now();
+            write();
+            setInterval(() => postMessage(state), 500);
+          }
+        };`;
+      const worker = new Worker(URL.createObjectURL(new Blob([feeder], { type: 'text/javascript' })));
+      const generator = new MediaStreamTrackGenerator({ kind: 'audio' });
+      const channel = new MessageChannel();
+      rec.port.postMessage(channel.port1, [channel.port1]);
+      const mapNow = () => {
+        const ts = ctx.getOutputTimestamp();
+        return { contextTime: ts.contextTime, performanceTime: ts.performanceTime };
       };
-      write();
+      worker.postMessage({ map: mapNow() });
+      worker.postMessage({
+        writable: generator.writable, port: channel.port2, rate, captureMs, windowOrigin: performance.timeOrigin,
+      }, [generator.writable, channel.port2]);
+      setInterval(() => worker.postMessage({ map: mapNow() }), 50);
+      window.__echo = { chunks: 0, missing: 0, late: 0 };
+      worker.onmessage = (ev) => { window.__echo = ev.data; };
+      window.__echoWorker = worker;
       const sender = window.duetboxTest.peerConnection().getSenders().find((x) => x.track && x.track.kind === 'audio');
       await sender.replaceTrack(generator);
       return { outputMs, captureMs };
