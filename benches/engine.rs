@@ -7,8 +7,12 @@
 //! they cost one encode whatever their number; the fan-out of frames to their sockets
 //! happens in the network tasks and is not part of this loop.
 //!
-//! A second table gives the receive cost per source: one singer's packets in and PCM
-//! out (jitter buffer + Opus decode), without mixing or encoding.
+//! A second table gives the same in in-ear mode (`docs/sync.md`): the speakers hold the
+//! backing back 230 ms and each voice by its own part of that, and the phones' mixes
+//! carry the backing 60 ms ahead (the lead), so every delay line and the lead bus run.
+//!
+//! A third line gives the receive cost per source: one singer's packets in and PCM out
+//! (jitter buffer + Opus decode), without mixing or encoding.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -33,7 +37,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() - 1) as f64 * p) as usize]
 }
 
-fn bench_engine(singers: usize, listeners: u32) -> (Duration, Duration) {
+/// The speakers' hold on the backing in the in-ear rows, frames (230 ms).
+const IN_EAR_VENUE_FRAMES: u32 = 11_040;
+
+/// The phones' lead in the in-ear rows, frames (60 ms).
+const IN_EAR_LEAD_FRAMES: u32 = 2_880;
+
+fn bench_engine(singers: usize, listeners: u32, in_ear: bool) -> (Duration, Duration) {
     let config = EngineConfig {
         period_samples: PERIOD_SAMPLES,
         max_singers: singers,
@@ -59,6 +69,21 @@ fn bench_engine(singers: usize, listeners: u32) -> (Duration, Duration) {
         });
     }
     engine.handle_command(Command::SetListeners(listeners));
+    if in_ear {
+        engine.handle_command(Command::SetLead {
+            frames: IN_EAR_LEAD_FRAMES,
+        });
+        engine.handle_command(Command::SetVenueDelay {
+            frames: IN_EAR_VENUE_FRAMES,
+        });
+        // Each voice waits for the slowest by its own share (0 to 100 ms).
+        for s in 0..singers {
+            engine.handle_command(Command::SetVoiceDelay {
+                singer: SingerId(s as u32),
+                frames: (s as u32 * 37 % 100) * 48,
+            });
+        }
+    }
     let backing = vec![0.1f32; 2 * 48_000];
     let mut venue = vec![0.0f32; 2 * PERIOD_SAMPLES];
     let mut sent = 0u64;
@@ -81,7 +106,7 @@ fn bench_engine(singers: usize, listeners: u32) -> (Duration, Duration) {
             }
             sent += 1;
         }
-        if engine.backing_queued() < 8 * PERIOD_SAMPLES {
+        while engine.backing_queued() < engine.backing_wanted() {
             engine.push_backing(BackingAudio {
                 generation: 0,
                 position: 0,
@@ -128,11 +153,24 @@ fn bench_receiver() -> Duration {
     start.elapsed() / periods as u32
 }
 
+/// Runs one combination and prints its row.
+fn row(singers: usize, listeners: u32, in_ear: bool) {
+    let period = Duration::from_micros(5_000);
+    let (mean, p99) = bench_engine(singers, listeners, in_ear);
+    let pct = mean.as_secs_f64() / period.as_secs_f64() * 100.0;
+    println!(
+        "| {singers:>7} | {listeners:>9} | {:>10.1} µs | {:>9.1} µs | {pct:>12.2} % |",
+        mean.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6
+    );
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` runs this binary without
     // it, as a smoke test: one short run, no table.
     if !std::env::args().any(|a| a == "--bench") {
-        let _ = bench_engine(2, 0);
+        let _ = bench_engine(2, 0, false);
+        let _ = bench_engine(2, 0, true);
         return;
     }
     let period = Duration::from_micros(5_000);
@@ -144,7 +182,7 @@ fn main() {
     println!();
     println!("| singers | listeners | mean / period | p99 / period | % of one core |");
     println!("|--------:|----------:|--------------:|-------------:|--------------:|");
-    // DUETBOX_BENCH_ONLY=32x100 runs one row (for profilers).
+    // DUETBOX_BENCH_ONLY=32x100 (or in-ear:32x100) runs one row (for profilers).
     let only = std::env::var("DUETBOX_BENCH_ONLY").ok();
     for singers in [2usize, 8, 32] {
         for listeners in [0u32, 30, 100] {
@@ -154,13 +192,27 @@ fn main() {
             {
                 continue;
             }
-            let (mean, p99) = bench_engine(singers, listeners);
-            let pct = mean.as_secs_f64() / period.as_secs_f64() * 100.0;
-            println!(
-                "| {singers:>7} | {listeners:>9} | {:>10.1} µs | {:>9.1} µs | {pct:>12.2} % |",
-                mean.as_secs_f64() * 1e6,
-                p99.as_secs_f64() * 1e6
-            );
+            row(singers, listeners, false);
+        }
+    }
+    println!();
+    println!(
+        "in-ear mode: the speakers hold the backing {} ms, each voice 0 to 100 ms; the phones' backing leads by {} ms",
+        IN_EAR_VENUE_FRAMES / 48,
+        IN_EAR_LEAD_FRAMES / 48
+    );
+    println!();
+    println!("| singers | listeners | mean / period | p99 / period | % of one core |");
+    println!("|--------:|----------:|--------------:|-------------:|--------------:|");
+    for singers in [2usize, 8, 32] {
+        for listeners in [0u32, 100] {
+            if only
+                .as_ref()
+                .is_some_and(|o| *o != format!("in-ear:{singers}x{listeners}"))
+            {
+                continue;
+            }
+            row(singers, listeners, true);
         }
     }
     println!();
