@@ -2,8 +2,10 @@
 //! box after the phone handed it to its RTP sender (`docs/sync.md`).
 //!
 //! A phone's RTCP sender reports map its RTP timestamps to its wall clock (the NTP
-//! time of the report). For libwebrtc's audio (Chromium, Firefox, Safari) that mapping
-//! is the moment each frame was handed to the sender, after the 20 ms frame filled.
+//! time of the report). For Chromium's audio that mapping is the capture time its
+//! audio carries: for a 20 ms frame, when its last 10 ms were captured, about when the
+//! frame is handed to the sender (measured: a test track whose stamps moved 10 ms moved
+//! the reading 10.6 ms; Firefox's and Safari's need a real phone to confirm).
 //! So for every packet, `arrival − handed_over(ts)` is the network's one-way time plus
 //! the difference between the box's clock and the phone's wall clock. The box cannot
 //! see that difference; the page measures it (`pong` against its wall clock) and the
