@@ -686,9 +686,11 @@ class Phone {
    * `shiftHz`, ring-modulated by a `shiftHz` cosine (each tone f becomes f ± shiftHz),
    * so that what it sings can be told from the backing it sings to in the venue.
    *
-   * The track is a MediaStreamTrackGenerator fed 10 ms of 48 kHz at a time, each
-   * chunk once its 10 ms have passed and never before (from a timer, which fires late,
-   * never early), stamped with the moment its last sample was captured, as a
+   * The track is a MediaStreamTrackGenerator fed 10 ms of 48 kHz at a time from a
+   * worker (the page's main thread sent 24 to 112 chunks a song more than 10 ms late,
+   * the worker 2 to 20), each chunk once its 10 ms have passed and never before (from
+   * a timer, which fires late, never early), stamped with the moment its last sample
+   * was captured, as a
    * microphone's: Chromium's sender reports take that stamp as the capture time (with
    * the chunk's start instead, the box read the one-way time 11 ms long). The page's
    * Web Audio output as the track (a MediaStreamAudioDestinationNode) would not do:
