@@ -1049,7 +1049,7 @@ fn sung_against_beats(beats: &[usize], sung: &[usize]) -> Vec<(usize, f64)> {
 /// What holds here, from the fifth marker (the loops settle before): the box measures
 /// the one-way time within 50 to 100 ms (71.2 to 71.9 measured: the link's 80 less
 /// the page's clock error, half the link's asymmetry, which the phone's playout
-/// carries too and so cancels); each marker within 30 ms (one may stray to 60), the
+/// carries too and so cancels); each marker within 40 ms (one may stray to 100), the
 /// median within ±10 ms. Medians measured in five runs: venue −6.4 to +5.5 ms,
 /// recording −5.1 to +6.1 ms. So the issue's ±5 ms is not shown: the phone's playout
 /// moves by a few ms at a time as the sync loop steers it (the singer follows), and
@@ -1161,7 +1161,7 @@ fn an_in_ear_singer_on_a_slow_network_sings_on_the_beat_in_the_venue_and_the_rec
             .filter_map(|&(k, e)| Some(e - phone.get(k + offset).copied().flatten()?))
             .collect();
         let own = (!own.is_empty()).then(|| crate::support::latency::median(&mut own));
-        assert_within_but_one("in-ear", &format!("{what} marker"), &judged, 30.0, 60.0);
+        assert_within_but_one("in-ear", &format!("{what} marker"), &judged, 40.0, 100.0);
         let mut raw: Vec<f64> = judged.iter().map(|&(_, e)| e).collect();
         let median = crate::support::latency::median(&mut raw);
         eprintln!(
