@@ -25,6 +25,8 @@ use duetbox::engine::{
 };
 
 const PERIOD_SAMPLES: usize = 240;
+/// One period of [`PERIOD_SAMPLES`] at 48 kHz.
+const PERIOD: Duration = Duration::from_micros(5_000);
 const WARMUP_PERIODS: u64 = 400;
 const MEASURED_PERIODS: u64 = 2000;
 
@@ -155,9 +157,8 @@ fn bench_receiver() -> Duration {
 
 /// Runs one combination and prints its row.
 fn row(singers: usize, listeners: u32, in_ear: bool) {
-    let period = Duration::from_micros(5_000);
     let (mean, p99) = bench_engine(singers, listeners, in_ear);
-    let pct = mean.as_secs_f64() / period.as_secs_f64() * 100.0;
+    let pct = mean.as_secs_f64() / PERIOD.as_secs_f64() * 100.0;
     println!(
         "| {singers:>7} | {listeners:>9} | {:>10.1} µs | {:>9.1} µs | {pct:>12.2} % |",
         mean.as_secs_f64() * 1e6,
@@ -173,7 +174,6 @@ fn main() {
         let _ = bench_engine(2, 0, true);
         return;
     }
-    let period = Duration::from_micros(5_000);
     println!(
         "duetbox engine, one {} ms period = {} frames at 48 kHz",
         5, PERIOD_SAMPLES
@@ -220,6 +220,6 @@ fn main() {
     println!(
         "receive cost per source (jitter buffer + Opus decode): {:.1} µs per 5 ms period = {:.2} % of one core",
         per_source.as_secs_f64() * 1e6,
-        per_source.as_secs_f64() / period.as_secs_f64() * 100.0
+        per_source.as_secs_f64() / PERIOD.as_secs_f64() * 100.0
     );
 }

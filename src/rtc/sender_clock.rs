@@ -73,7 +73,6 @@ impl WindowMin {
 #[derive(Clone, Debug, Default)]
 struct WindowMedian {
     current: [f64; REPORTS_PER_WINDOW],
-    current_len: usize,
     previous: [f64; REPORTS_PER_WINDOW],
     previous_len: usize,
     /// Values pushed into the current window (the next one overwrites `count % N`).
@@ -85,23 +84,27 @@ impl WindowMedian {
     fn push(&mut self, value: f64, now: Duration) {
         if now.saturating_sub(self.since) >= WINDOW {
             self.previous = self.current;
-            self.previous_len = self.current_len;
-            self.current_len = 0;
+            self.previous_len = self.current_len();
             self.count = 0;
             self.since = now;
         }
         self.current[self.count % REPORTS_PER_WINDOW] = value;
         self.count += 1;
-        self.current_len = self.count.min(REPORTS_PER_WINDOW);
+    }
+
+    /// How many of `current` hold this window's values.
+    fn current_len(&self) -> usize {
+        self.count.min(REPORTS_PER_WINDOW)
     }
 
     /// The median (of an even count, the lower middle: the earlier mapping, which a
     /// late report cannot move).
     fn get(&self) -> Option<f64> {
         let mut all = [0.0f64; 2 * REPORTS_PER_WINDOW];
-        let n = self.current_len + self.previous_len;
-        all[..self.current_len].copy_from_slice(&self.current[..self.current_len]);
-        all[self.current_len..n].copy_from_slice(&self.previous[..self.previous_len]);
+        let current = self.current_len();
+        let n = current + self.previous_len;
+        all[..current].copy_from_slice(&self.current[..current]);
+        all[current..n].copy_from_slice(&self.previous[..self.previous_len]);
         let all = &mut all[..n];
         all.sort_unstable_by(f64::total_cmp);
         (n > 0).then(|| all[(n - 1) / 2])

@@ -690,8 +690,8 @@ class Phone {
    * worker (the page's main thread sent 24 to 112 chunks a song more than 10 ms late,
    * the worker 2 to 20), each chunk once its 10 ms have passed and never before (from
    * a timer, which fires late, never early), stamped with the moment its last sample
-   * was captured, as a
-   * microphone's: Chromium's sender reports take that stamp as the capture time (with
+   * was captured, as a microphone's: Chromium's sender reports take that stamp as the
+   * capture time (with
    * the chunk's start instead, the box read the one-way time 11 ms long). The page's
    * Web Audio output as the track (a MediaStreamAudioDestinationNode) would not do:
    * Chromium stamps what its graph renders when it renders it, ahead of the output and
