@@ -18,7 +18,10 @@
 //! the same way: the test's PulseAudio "speakers" (a null sink on two busy cores), whose
 //! stream restarts for a second or more now and then, as no real sound card does. Seen
 //! in CI: a 1.5 s stop, after which a phone's lyrics ran 45 to 56 ms early for the rest
-//! of the song (the night test's bound is 50 ms).
+//! of the song (the night test's bound is 50 ms). Or that the machine ran none of its
+//! ordinary threads (the box's network tasks among them) for 100 ms or more: the box
+//! shares the two cores with the browsers that stand in for phones, which a Pi never
+//! does. Seen after a song's start: the phones' jitter buffers grew to 780 ms.
 
 use std::cell::RefCell;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
