@@ -1280,7 +1280,7 @@ impl Room {
         };
         self.update_lead();
         self.follow_recording();
-        self.follow_in_ear();
+        self.follow_in_ear(now);
         if std::mem::take(&mut self.changed) && !self.actions.contains(&Action::Changed) {
             self.actions.push_back(Action::Changed);
         }
@@ -1452,7 +1452,7 @@ impl Room {
     /// and the slowest seated voice's uplink (`control::in_ear`). A singer's uplink is
     /// how late it reaches the box against the timeline ([`Participant::sung_late`]:
     /// its phone's playout, capture, packet and network) and the box's jitter buffer.
-    fn follow_in_ear(&mut self) {
+    fn follow_in_ear(&mut self, now: Duration) {
         let on = self.in_ear_song();
         let uplinks: Vec<Uplink> = self
             .participants
@@ -1464,7 +1464,7 @@ impl Room {
                     + Duration::from_secs_f32(p.figures.delay_ms.max(0.0) / 1000.0),
             })
             .collect();
-        let commands = self.in_ear.follow(on, self.stage_behind, &uplinks);
+        let commands = self.in_ear.follow(now, on, self.stage_behind, &uplinks);
         for command in commands {
             self.emit(Action::Engine(command));
             self.changed = true;
