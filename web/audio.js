@@ -8,7 +8,7 @@
 // Firefox: webkitAudioContext as a fallback; without AudioWorklet the page still sings,
 // only the level matching (sync-tap.js) and the calibration (calibrate-tap.js) are off.
 
-import { CHIRPS, CHIRP_EVERY_S, MAX_ROUND_TRIP_MS, makeChirp, roundTrip } from './calibrate.js';
+import { CHIRPS, CHIRP_EVERY_S, MAX_ROUND_TRIP_MS, makeChirp, outputLatencyOf, roundTrip } from './calibrate.js';
 
 /** The raw voice: the box mixes for a stage, so phone-call processing (echo
  * cancellation, noise gate, automatic gain) would only pump and colour the singing. */
@@ -363,8 +363,10 @@ export class PhoneAudio {
         starts.push(frame);
       }
       const end = (starts[starts.length - 1] + chirp.length) / rate + MAX_ROUND_TRIP_MS / 1000 + 0.2;
+      const outputs = [];
       while (ctx.currentTime < end) {
         if (ctx.state !== 'running') throw { code: 'calibration_interrupted' };
+        outputs.push(this.outputDelayMs());
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       // The last chunk in flight.
@@ -375,7 +377,8 @@ export class PhoneAudio {
       const recorded = new Float32Array(last.from + last.samples.length - from);
       for (const c of chunks) recorded.set(c.samples, c.from - from);
       const result = roundTrip(recorded, from, starts, chirp, rate);
-      return { ...result, outputMs: round1(this.outputDelayMs()) };
+      outputs.push(this.outputDelayMs());
+      return { ...result, outputMs: round1(outputLatencyOf(outputs)) };
     } finally {
       tap.port.postMessage('stop');
       disconnectNodes(source, tap, mute, ...players);

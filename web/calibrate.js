@@ -118,6 +118,14 @@ function median(values) {
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
+/** What the browser said its output adds (ms), from what it said throughout a
+ * calibration: the median, since one reading can be far off (Chromium over PulseAudio
+ * said 40 ms once, where it said 5 ms before and after, and the box took the phone's
+ * capture to be 35 ms shorter than it was). 0 with no readings. */
+export function outputLatencyOf(readings) {
+  return readings.length ? median(readings) : 0;
+}
+
 /** Where one chirp came back: its lag in samples after `from`, or null with why. */
 export function findChirp(recorded, from, chirp, sampleRate) {
   const lags = Math.round((MAX_ROUND_TRIP_MS / 1000) * sampleRate);

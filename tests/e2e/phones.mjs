@@ -702,7 +702,16 @@ class Phone {
     const r = await this.driver.evaluate(async ([roundTripMs, shift]) => {
       const { ctx, node } = window.duetboxTest.output();
       const rate = ctx.sampleRate;
-      const outputMs = ((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000;
+      // What the output adds, by the median of half a second's readings (as the
+      // page's calibration takes it): Chromium over PulseAudio said 40 ms once, where
+      // it said 5 ms before and after.
+      const readings = [];
+      for (let i = 0; i < 11; i++) {
+        readings.push(((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      readings.sort((a, b) => a - b);
+      const outputMs = readings[5];
       const captureMs = Math.max(0, roundTripMs - outputMs);
       let sung = node;
       if (shift > 0) {
@@ -968,7 +977,21 @@ class Phone {
       node.connect(tap);
       tap.connect(mute);
       mute.connect(ctx.destination);
-      window.__markers = { onsets: [], tap, heard: [] };
+      window.__markers = { onsets: [], tap, heard: [], underruns: [] };
+      // When the page's output underran (its renderer got no CPU in time: Chromium's
+      // AudioContext.playbackStats, updated about once a second), epoch ms: each one
+      // leaves the WebRTC audio feeding the graph later until the sync loop pulls it
+      // back. A phone has a CPU of its own; here the browsers share two cores.
+      let underran = ctx.playbackStats ? ctx.playbackStats.underrunEvents : null;
+      if (underran !== null) {
+        setInterval(() => {
+          const st = ctx.playbackStats;
+          if (st.underrunEvents > underran) {
+            window.__markers.underruns.push([performance.timeOrigin + performance.now(), st.underrunEvents - underran, st.underrunDuration]);
+            underran = st.underrunEvents;
+          }
+        }, 100);
+      }
       // What the page believes it plays (its song position from the box's song clock
       // and its receiver, the sync delay and the output latency), every 5 ms: the
       // phone's own account, set against what the tap hears.
@@ -1012,6 +1035,7 @@ class Phone {
       return {
         lyrics: lyrics.map((a) => ({ line: a.line, at: performance.timeOrigin + a.at, ms: a.ms })),
         onsets: m ? m.onsets : [],
+        underruns: m ? m.underruns : [],
         believed: window.duetboxTest.lyricLines().map((start) => believed(start)).filter((t) => t !== null),
         diag,
         sync: window.duetboxTest.sync(),

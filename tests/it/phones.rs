@@ -230,6 +230,27 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
             ));
         }
     }
+    // And a phone whose output underran (its renderer got no CPU in time; the page
+    // notes it, `tests/e2e/phones.mjs`): it then plays later until the sync loop pulls
+    // it back, as a phone with a CPU of its own seldom needs.
+    for result in rec.run.results() {
+        let underruns = result["night"]["underruns"].as_array().cloned();
+        for u in underruns.unwrap_or_default() {
+            let (Some(at), Some(n)) = (u[0].as_f64(), u[1].as_u64()) else {
+                continue;
+            };
+            eprintln!(
+                "{}: its output underran {n} time(s) by epoch {at:.0} ms",
+                result["phone"]
+            );
+            if at >= live as f64 {
+                crate::support::stalls::note(format!(
+                    "{}'s output underran {n} time(s) by epoch {at:.0} ms",
+                    result["phone"]
+                ));
+            }
+        }
+    }
     rec
 }
 

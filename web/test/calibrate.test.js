@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { CHIRPS, CHIRP_EVERY_S, correlate, fft, makeChirp, roundTrip } from '../calibrate.js';
+import { CHIRPS, CHIRP_EVERY_S, correlate, fft, makeChirp, outputLatencyOf, roundTrip } from '../calibrate.js';
 
 const RATE = 48000;
 
@@ -102,4 +102,13 @@ test('a microphone that hears no chirp (muted, or a headset) fails as quiet', ()
   // A recording that ends too soon is not read past its end.
   const short = roundTrip(recorded.subarray(0, 30000), from, starts, chirp, RATE);
   assert.equal(short.ok, false);
+});
+
+test('the output latency is what the browser said throughout, one wild reading aside', () => {
+  // Chromium over PulseAudio: 5 ms, and once 40 ms (the reading taken last, as the
+  // calibration once took it).
+  const readings = [5.3, 5.3, 5.1, 5.3, 5.2, 40];
+  assert.ok(Math.abs(outputLatencyOf(readings) - 5.3) < 0.2, String(outputLatencyOf(readings)));
+  assert.equal(outputLatencyOf([12]), 12);
+  assert.equal(outputLatencyOf([]), 0);
 });

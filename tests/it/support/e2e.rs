@@ -86,6 +86,11 @@ impl DriverRun {
             .unwrap_or_else(|| panic!("no result for phone {phone}:\n{}", self.stdout))
     }
 
+    /// Every phone's result line.
+    pub fn results(&self) -> Vec<Value> {
+        self.lines().filter(|v| v["kind"] == "result").collect()
+    }
+
     /// The --watch samples of `phone`, in order.
     pub fn samples(&self, phone: &str) -> Vec<Value> {
         self.lines()
