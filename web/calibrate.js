@@ -119,9 +119,10 @@ function median(values) {
 }
 
 /** What the browser said its output adds (ms), from what it said throughout a
- * calibration: the median, since one reading can be far off (Chromium over PulseAudio
- * said 40 ms once, where it said 5 ms before and after, and the box took the phone's
- * capture to be 35 ms shorter than it was). 0 with no readings. */
+ * calibration: the median, not one reading. Chromium over PulseAudio has said 5 ms
+ * and 40 ms in the same kind of run: in one, the calibration's last reading and the
+ * test singer's one reading disagreed, and the box took the phone's capture to be
+ * about 35 ms off. 0 with no readings. */
 export function outputLatencyOf(readings) {
   return readings.length ? median(readings) : 0;
 }

@@ -703,8 +703,9 @@ class Phone {
       const { ctx, node } = window.duetboxTest.output();
       const rate = ctx.sampleRate;
       // What the output adds, by the median of half a second's readings (as the
-      // page's calibration takes it): Chromium over PulseAudio said 40 ms once, where
-      // it said 5 ms before and after.
+      // page's calibration takes it): Chromium over PulseAudio has said 5 ms and 40 ms
+      // in the same kind of run, and one reading here against the calibration's last
+      // once put the voice 31 ms late.
       const readings = [];
       for (let i = 0; i < 11; i++) {
         readings.push(((ctx.baseLatency || 0) + (ctx.outputLatency || 0)) * 1000);
