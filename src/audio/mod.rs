@@ -331,6 +331,32 @@ impl AudioHandle {
     }
 }
 
+/// How much nicer than the box's other threads its background workers run (the song
+/// decoder, the recorder): both work ahead or behind through buffers of a second or
+/// more, while the network tasks that send each phone its mix every 20 ms must not
+/// wait for them.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`] (Linux: a thread's
+/// own niceness). Seen on two cores shared with two browsers: the decoder filling its
+/// first second and the recorder finishing a song held the control task back 40 to
+/// 200 ms, so every phone's mix frames went out in a burst (or were dropped) at once,
+/// and the phones' jitter buffers grew.
+pub fn make_background() -> std::io::Result<()> {
+    // SAFETY: gettid takes no arguments; setpriority only reads its plain integers,
+    // and PRIO_PROCESS with a thread id changes that one thread.
+    #[allow(unsafe_code)]
+    let rc = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// Puts the calling thread under `SCHED_FIFO` at `priority` (1 to 99). Call it on the
 /// audio thread (for example from the `make_sink` closure of [`spawn`]). Fails with
 /// `EPERM` unless the process may: root, `CAP_SYS_NICE`, or an `RLIMIT_RTPRIO` of at
@@ -561,5 +587,35 @@ fn report(handle: &AudioHandle, report: Report) {
             .counters
             .reports_dropped
             .fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The calling thread's niceness.
+    fn niceness() -> i32 {
+        // SAFETY: as in make_background; getpriority only reads its integers.
+        #[allow(unsafe_code)]
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
+    }
+
+    #[test]
+    fn a_background_thread_runs_nicer_and_only_it() {
+        let before = niceness();
+        let (ok, nice) = std::thread::spawn(|| (make_background().is_ok(), niceness()))
+            .join()
+            .expect("the thread");
+        assert!(ok, "lowering one's own priority needs no privilege");
+        assert_eq!(nice, BACKGROUND_NICE, "the background thread");
+        assert_eq!(
+            niceness(),
+            before,
+            "the thread that spawned it keeps its own"
+        );
     }
 }

@@ -308,7 +308,12 @@ impl Recorder {
         let (commands, rx) = std::sync::mpsc::channel();
         let join = std::thread::Builder::new()
             .name("duetbox-recorder".into())
-            .spawn(move || run(link, rx, events))?;
+            .spawn(move || {
+                if let Err(e) = crate::audio::make_background() {
+                    tracing::debug!(error = %e, "the recorder keeps the usual priority");
+                }
+                run(link, rx, events)
+            })?;
         Ok(Recorder {
             commands,
             join: Some(join),

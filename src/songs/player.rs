@@ -108,7 +108,12 @@ impl Player {
         let (tx, rx) = std::sync::mpsc::channel();
         let join = std::thread::Builder::new()
             .name("duetbox-player".into())
-            .spawn(move || run(&rx, &backing, &events))?;
+            .spawn(move || {
+                if let Err(e) = crate::audio::make_background() {
+                    tracing::debug!(error = %e, "the song decoder keeps the usual priority");
+                }
+                run(&rx, &backing, &events)
+            })?;
         Ok(Player {
             commands: tx,
             join: Some(join),
