@@ -343,18 +343,23 @@ pub const BACKGROUND_NICE: i32 = 10;
 /// 200 ms, so every phone's mix frames went out in a burst (or were dropped) at once,
 /// and the phones' jitter buffers grew.
 pub fn make_background() -> std::io::Result<()> {
-    // SAFETY: gettid takes no arguments; setpriority only reads its plain integers,
-    // and PRIO_PROCESS with a thread id changes that one thread.
+    // SAFETY: setpriority only reads its plain integers, and PRIO_PROCESS with a
+    // thread id changes that one thread.
     #[allow(unsafe_code)]
-    let rc = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE)
-    };
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread_id(), BACKGROUND_NICE) };
     if rc == 0 {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
     }
+}
+
+/// The calling thread's kernel id (what `setpriority` takes for one thread).
+fn thread_id() -> libc::id_t {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    #[allow(unsafe_code)]
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    tid as libc::id_t
 }
 
 /// Puts the calling thread under `SCHED_FIFO` at `priority` (1 to 99). Call it on the
@@ -596,11 +601,10 @@ mod tests {
 
     /// The calling thread's niceness.
     fn niceness() -> i32 {
-        // SAFETY: as in make_background; getpriority only reads its integers.
+        // SAFETY: getpriority only reads its plain integers.
         #[allow(unsafe_code)]
         unsafe {
-            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-            libc::getpriority(libc::PRIO_PROCESS, tid)
+            libc::getpriority(libc::PRIO_PROCESS, thread_id())
         }
     }
 

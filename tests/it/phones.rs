@@ -222,11 +222,11 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
     // Seen: 60 to 350 ms while the browsers start, and 150 ms mid-song in a passing
     // run; a phone's jitter buffer grew to 780 ms after one at a song's start.
     for pair in rec.timeline.windows(2) {
-        let (from, to) = (pair[0].0, pair[1].0);
-        if from >= live && to.saturating_sub(from) >= 10 + STARVED_MS {
+        let (from, gap) = (pair[0].0, pair[1].0.saturating_sub(pair[0].0));
+        if from >= live && gap >= 10 + STARVED_MS {
             crate::support::stalls::note(format!(
                 "an ordinary thread of the test's woke {} ms late at epoch {from} ms",
-                to.saturating_sub(from) - 10
+                gap - 10
             ));
         }
     }
@@ -234,8 +234,11 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
     // notes it, `tests/e2e/phones.mjs`): it then plays later until the sync loop pulls
     // it back, as a phone with a CPU of its own seldom needs.
     for result in rec.run.results() {
-        let underruns = result["night"]["underruns"].as_array().cloned();
-        for u in underruns.unwrap_or_default() {
+        for u in result["night"]["underruns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             let (Some(at), Some(n)) = (u[0].as_f64(), u[1].as_u64()) else {
                 continue;
             };
@@ -1026,10 +1029,7 @@ fn a_singer_on_the_beat_they_hear_is_on_the_beat_in_the_recording_once() {
     );
     let mut errors: Vec<f64> = judged.iter().map(|r| r.0).collect();
     let median = crate::support::latency::median(&mut errors);
-    let mut own: Vec<f64> = judged
-        .iter()
-        .filter_map(|&(error, phone)| Some(error - phone?))
-        .collect();
+    let mut own: Vec<f64> = less_phone.iter().map(|&(_, e)| e).collect();
     assert!(
         own.len() >= 3,
         "the phone's own distance from the speakers for at least three judged markers: {rows:?}"
