@@ -280,8 +280,9 @@ export class PhoneAudio {
     return this.remote ? this.remote.gain : null;
   }
 
-  /** Listens to the level of what plays (after the sync delay, before the volume),
-   * where the browser has AudioWorklet; sync.js sets it against the box's levels. */
+  /** Listens to the level of the return mix as the page's audio gets it (before the
+   * sync delay, which only shifts it by what the page set, and the volume), where the
+   * browser has AudioWorklet; sync.js sets it against the box's levels. */
   attachLevelTap(remote) {
     const ctx = this.ctx;
     if (!ctx.audioWorklet || typeof AudioWorkletNode === 'undefined') return;
@@ -296,7 +297,7 @@ export class PhoneAudio {
       const tap = new AudioWorkletNode(ctx, 'duetbox-level-tap', { numberOfOutputs: 1 });
       const mute = ctx.createGain();
       mute.gain.value = 0;
-      remote.delay.connect(tap);
+      remote.source.connect(tap);
       tap.connect(mute);
       mute.connect(ctx.destination);
       tap.port.onmessage = (ev) => {

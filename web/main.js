@@ -12,7 +12,7 @@ import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
 import {
-  BoxClock, PlayedLevels, PlayoutCorrection, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer, wallClockReport,
+  BoxClock, PlayedLevels, PlayoutCorrection, ReceiverTrace, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer, wallClockReport,
 } from './sync.js';
 import { View, explain } from './view.js';
 
@@ -372,30 +372,29 @@ const SYNC_ENVELOPE_MS = 1000;
 /** What the page played, and how much later than its receiver says it plays. */
 const played = new PlayedLevels();
 const correction = new PlayoutCorrection();
+/** Which timestamp the receiver handed over when, sampled with every batch of levels. */
+const trace = new ReceiverTrace();
 
 audio.onLevels = ({ times, db }) => {
+  trace.add(playingSource().source, performance.timeOrigin);
   const offset = boxClock.offset();
   if (offset === null) return;
   played.add(times.map((t) => audio.heardAt(t) + offset), db);
 };
 
-/** The receiver's account of when (box-clock ms) this phone plays RTP timestamp `rtp`,
- * or null: its last synchronization source, the output latency and the sync delay. */
+/** The receiver's account of when (box-clock ms) the page's audio plays RTP timestamp
+ * `rtp` before the sync delay (the levels are tapped before it), or null: the trace
+ * of its synchronization source and the output latency. */
 function receiverPredictor() {
-  const { source } = playingSource();
-  const report = playoutReport(source, performance.timeOrigin, audio.outputDelayMs(), audio.appliedExtraMs(), boxClock.offset());
-  if (!report) return null;
-  return (rtp) => report.at + ((rtp - report.rtp) | 0) / 48;
+  const offset = boxClock.offset();
+  if (offset === null || !trace.samples.length) return null;
+  const output = audio.outputDelayMs();
+  return (rtp) => trace.at(rtp) + output + offset;
 }
 
 function onEnvelope(msg) {
   const predict = receiverPredictor();
   if (!predict || audio.playback !== 'webaudio') return;
-  // A delay that moved within the window would smear the match: wait for it to settle.
-  if (app.syncHistory.length >= 4) {
-    const recent = app.syncHistory.slice(-4).map((h) => h[2]);
-    if (Math.max(...recent) - Math.min(...recent) > 5) return;
-  }
   const why = {};
   const m = matchLevels({ rtp: msg.rtp >>> 0, step: msg.step, codes: parseLevels(msg.levels) }, predict, played.points, why);
   app.matchWhy.push(why);
@@ -422,6 +421,7 @@ function stopSync() {
   app.syncTimers = [];
   app.syncOffsetMs = null;
   correction.clear();
+  trace.clear();
 }
 
 function playingSource() {
@@ -434,6 +434,7 @@ function playingSource() {
 function reportPlayout() {
   if (app.state !== 'live') return;
   const { source } = playingSource();
+  trace.add(source, performance.timeOrigin);
   const extra = audio.playback === 'webaudio' ? audio.appliedExtraMs() : app.jitterTargetMs;
   // What the levels matched adds to the receiver's account (0 until they match).
   const msg = playoutReport(source, performance.timeOrigin, audio.outputDelayMs() + correction.value(), extra, boxClock.offset());

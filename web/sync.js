@@ -104,6 +104,54 @@ export function describeOffset(offsetMs) {
   return offsetMs > 0 ? `${ms} ms behind the speakers` : `${ms} ms ahead of the speakers`;
 }
 
+/** Receiver samples kept (one each ~125 ms): the last 4 s, what a level match spans. */
+export const TRACE_KEEP_MS = 4000;
+
+/**
+ * The receiver's account over the last few seconds: which RTP timestamp it handed to
+ * the page's audio when (performance ms), sampled as it goes. A jitter buffer that
+ * grows or drains moves that mapping by tens of ms within the 2 s a level match spans;
+ * read from its last sample alone, the older half of the box's levels would be
+ * predicted where they did not play, and the match smeared or lost.
+ */
+export class ReceiverTrace {
+  constructor() {
+    this.samples = [];
+  }
+
+  /** A synchronization source ({ rtpTimestamp, timestamp }) read at `timeOrigin`;
+   * repeats of the last sample are left out. */
+  add(source, timeOrigin) {
+    if (!source || typeof source.rtpTimestamp !== 'number' || typeof source.timestamp !== 'number') return;
+    const sample = { rtp: source.rtpTimestamp >>> 0, at: sourceTimeToPerf(source.timestamp, timeOrigin) };
+    const last = this.samples[this.samples.length - 1];
+    if (last && last.rtp === sample.rtp) return;
+    // A new stream (timestamps that jump back or far ahead) starts a new trace.
+    if (last && Math.abs(((sample.rtp - last.rtp) | 0) / 48 - (sample.at - last.at)) > 2000) this.samples = [];
+    this.samples.push(sample);
+    while (this.samples.length && this.samples[0].at < sample.at - TRACE_KEEP_MS) this.samples.shift();
+  }
+
+  clear() {
+    this.samples = [];
+  }
+
+  /** When (performance ms) the receiver handed over timestamp `rtp`, from the sample
+   * nearest it; null before any. */
+  at(rtp) {
+    let best = null;
+    let bestGap = Infinity;
+    for (const s of this.samples) {
+      const gap = Math.abs((rtp - s.rtp) | 0);
+      if (gap < bestGap) {
+        best = s;
+        bestGap = gap;
+      }
+    }
+    return best ? best.at + ((rtp - best.rtp) | 0) / 48 : null;
+  }
+}
+
 /** How far (ms) either side of the receiver's account the true playout is searched
  * (Chromium's gap was seen at -100 ms after the box's output stalled). */
 export const MATCH_RANGE_MS = 150;

@@ -61,7 +61,7 @@ test('the singer is told in words', () => {
   assert.equal(describeOffset(-42), '42 ms ahead of the speakers');
 });
 
-import { MATCH_MIN_R, PlayedLevels, PlayoutCorrection, codeToDb, matchLevels, parseLevels } from '../sync.js';
+import { MATCH_MIN_R, PlayedLevels, PlayoutCorrection, ReceiverTrace, codeToDb, matchLevels, parseLevels } from '../sync.js';
 
 /** A mix with a beat: levels (codes) every 2.5 ms for 2 s. */
 function beat(n) {
@@ -100,6 +100,44 @@ test('the levels the phone played are found against the box\'s, within a level (
   assert.ok(m, 'a match');
   assert.ok(Math.abs(m.lagMs - truth) <= 1.5, `lag ${m.lagMs}`);
   assert.ok(m.r >= MATCH_MIN_R);
+});
+
+test('a jitter buffer draining within the window is followed by the receiver trace', () => {
+  const codes = beat(800);
+  const box = { rtp: 7000, step: 120, codes };
+  // The receiver hands level k over at 1000 + 2.45 k ms (its buffer drains 40 ms over
+  // the 2 s, a 2 % accelerate); the page plays it 13 ms after that.
+  const handed = (k) => 1000 + 40 + 2.45 * k;
+  const truth = 13;
+  const trace = new ReceiverTrace();
+  for (let k = 0; k <= 800; k += 50) trace.add({ rtpTimestamp: box.rtp + k * 120, timestamp: handed(k) }, 0);
+  trace.add({ rtpTimestamp: box.rtp + 800 * 120, timestamp: handed(800) }, 0);
+  assert.equal(trace.samples.length, 17, 'a repeated sample is kept once');
+  const played = new PlayedLevels();
+  const times = [];
+  const db = [];
+  for (let t = 900; t < 3100; t += 2.5) {
+    const k = Math.floor((t - truth - 1040) / 2.45);
+    times.push(t);
+    db.push(k >= 0 && k < codes.length ? codeToDb(codes[k]) : -90);
+  }
+  played.add(times, db);
+  const m = matchLevels(box, (r) => trace.at(r), played.points);
+  assert.ok(m && Math.abs(m.lagMs - truth) <= 2.5, `lag ${m && m.lagMs}`);
+  // The last sample alone predicts the first levels 40 ms early: no clean match there.
+  const last = trace.samples[trace.samples.length - 1];
+  const fromLast = matchLevels(box, (r) => last.at + ((r - last.rtp) | 0) / 48, played.points);
+  assert.ok(!fromLast || Math.abs(fromLast.lagMs - truth) > 5, `from the last sample: ${fromLast && fromLast.lagMs}`);
+});
+
+test('the receiver trace keeps four seconds and starts again on a new stream', () => {
+  const trace = new ReceiverTrace();
+  assert.equal(trace.at(0), null);
+  for (let k = 0; k < 60; k++) trace.add({ rtpTimestamp: k * 4800, timestamp: 1e12 + 1000 + 100 * k }, 1e12);
+  assert.ok(trace.samples.length <= 41, `kept ${trace.samples.length}`);
+  assert.equal(trace.at(59 * 4800 + 480), 1000 + 5900 + 10, 'from the Date clock, the nearest sample');
+  trace.add({ rtpTimestamp: 123, timestamp: 1e12 + 7000 }, 1e12);
+  assert.equal(trace.samples.length, 1, 'a new stream');
 });
 
 test('a steady mix, or too little played, matches nothing', () => {
