@@ -175,6 +175,17 @@ impl Recording {
         Some(packet.at + Duration::from_secs_f64(offset))
     }
 
+    /// The longest time between two packets after `since`: a sender that this busy
+    /// test process did not run for that long.
+    pub fn longest_gap_since(&self, since: Instant) -> Duration {
+        self.packets
+            .windows(2)
+            .filter(|w| w[0].at >= since)
+            .map(|w| w[1].at.saturating_duration_since(w[0].at))
+            .max()
+            .unwrap_or_default()
+    }
+
     /// The first frame of the first packet at or after `at` (the recording's end if none).
     pub fn first_frame_at_or_after(&self, at: Instant) -> usize {
         self.packets
