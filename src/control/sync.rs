@@ -41,8 +41,17 @@ const RAISE_STEP: Duration = Duration::from_millis(2);
 /// The lead falls only when every phone needs this much less...
 const LOWER_STEP: Duration = Duration::from_millis(15);
 
-/// ...for this long (a phone that left, a buffer that settled).
+/// ...for this long (a phone that left, a buffer that settled)...
 const LOWER_AFTER: Duration = Duration::from_secs(10);
+
+/// ...and then by at most this much...
+const LOWER_BY: Duration = Duration::from_millis(5);
+
+/// ...this often, down to what the phones need. Every phone plays a fall of the lead as
+/// a jump of its backing until its next report moves its own delay; a jitter buffer that
+/// drained 120 ms made every phone jump 120 ms at once (markers 100 ms off in a test),
+/// where 5 ms steps leave them within about 5 ms meanwhile.
+const LOWER_EVERY: Duration = Duration::from_secs(1);
 
 /// A phone silent this long no longer counts for the lead.
 const STALE: Duration = Duration::from_secs(5);
@@ -88,8 +97,18 @@ pub struct Timeline<K: Ord + Copy> {
     max_lead: Duration,
     phones: BTreeMap<K, Phone>,
     lead_us: i64,
-    /// Since when every phone has needed clearly less than the lead.
-    lower_since: Option<Duration>,
+    lowering: Lowering,
+}
+
+/// Where the lead is in falling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lowering {
+    /// The phones need about the lead.
+    No,
+    /// Every phone has needed clearly less since then.
+    Waiting(Duration),
+    /// Falling by steps; the last one then.
+    Falling(Duration),
 }
 
 impl<K: Ord + Copy> Timeline<K> {
@@ -99,7 +118,7 @@ impl<K: Ord + Copy> Timeline<K> {
             max_lead,
             phones: BTreeMap::new(),
             lead_us: 0,
-            lower_since: None,
+            lowering: Lowering::No,
         }
     }
 
@@ -144,7 +163,7 @@ impl<K: Ord + Copy> Timeline<K> {
     }
 
     /// Moves the lead toward what the phones heard recently need: up at once, down only
-    /// after a while.
+    /// after a while, and then by steps.
     pub fn retune(&mut self, now: Duration) {
         self.phones.retain(|_, p| now.saturating_sub(p.at) < STALE);
         let max_us = self.max_lead.as_micros() as i64;
@@ -155,18 +174,31 @@ impl<K: Ord + Copy> Timeline<K> {
             .max()
             .unwrap_or(0)
             .clamp(0, max_us);
-        if need > self.lead_us + RAISE_STEP.as_micros() as i64 {
+        let step_down = |lead: i64| need.max(lead - LOWER_BY.as_micros() as i64);
+        self.lowering = if need > self.lead_us + RAISE_STEP.as_micros() as i64 {
             self.lead_us = need;
-            self.lower_since = None;
-        } else if need < self.lead_us - LOWER_STEP.as_micros() as i64 {
-            let since = *self.lower_since.get_or_insert(now);
-            if now.saturating_sub(since) >= LOWER_AFTER {
-                self.lead_us = need;
-                self.lower_since = None;
-            }
+            Lowering::No
         } else {
-            self.lower_since = None;
-        }
+            match self.lowering {
+                Lowering::Falling(last) if need < self.lead_us => {
+                    if now.saturating_sub(last) >= LOWER_EVERY {
+                        self.lead_us = step_down(self.lead_us);
+                        Lowering::Falling(now)
+                    } else {
+                        Lowering::Falling(last)
+                    }
+                }
+                _ if need < self.lead_us - LOWER_STEP.as_micros() as i64 => match self.lowering {
+                    Lowering::Waiting(since) if now.saturating_sub(since) >= LOWER_AFTER => {
+                        self.lead_us = step_down(self.lead_us);
+                        Lowering::Falling(now)
+                    }
+                    Lowering::Waiting(since) => Lowering::Waiting(since),
+                    _ => Lowering::Waiting(now),
+                },
+                _ => Lowering::No,
+            }
+        };
     }
 }
 
@@ -246,11 +278,55 @@ mod tests {
         assert_eq!(t.lead_us(), 125 * MS);
         t.report(at(9_000), 1, 50 * MS, 0);
         assert_eq!(t.lead_us(), 125 * MS, "not yet");
+        // After 10 s, by 5 ms a second.
         t.report(at(10_300), 1, 50 * MS, 0);
-        assert_eq!(t.lead_us(), 55 * MS, "after 10 s");
+        assert_eq!(t.lead_us(), 120 * MS, "after 10 s, one step");
+        t.report(at(10_800), 1, 50 * MS, 0);
+        assert_eq!(t.lead_us(), 120 * MS, "not within the second");
+        let mut last = t.lead_us();
+        let mut k = 0;
+        while t.lead_us() > 55 * MS {
+            k += 1;
+            t.report(at(10_300 + 500 * k), 1, 50 * MS, 0);
+            assert!(last - t.lead_us() <= 5 * MS, "a step of 5 ms at most");
+            last = t.lead_us();
+        }
+        assert_eq!(k, 26, "65 ms more in 13 s");
+        assert_eq!(t.lead_us(), 55 * MS, "down to what it needs");
         // Small wobbles move nothing.
-        t.report(at(10_800), 1, 51 * MS, 0);
+        t.report(at(30_000), 1, 51 * MS, 0);
+        t.report(at(31_000), 1, 49 * MS, 0);
         assert_eq!(t.lead_us(), 55 * MS);
+    }
+
+    #[test]
+    fn a_phone_needing_more_while_the_lead_falls_stops_the_fall() {
+        let mut t = Timeline::new(Duration::from_millis(400));
+        t.report(at(0), 1, 200 * MS, 0);
+        for k in 1..=8 {
+            t.report(at(500 * k), 1, 50 * MS, 0);
+        }
+        for k in 9..=20 {
+            t.report(at(500 * k), 1, 50 * MS, 0);
+        }
+        assert_eq!(
+            t.lead_us(),
+            205 * MS,
+            "waiting 10 s from the first lower need"
+        );
+        for k in 21..=25 {
+            t.report(at(500 * k), 1, 50 * MS, 0);
+        }
+        assert_eq!(t.lead_us(), 190 * MS, "falling by 5 ms a second");
+        // Its buffer grows back: as soon as the window's need is up, so is the lead.
+        for k in 26..=40 {
+            t.report(at(500 * k), 1, 190 * MS, 0);
+        }
+        assert_eq!(t.lead_us(), 195 * MS, "it needs 195: no lower, no higher");
+        for k in 41..=70 {
+            t.report(at(500 * k), 1, 189 * MS, 0);
+        }
+        assert_eq!(t.lead_us(), 195 * MS, "within the band: it stays");
     }
 
     #[test]
@@ -289,7 +365,7 @@ mod tests {
         }
         t.report(at(3), 2, 40 * MS, 0);
         assert_eq!(t.lead_us(), 155 * MS);
-        for k in 1..=40 {
+        for k in 1..=80 {
             t.report(at(500 * k), 2, 40 * MS, 0);
         }
         assert_eq!(t.offset_us(1), None, "the silent phone is forgotten");

@@ -321,11 +321,26 @@ function sleep(ms) {
  * media flows). A longer downlink, as the page, its jitter buffer and the box see it.
  */
 function delayReturnMix(delay) {
+  // The worker also counts how late it hands frames on (diag.delay): a worker this
+  // busy machine does not run in time stretches the injected delay.
   const code = `onrtctransform = (e) => {
     const t = e.transformer;
     const d = t.options.delay;
+    const stats = { frames: 0, late10: 0, late50: 0, maxLate: 0 };
+    let posted = 0;
     t.readable.pipeThrough(new TransformStream({
-      transform(frame, out) { setTimeout(() => out.enqueue(frame), d); },
+      transform(frame, out) {
+        const due = performance.now() + d;
+        setTimeout(() => {
+          const late = performance.now() - due;
+          stats.frames += 1;
+          if (late > 10) stats.late10 += 1;
+          if (late > 50) stats.late50 += 1;
+          stats.maxLate = Math.max(stats.maxLate, Math.round(late));
+          if (due - posted > 1000) { posted = due; postMessage(stats); }
+          out.enqueue(frame);
+        }, d);
+      },
     })).pipeTo(t.writable);
   };`;
   const url = URL.createObjectURL(new Blob([code], { type: 'text/javascript' }));
@@ -334,7 +349,9 @@ function delayReturnMix(delay) {
     // At once: Chromium ignores a receiver transform set after createOffer.
     addTransceiver(...args) {
       const t = super.addTransceiver(...args);
-      t.receiver.transform = new RTCRtpScriptTransform(new Worker(url), { delay });
+      const worker = new Worker(url);
+      worker.onmessage = (m) => { window.__delayStats = m.data; };
+      t.receiver.transform = new RTCRtpScriptTransform(worker, { delay });
       return t;
     }
   };
@@ -1029,6 +1046,7 @@ class Phone {
         const { ctx } = window.duetboxTest.output();
         diag.ctx = { base: ctx.baseLatency, out: ctx.outputLatency, rate: ctx.sampleRate };
         diag.echo = window.__echo || null;
+        diag.delay = window.__delayStats || null;
       } catch (_) { /* diagnostics only */ }
       const m = window.__markers;
       // When the page believed each line's first millisecond played (epoch ms).

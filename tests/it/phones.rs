@@ -56,6 +56,8 @@ struct Recorded {
     /// (epoch ms, periods written by then, the device's delay in frames), every 10 ms
     /// through the run.
     timeline: Vec<(u64, u64, u64)>,
+    /// The same at each period's write, to a millisecond ([`speaker_edges`]).
+    edges: Vec<(f64, u64, u64)>,
     /// (singers, listeners) while the phones were still there.
     room_at_end: (usize, usize),
     /// Each singer's calibrated round trip as the box kept it, when all were live.
@@ -80,6 +82,16 @@ impl Recorded {
 }
 
 impl Recorded {
+    /// The speakers' writes more than 30 ms apart (a period is 10 ms): (epoch ms, gap
+    /// ms). The box's mixes wait with them, so every phone's stream gaps as long.
+    fn write_gaps(&self) -> Vec<(f64, f64)> {
+        self.edges
+            .windows(2)
+            .filter(|w| w[1].0 - w[0].0 > 30.0)
+            .map(|w| (w[0].0, w[1].0 - w[0].0))
+            .collect()
+    }
+
     /// Where the speakers stopped: (epoch ms, ms) of each stretch of the run's timeline
     /// longer than 100 ms in which the audio thread wrote nothing (a PulseAudio stream
     /// restarting after an underrun stalls for a second or more).
@@ -101,6 +113,38 @@ impl Recorded {
         }
         stalls
     }
+}
+
+/// When the audio thread wrote each period, to a millisecond, until `sampling` ends:
+/// (epoch ms, periods written, the device's delay after the write in frames). A real-time
+/// thread polls the period count every millisecond and keeps a change seen within 2 ms
+/// of the poll before (the midpoint of the two). The 10 ms ordinary sampler's readings
+/// place a write up to its interval plus its own lateness after it happened: the
+/// speakers read 5 ms late on a quiet machine and 10-15 ms late in CI, which the sync
+/// tests took for phones playing early.
+fn speaker_edges(
+    counters: Arc<duetbox::audio::Counters>,
+    sampling: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(f64, u64, u64)>> {
+    std::thread::spawn(move || {
+        duetbox::audio::make_realtime(80).expect("the tests run as root");
+        let mut edges = Vec::new();
+        let mut last = (
+            crate::support::e2e::epoch_ms_f64(),
+            counters.periods.load(Ordering::Relaxed),
+        );
+        while sampling.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(1));
+            let periods = counters.periods.load(Ordering::Relaxed);
+            let at = crate::support::e2e::epoch_ms_f64();
+            if periods != last.1 && at - last.0 <= 2.0 {
+                let delay = counters.output_delay_frames.load(Ordering::Relaxed);
+                edges.push(((at + last.0) / 2.0, periods, delay));
+            }
+            last = (at, periods);
+        }
+        edges
+    })
 }
 
 /// Starts the box with `config`, runs the driver `phones(url)` builds, stops the box and
@@ -139,6 +183,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
             (timeline, venue_delays)
         })
     };
+    let edges = speaker_edges(counters.clone(), sampling.clone());
     let round_trips: Arc<Mutex<Vec<Option<f32>>>> = Arc::default();
     let last_view: Arc<Mutex<(Vec<Option<f32>>, f32)>> = Arc::default();
     let run = phones(&url).run(BROWSER_DEADLINE, {
@@ -174,6 +219,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
     });
     sampling.store(false, Ordering::Relaxed);
     let (timeline, venue_delays) = sampler.join().expect("the sampler");
+    let edges = edges.join().expect("the speakers' edge sampler");
     let room_at_end = running.control.counts();
     let round_trips = round_trips.lock().expect("round trips").clone();
     let (one_ways, venue_delay_ms) = last_view.lock().expect("last view").clone();
@@ -193,6 +239,7 @@ fn record(config: Config, host: &str, phones: impl FnOnce(&str) -> Driver) -> Re
         periods_written: counters.periods.load(Ordering::Relaxed) as usize,
         xruns: counters.xruns.load(Ordering::Relaxed),
         timeline,
+        edges,
         room_at_end,
         round_trips,
         one_ways,
@@ -832,16 +879,16 @@ fn two_chromium_singers_sing_over_a_song_the_host_started_with_lyrics_in_time_on
 fn venue_marker_epochs(rec: &Recorded, hz: f32) -> Vec<f64> {
     let pf = rec.period_frames as f64;
     // When the speakers played `frame`: its period was written when the frame count
-    // reached the period's end E (interpolated between the timeline's samples); just
-    // after that write the device held `d` frames, the last of them E - 1, so `frame`
-    // played (d - (E - frame)) frames after the write.
+    // reached the period's end E (interpolated between the writes seen); just after
+    // that write the device held `d` frames, the last of them E - 1, so `frame` played
+    // (d - (E - frame)) frames after the write.
     let played_at = |frame: usize| -> Option<f64> {
         let end = (frame as f64 / pf).floor() * pf + pf;
-        rec.timeline.windows(2).find_map(|w| {
+        rec.edges.windows(2).find_map(|w| {
             let ((e1, p1, _), (e2, p2, d2)) = (w[0], w[1]);
             let (a, b) = (p1 as f64 * pf, p2 as f64 * pf);
             (end > a && end <= b).then(|| {
-                let written = e1 as f64 + (end - a) / (b - a) * (e2 - e1) as f64;
+                let written = e1 + (end - a) / (b - a) * (e2 - e1);
                 written + (d2 as f64 - (end - frame as f64)) / 48.0
             })
         })
@@ -1303,6 +1350,10 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers_o
             .phone("Theo", "singer", Some(&mics[1]), "chromium")
     });
     let speakers = venue_marker_epochs(&rec, 1760.0);
+    eprintln!(
+        "sync: the speakers' writes more than 30 ms apart (epoch ms, ms): {:?}",
+        rec.write_gaps()
+    );
     let (mia, theo) = (rec.run.result("Mia"), rec.run.result("Theo"));
     let round = |x: f64| (x * 10.0).round() / 10.0;
     eprintln!("sync: Mia {} Theo {}", mia["sync"], theo["sync"]);

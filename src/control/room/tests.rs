@@ -1604,10 +1604,11 @@ fn playout_reports_set_the_lead_and_each_phones_offset() {
     assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 0 }));
     h.handle(secs(3.0), source(BackingSource::Songs)).unwrap();
     assert!(engine_commands(&h.take()).contains(&Command::SetLead { frames: 3_600 }));
-    // The listener leaves: ten seconds later the lead falls to what the singer needs.
+    // The listener leaves: ten seconds later the lead falls, by 5 ms a second, to what
+    // the singer needs.
     h.handle(secs(4.0), Input::Leave { conn: ConnId(2) })
         .unwrap();
-    for k in 0..24 {
+    for k in 0..50 {
         h.handle(secs(4.5 + 0.5 * f64::from(k)), playout(1, 10, 0))
             .unwrap();
     }

@@ -31,6 +31,15 @@ pub fn epoch_ms() -> u64 {
         .as_millis() as u64
 }
 
+/// Milliseconds since 1970, to the microsecond.
+pub fn epoch_ms_f64() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64()
+        * 1000.0
+}
+
 /// Firefox's fake microphone: a 1000 Hz tone (media.navigator.streams.fake).
 pub const FIREFOX_TONE_HZ: u32 = 1000;
 
