@@ -25,6 +25,7 @@ pub mod recording;
 pub mod room;
 pub mod sync;
 pub mod throttle;
+pub mod voice_gaps;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -481,6 +482,8 @@ pub struct ControlTask {
     stage_behind: Duration,
     /// Records every song (`songs.record`).
     recorder: Option<SongRecorder>,
+    /// Each singer's receive gaps as last logged.
+    voice_gaps: voice_gaps::VoiceGaps,
 }
 
 /// [`Envelope`] as the control task keeps it.
@@ -573,6 +576,7 @@ pub fn start(
         envelopes: HashMap::new(),
         recorder,
         stage_behind: Duration::ZERO,
+        voice_gaps: voice_gaps::VoiceGaps::default(),
     };
     Ok((control, task))
 }
@@ -897,6 +901,22 @@ impl ControlTask {
         while let Some(report) = self.audio.reports.pop() {
             match report {
                 Report::Singer(r) => {
+                    if let Some(g) = self.voice_gaps.observe(r.singer, &r.stats, self.now()) {
+                        tracing::info!(
+                            peer = %room::PeerId(r.singer.0),
+                            late = g.late,
+                            lost = g.lost,
+                            fec_recovered = g.fec_recovered,
+                            concealed_ms = g.concealed_samples as f64 * 1000.0
+                                / f64::from(crate::engine::SAMPLE_RATE_HZ),
+                            underruns = g.underruns,
+                            caught_up = g.caught_up,
+                            skipped = g.skipped,
+                            delay_ms = r.stats.delay.as_secs_f64() * 1000.0,
+                            target_ms = r.stats.target.as_secs_f64() * 1000.0,
+                            "voice gaps at the box since the last such line"
+                        );
+                    }
                     let figures = SingerFigures {
                         level_db: r.voice.peak_dbfs(),
                         delay_ms: r.stats.delay.as_secs_f32() * 1000.0,

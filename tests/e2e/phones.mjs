@@ -1049,13 +1049,16 @@ class Phone {
         diag.delay = window.__delayStats || null;
       } catch (_) { /* diagnostics only */ }
       const m = window.__markers;
-      // When the page believed each line's first millisecond played (epoch ms).
+      // When the page believed each line's first millisecond played (epoch ms): between
+      // two readings that straddle it and moved with the clock (a jump of the page's
+      // account is no time it believed), however far apart this busy page took them.
       const believed = (ms) => {
         const h = m ? m.heard : [];
         for (let i = 1; i < h.length; i++) {
           const [t0, s0] = h[i - 1];
           const [t1, s1] = h[i];
-          if (s0 < ms && s1 >= ms && s1 - s0 < 50) return performance.timeOrigin + t0 + ((ms - s0) / (s1 - s0)) * (t1 - t0);
+          const steady = Math.abs(s1 - s0 - (t1 - t0)) < 20 && t1 - t0 < 1000;
+          if (s0 < ms && s1 >= ms && steady) return performance.timeOrigin + t0 + ((ms - s0) / (s1 - s0)) * (t1 - t0);
         }
         return null;
       };
