@@ -1357,38 +1357,54 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers_o
     let (mia, theo) = (rec.run.result("Mia"), rec.run.result("Theo"));
     let round = |x: f64| (x * 10.0).round() / 10.0;
     eprintln!("sync: Mia {} Theo {}", mia["sync"], theo["sync"]);
-    // Per phone, per marker the speakers played: (heard − speakers, believed − speakers).
+    // Per phone, per marker the speakers played: (heard − speakers, believed −
+    // speakers). A belief the page did not place (its 5 ms reader starved across the
+    // line's start, or its account jumped there) leaves that marker's belief out, not
+    // the marker.
     let mut heard = Vec::new();
     for (who, r) in [("Mia", &mia), ("Theo", &theo)] {
         let (on, believed) = (
             numbers(&r["night"]["onsets"]),
             numbers(&r["night"]["believed"]),
         );
-        let rows: Vec<(f64, f64, f64)> = speakers
+        type Marker = (f64, f64, Option<f64>);
+        let rows: Vec<Marker> = speakers
             .iter()
-            .filter_map(|&s| Some((s, nearest(&on, s)? - s, nearest(&believed, s)? - s)))
+            .filter_map(|&s| {
+                Some((
+                    s,
+                    nearest(&on, s)? - s,
+                    nearest(&believed, s).map(|b| b - s),
+                ))
+            })
             .collect();
         eprintln!(
             "sync: {who} (heard − speakers, believed − speakers), ms: {:?}",
             rows.iter()
-                .map(|&(_, h, b)| (round(h), round(b)))
+                .map(|&(_, h, b)| (round(h), b.map(round)))
                 .collect::<Vec<_>>()
         );
         assert!(
             rows.len() >= SETTLING + 3,
-            "{who}: at least six markers heard and placed: speakers {speakers:?}, {}",
+            "{who}: at least seven markers heard: speakers {speakers:?}, {}",
             r["night"]
         );
         let settled = &rows[SETTLING..];
-        let marker = |f: fn(&(f64, f64, f64)) -> f64| -> Vec<(usize, f64)> {
+        let marker = |f: fn(&Marker) -> Option<f64>| -> Vec<(usize, f64)> {
             settled
                 .iter()
                 .enumerate()
-                .map(|(k, r)| (k + SETTLING, f(r)))
+                .filter_map(|(k, r)| Some((k + SETTLING, f(r)?)))
                 .collect()
         };
-        assert_within_but_one(who, "believed marker", &marker(|r| r.2), 15.0, 40.0);
-        assert_within_but_one(who, "heard marker", &marker(|r| r.1), 15.0, 40.0);
+        let placed = marker(|r| r.2);
+        assert!(
+            placed.len() >= 2,
+            "{who}: beliefs placed for at least two settled markers: {placed:?}, {}",
+            r["night"]
+        );
+        assert_within_but_one(who, "believed marker", &placed, 15.0, 40.0);
+        assert_within_but_one(who, "heard marker", &marker(|r| Some(r.1)), 15.0, 40.0);
         // Until its level matches agree (the history's correction leaves zero), a
         // phone cannot see Chromium's gap between WebRTC's playout and its Web Audio
         // output: within 20 ms then, 10 ms after.
@@ -1397,14 +1413,16 @@ fn two_phones_with_different_network_delays_play_each_marker_with_the_speakers_o
                 .find(|e| e[4].as_f64().is_some_and(|c| c != 0.0))
                 .and_then(|e| e[0].as_f64())
         });
-        type Row<'a> = (usize, &'a (f64, f64, f64));
+        type Row<'a> = (usize, &'a Marker);
         let (after, before): (Vec<Row>, Vec<Row>) = settled
             .iter()
             .enumerate()
             .map(|(k, r)| (k + SETTLING, r))
             .partition(|(_, r)| agreed.is_some_and(|a| r.0 >= a));
         let belief = |v: Vec<Row>| -> Vec<(usize, f64)> {
-            v.into_iter().map(|(k, r)| (k, r.1 - r.2)).collect()
+            v.into_iter()
+                .filter_map(|(k, r)| Some((k, r.1 - r.2?)))
+                .collect()
         };
         eprintln!("{who}: level matches agreed at {agreed:?}");
         assert_within_but_one(
