@@ -907,8 +907,9 @@ impl ControlTask {
                             late = g.late,
                             lost = g.lost,
                             fec_recovered = g.fec_recovered,
-                            concealed_ms = g.concealed_samples as f64 * 1000.0
-                                / f64::from(crate::engine::SAMPLE_RATE_HZ),
+                            concealed_ms = crate::engine::duration_of(g.concealed_samples)
+                                .as_secs_f64()
+                                * 1000.0,
                             underruns = g.underruns,
                             caught_up = g.caught_up,
                             skipped = g.skipped,

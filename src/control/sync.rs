@@ -174,31 +174,36 @@ impl<K: Ord + Copy> Timeline<K> {
             .max()
             .unwrap_or(0)
             .clamp(0, max_us);
-        let step_down = |lead: i64| need.max(lead - LOWER_BY.as_micros() as i64);
-        self.lowering = if need > self.lead_us + RAISE_STEP.as_micros() as i64 {
+        if need > self.lead_us + RAISE_STEP.as_micros() as i64 {
             self.lead_us = need;
-            Lowering::No
-        } else {
-            match self.lowering {
-                Lowering::Falling(last) if need < self.lead_us => {
-                    if now.saturating_sub(last) >= LOWER_EVERY {
-                        self.lead_us = step_down(self.lead_us);
-                        Lowering::Falling(now)
-                    } else {
-                        Lowering::Falling(last)
-                    }
+            self.lowering = Lowering::No;
+            return;
+        }
+        let less = need < self.lead_us - LOWER_STEP.as_micros() as i64;
+        self.lowering = match self.lowering {
+            Lowering::Falling(last) if need < self.lead_us => {
+                if now.saturating_sub(last) < LOWER_EVERY {
+                    Lowering::Falling(last)
+                } else {
+                    self.step_down(need, now)
                 }
-                _ if need < self.lead_us - LOWER_STEP.as_micros() as i64 => match self.lowering {
-                    Lowering::Waiting(since) if now.saturating_sub(since) >= LOWER_AFTER => {
-                        self.lead_us = step_down(self.lead_us);
-                        Lowering::Falling(now)
-                    }
-                    Lowering::Waiting(since) => Lowering::Waiting(since),
-                    _ => Lowering::Waiting(now),
-                },
-                _ => Lowering::No,
             }
+            Lowering::Waiting(since) if less => {
+                if now.saturating_sub(since) < LOWER_AFTER {
+                    Lowering::Waiting(since)
+                } else {
+                    self.step_down(need, now)
+                }
+            }
+            _ if less => Lowering::Waiting(now),
+            _ => Lowering::No,
         };
+    }
+
+    /// One step of a falling lead toward `need`, taken at `now`.
+    fn step_down(&mut self, need: i64, now: Duration) -> Lowering {
+        self.lead_us = need.max(self.lead_us - LOWER_BY.as_micros() as i64);
+        Lowering::Falling(now)
     }
 }
 

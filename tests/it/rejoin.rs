@@ -29,18 +29,11 @@ const MAX_PACKET_GAP: Duration = Duration::from_millis(150);
 
 /// The longest gap between consecutive packets received in `[from, to]`.
 fn max_gap(rec: &Recording, from: Instant, to: Instant) -> Duration {
-    let times: Vec<Instant> = rec
-        .packets
-        .iter()
-        .map(|p| p.at)
-        .filter(|&t| t >= from && t <= to)
-        .collect();
-    assert!(times.len() > 10, "no packets between the marks");
-    times
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]))
-        .max()
-        .expect("two packets")
+    assert!(
+        rec.packets_between(from, to) > 10,
+        "no packets between the marks"
+    );
+    rec.longest_gap(from, to)
 }
 
 /// The median of `arrival − stream time` of the packets received in `[from, to]`, ms:

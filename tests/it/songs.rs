@@ -647,7 +647,7 @@ async fn the_line_in_chosen_by_the_host_reaches_the_venue_and_both_returns_once(
     // A test singer sending late (its task not run by this busy process) leaves a gap
     // in its voice that is not the box's: evidence for the guard.
     for (who, singer) in [("ana", &ana), ("ben", &ben)] {
-        let gap = singer.sent().longest_gap_since(live);
+        let gap = singer.sent().longest_gap(live, Instant::now());
         eprintln!("{who}'s sender: longest gap between packets {gap:?}");
         if gap >= SENDER_STOPPED {
             crate::support::stalls::note(format!("{who}'s sender stopped {gap:?}"));

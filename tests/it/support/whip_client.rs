@@ -175,13 +175,26 @@ impl Recording {
         Some(packet.at + Duration::from_secs_f64(offset))
     }
 
-    /// The longest time between two packets after `since`: a sender that this busy
-    /// test process did not run for that long.
-    pub fn longest_gap_since(&self, since: Instant) -> Duration {
+    /// Packets whose instant lies in `[from, to]`.
+    pub fn packets_between(&self, from: Instant, to: Instant) -> usize {
         self.packets
+            .iter()
+            .filter(|p| p.at >= from && p.at <= to)
+            .count()
+    }
+
+    /// The longest time between two packets in `[from, to]` (zero with fewer than two):
+    /// how long their sender (or the box) did not run.
+    pub fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let times: Vec<Instant> = self
+            .packets
+            .iter()
+            .map(|p| p.at)
+            .filter(|&t| t >= from && t <= to)
+            .collect();
+        times
             .windows(2)
-            .filter(|w| w[0].at >= since)
-            .map(|w| w[1].at.saturating_duration_since(w[0].at))
+            .map(|w| w[1].saturating_duration_since(w[0]))
             .max()
             .unwrap_or_default()
     }
