@@ -157,19 +157,13 @@ fn rss_mib(pid: u32) -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// The longest gap between packets received in `[from, to]`.
+/// The longest gap between packets received in `[from, to]` (the whole span, as
+/// `Duration::MAX`, when fewer than two arrived).
 fn longest_gap(rec: &Recording, from: Instant, to: Instant) -> Duration {
-    let times: Vec<Instant> = rec
-        .packets
-        .iter()
-        .map(|p| p.at)
-        .filter(|&t| t >= from && t <= to)
-        .collect();
-    times
-        .windows(2)
-        .map(|w| w[1].duration_since(w[0]))
-        .max()
-        .unwrap_or(Duration::MAX)
+    if rec.packets_between(from, to) < 2 {
+        return Duration::MAX;
+    }
+    rec.longest_gap(from, to)
 }
 
 async fn run(s: &Scenario) -> Measured {
