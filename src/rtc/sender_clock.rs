@@ -9,21 +9,31 @@
 //! So for every packet, `arrival − handed_over(ts)` is the network's one-way time plus
 //! the difference between the box's clock and the phone's wall clock. The box cannot
 //! see that difference; the page measures it (`pong` against its wall clock) and the
-//! room subtracts it. Here:
+//! room subtracts it.
+//!
+//! The reports cut the stream into spans. For each span whose two reports agree (their
+//! mappings within [`AGREE_MS`]):
 //!
 //! ```text
-//! lateness = min over packets (arrival − ts / 48 kHz)        the fastest packet
-//!          − median over reports (ntp − rtp / 48 kHz)        the sender's mapping
+//! span lateness = min over its packets (arrival − ts / 48 kHz)    the fastest packet
+//!               − its closing report's (ntp − rtp / 48 kHz)       the sender's mapping
 //! ```
 //!
-//! both over the last one or two [`WINDOW`]s, on one unwrapped RTP timeline, so the
-//! timestamps' random origin cancels. The network only ever delays a packet, so the
-//! fastest one is the network's own time. A report's mapping is no measurement of the
-//! network: Chromium takes it from the capture times its audio carries, the same for
-//! every report of a steady stream. Now and then one report is off: with the minimum,
-//! a test singer whose audio reached its sender in bursts had its one-way time read
-//! 30 to 35 ms long for seconds on loopback (1 to 2 ms otherwise), and the recording
-//! put its voice that much early. The median ignores a report that stands alone.
+//! and the lateness is the median of the spans of the last one or two [`WINDOW`]s, on
+//! one unwrapped RTP timeline, so the timestamps' random origin cancels. The network
+//! only ever delays a packet, so a span's fastest is the network's own time.
+//!
+//! A report's mapping is no measurement of the network: Chromium takes it from the
+//! capture times its audio carries, the same for every report of a steady stream. But
+//! the stream's timestamps may step against its capture times (seen at a stream's
+//! start: 55 to 255 ms, between its first and second report), and now and then one
+//! report is off (a test singer whose audio reached its sender in bursts). The packets
+//! and the reports must then be paired span by span: the fastest packet of the last
+//! 20 s against the mapping of its last reports had read the in-ear test singer's
+//! one-way time 35 to 55 ms short for 3 to 10 s after such a step (and out of range,
+//! so not at all, after one of 144 ms), and the speakers held the backing that much
+//! too briefly. A span across a step, or next to a report that is off, has reports
+//! that disagree and does not count.
 //! Pure: the uplink task passes each packet and report with the box's clock.
 
 use std::time::Duration;
@@ -36,44 +46,24 @@ pub const WINDOW: Duration = Duration::from_secs(10);
 /// RTP clock of Opus, per ms.
 const RTP_PER_MS: f64 = 48.0;
 
-/// Reports kept per window: libwebrtc sends one every 1 to 5 s; a sender that sends
-/// more (a flood of RTCP) keeps only its latest this many.
-const REPORTS_PER_WINDOW: usize = 16;
+/// Spans kept per window: libwebrtc reports every 1 to 5 s; a sender that reports
+/// more often (a flood of RTCP) keeps only its latest this many.
+const SPANS_PER_WINDOW: usize = 16;
+
+/// A span counts when the mappings of the reports on its two ends are this close,
+/// ms: a steady Chromium stream's moved by under half a millisecond here (to confirm
+/// on real phones); the steps seen were tens of ms.
+pub const AGREE_MS: f64 = 5.0;
 
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_S: u64 = 2_208_988_800;
 
-/// The smallest value seen over the last one or two windows.
-#[derive(Clone, Debug, Default)]
-struct WindowMin {
-    current: Option<f64>,
-    previous: Option<f64>,
-    since: Duration,
-}
-
-impl WindowMin {
-    fn push(&mut self, value: f64, now: Duration) {
-        if now.saturating_sub(self.since) >= WINDOW {
-            self.previous = self.current.take();
-            self.since = now;
-        }
-        self.current = Some(self.current.map_or(value, |c| c.min(value)));
-    }
-
-    fn get(&self) -> Option<f64> {
-        match (self.current, self.previous) {
-            (Some(c), Some(p)) => Some(c.min(p)),
-            (c, p) => c.or(p),
-        }
-    }
-}
-
-/// The values of the last one or two windows, the latest [`REPORTS_PER_WINDOW`] of
+/// The values of the last one or two windows, the latest [`SPANS_PER_WINDOW`] of
 /// each, and their median.
 #[derive(Clone, Debug, Default)]
 struct WindowMedian {
-    current: [f64; REPORTS_PER_WINDOW],
-    previous: [f64; REPORTS_PER_WINDOW],
+    current: [f64; SPANS_PER_WINDOW],
+    previous: [f64; SPANS_PER_WINDOW],
     previous_len: usize,
     /// Values pushed into the current window (the next one overwrites `count % N`).
     count: usize,
@@ -88,19 +78,18 @@ impl WindowMedian {
             self.count = 0;
             self.since = now;
         }
-        self.current[self.count % REPORTS_PER_WINDOW] = value;
+        self.current[self.count % SPANS_PER_WINDOW] = value;
         self.count += 1;
     }
 
     /// How many of `current` hold this window's values.
     fn current_len(&self) -> usize {
-        self.count.min(REPORTS_PER_WINDOW)
+        self.count.min(SPANS_PER_WINDOW)
     }
 
-    /// The median (of an even count, the lower middle: the earlier mapping, which a
-    /// late report cannot move).
+    /// The median (of an even count, the lower middle: the faster).
     fn get(&self) -> Option<f64> {
-        let mut all = [0.0f64; 2 * REPORTS_PER_WINDOW];
+        let mut all = [0.0f64; 2 * SPANS_PER_WINDOW];
         let current = self.current_len();
         let n = current + self.previous_len;
         all[..current].copy_from_slice(&self.current[..current]);
@@ -118,10 +107,12 @@ pub struct SenderClock {
     ssrc: Option<u32>,
     /// The last packet's timestamp and where it sits on the unwrapped timeline.
     last: Option<(u32, i64)>,
-    /// `arrival − ts`, ms.
-    arrivals: WindowMin,
-    /// `ntp − rtp`, ms.
-    reports: WindowMedian,
+    /// The fastest `arrival − ts` since the last report, ms.
+    fastest: Option<f64>,
+    /// The last report's `ntp − rtp`, ms.
+    mapping: Option<f64>,
+    /// The lateness of each span whose reports agreed, ms.
+    spans: WindowMedian,
 }
 
 impl SenderClock {
@@ -140,27 +131,31 @@ impl SenderClock {
         }
         let unwrapped = self.unwrap(ts);
         self.last = Some((ts, unwrapped));
-        let at_ms = at.as_secs_f64() * 1000.0;
-        self.arrivals
-            .push(at_ms - unwrapped as f64 / RTP_PER_MS, at);
+        let late = at.as_secs_f64() * 1000.0 - unwrapped as f64 / RTP_PER_MS;
+        self.fastest = Some(self.fastest.map_or(late, |f| f.min(late)));
     }
 
     /// A sender report of `ssrc`: RTP timestamp `rtp` was handed over at `ntp` (NTP
-    /// 32.32 fixed point) on the phone's wall clock; `at` is the box's clock now.
-    /// Reports of another stream, or before its first packet, are ignored.
+    /// 32.32 fixed point) on the phone's wall clock; `at` is the box's clock now. It
+    /// closes a span. Reports of another stream, or before its first packet, are
+    /// ignored.
     pub fn report(&mut self, ssrc: u32, ntp: u64, rtp: u32, at: Duration) {
         if self.ssrc != Some(ssrc) || self.last.is_none() {
             return;
         }
-        let unwrapped = self.unwrap(rtp);
-        self.reports
-            .push(unix_ms(ntp) - unwrapped as f64 / RTP_PER_MS, at);
+        let mapping = unix_ms(ntp) - self.unwrap(rtp) as f64 / RTP_PER_MS;
+        if let (Some(fastest), Some(opened)) = (self.fastest.take(), self.mapping) {
+            if (mapping - opened).abs() <= AGREE_MS {
+                self.spans.push(fastest - mapping, at);
+            }
+        }
+        self.mapping = Some(mapping);
     }
 
-    /// `one-way − (box clock − phone's wall clock)`, ms, from the fastest packet and
-    /// the median report of the last window or two; `None` before both.
+    /// `one-way − (box clock − phone's wall clock)`, ms: the median span of the last
+    /// window or two; `None` before a span whose reports agreed.
     pub fn lateness_ms(&self) -> Option<f64> {
-        Some(self.arrivals.get()? - self.reports.get()?)
+        self.spans.get()
     }
 
     /// `ts` on the timeline of the packets so far: the nearest of its wraps to the last.
@@ -263,8 +258,54 @@ mod tests {
                     _ => 0.0,
                 };
                 clock.report(7, ntp(wall + sent + off), ts, ms(sent + 40.0));
+                if k == 99 {
+                    assert_eq!(clock.lateness_ms(), None, "one report opens a span");
+                    continue;
+                }
                 let one_way = clock.lateness_ms().expect("measured") + wall;
                 assert!((one_way - 40.0).abs() < 0.01, "report {k}: {one_way}");
+            }
+        }
+    }
+
+    /// A phone whose stream's timestamps step by `step` ms against its capture times
+    /// (both its packets' and its reports') after frame 230, with a report every
+    /// `every` frames: the one-way time (30 ms) at every report, once measured.
+    fn stepped(step: f64, every: u32) -> Vec<(u32, Option<f64>)> {
+        let wall = 1.7e12;
+        let mut clock = SenderClock::new();
+        let mut seen = Vec::new();
+        for k in 0..1500u32 {
+            let sent = 1000.0 + 20.0 * f64::from(k);
+            // The timestamps a step later fall behind the capture times by it.
+            let behind = if k > 230 { step } else { 0.0 };
+            let ts = (960.0 * f64::from(k) - 48.0 * behind) as u32;
+            clock.packet(7, ts, ms(sent + 30.0));
+            if k % every == every - 1 {
+                clock.report(7, ntp(wall + sent), ts, ms(sent + 30.0));
+                seen.push((k, clock.lateness_ms().map(|l| l + wall)));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn a_step_of_the_senders_timestamps_does_not_move_the_lateness() {
+        // The in-ear test singer's stream stepped 55 to 255 ms between its first two
+        // reports; the fastest packet of 20 s against the latest reports read its
+        // one-way time short (or out of range) for seconds.
+        for (step, every) in [(55.0, 150), (-55.0, 150), (255.0, 230), (3.0, 50)] {
+            let seen = stepped(step, every);
+            let measured: Vec<_> = seen.iter().filter_map(|&(k, l)| Some((k, l?))).collect();
+            assert!(
+                measured.len() + 2 >= seen.len(),
+                "measured from the second report on, but a span across the step: {seen:?}"
+            );
+            for (k, one_way) in measured {
+                assert!(
+                    (one_way - 30.0).abs() < 0.01,
+                    "step {step} ms: report {k}: {one_way}"
+                );
             }
         }
     }
@@ -273,32 +314,37 @@ mod tests {
     fn a_flood_of_reports_keeps_only_the_latest_of_each_window() {
         let wall = 1.7e12;
         let mut clock = SenderClock::new();
-        clock.packet(7, 0, ms(25.0));
-        // A thousand reports 50 ms early, then the sender's own mapping, as often.
+        // A thousand reports 50 ms early, a packet between each two, then the sender's
+        // own mapping, as often, all within one window.
         for k in 0..1000 {
+            clock.packet(7, 0, ms(25.0 + f64::from(k) * 0.001));
             clock.report(7, ntp(wall - 50.0), 0, ms(25.0 + f64::from(k) * 0.001));
         }
-        for k in 0..REPORTS_PER_WINDOW as u32 {
+        for k in 0..=SPANS_PER_WINDOW as u32 {
+            clock.packet(7, 0, ms(26.0 + f64::from(k) * 0.001));
             clock.report(7, ntp(wall), 0, ms(26.0 + f64::from(k) * 0.001));
         }
         let one_way = clock.lateness_ms().expect("measured") + wall;
-        assert!((one_way - 25.0).abs() < 0.01, "{one_way}");
+        assert!((one_way - 26.0).abs() < 0.02, "{one_way}");
     }
 
     #[test]
-    fn nothing_before_a_report_and_a_new_stream_starts_over() {
+    fn nothing_before_two_reports_and_a_new_stream_starts_over() {
         let mut clock = SenderClock::new();
         clock.report(7, ntp(1.0e12), 0, ms(0.0));
         clock.packet(7, 0, ms(10.0));
         assert_eq!(clock.lateness_ms(), None, "no report after a packet yet");
         clock.report(7, ntp(1.0e12), 0, ms(11.0));
+        assert_eq!(clock.lateness_ms(), None, "no span closed yet");
+        clock.packet(7, 960, ms(30.0));
+        clock.report(7, ntp(1.0e12), 0, ms(31.0));
         assert!(clock.lateness_ms().is_some());
-        clock.report(8, ntp(2.0e12), 0, ms(12.0));
+        clock.report(8, ntp(2.0e12), 0, ms(32.0));
         assert!(
             clock.lateness_ms().is_some(),
             "another stream's report is ignored"
         );
-        clock.packet(8, 99, ms(13.0));
+        clock.packet(8, 99, ms(33.0));
         assert_eq!(clock.lateness_ms(), None, "a new SSRC starts over");
     }
 
@@ -308,6 +354,8 @@ mod tests {
         let wall = 1.0e12;
         clock.packet(1, 0, ms(5.0));
         clock.report(1, ntp(wall), 0, ms(5.0));
+        clock.packet(1, 960, ms(25.0));
+        clock.report(1, ntp(wall + 20.0), 960, ms(25.0));
         let fast = clock.lateness_ms().expect("measured") + wall;
         assert!((fast - 5.0).abs() < 0.01, "{fast}");
         // The path gets slower: 50 ms, for more than two windows.
