@@ -55,6 +55,62 @@ export function isMine(part, slot) {
   return (part === 'p1' && slot === 'A') || (part === 'p2' && slot === 'B');
 }
 
+/** A reading this far (ms) from where the clock thought the song was is a seek, a
+ * pause or a new song: the clock jumps to it. */
+export const JUMP_MS = 120;
+/** How far (ms) a prediction may stray outside what a reading allows before the clock
+ * takes that reading: the box's own account of its speakers moves by a few ms between
+ * the audio thread's reports. */
+export const SLACK_MS = 5;
+
+/**
+ * Where the speakers are in the song, for a page that polls the box (the venue
+ * screen): each reading is the box's `position_ms`, read at some moment of the
+ * round trip. The reading with the shortest round trip wins (old ones age by 1 ms a
+ * second), unless the song jumped, or the clock's own prediction falls outside what a
+ * reading allows: then the speakers moved against this page's clock (the audio
+ * stalled, or the two clocks drift), and a best round trip from before would keep the
+ * lines that far off for the rest of the song.
+ */
+export class SongClock {
+  constructor() {
+    /** { ms, at (the page's clock, ms), rtt, playing, generation } or null. */
+    this.anchor = null;
+  }
+
+  /** The song position (ms) at `now` (the page's clock), or null: no song. */
+  at(now) {
+    const a = this.anchor;
+    if (!a) return null;
+    return a.playing ? a.ms + (now - a.at) : a.ms;
+  }
+
+  /** The box said the song `generation` was at `positionMs` (`playing` or not) in a
+   * round trip from `sentAt` to `arrivedAt` (the page's clock, ms); null: no song. */
+  reading(song, sentAt, arrivedAt) {
+    if (!song) {
+      this.anchor = null;
+      return;
+    }
+    const { positionMs, playing, generation } = song;
+    const rtt = arrivedAt - sentAt;
+    const a = this.anchor;
+    const same = a && a.generation === generation && a.playing === playing;
+    const predicted = same ? this.at(arrivedAt) : null;
+    const ms = positionMs + (playing ? rtt / 2 : 0);
+    const jumped = predicted === null || Math.abs(predicted - ms) > JUMP_MS;
+    // At the answer's arrival a playing song is between positionMs (read as it left)
+    // and positionMs + rtt (read as the question came in).
+    const outside = predicted !== null && (playing
+      ? predicted < positionMs - SLACK_MS || predicted > positionMs + rtt + SLACK_MS
+      : Math.abs(predicted - positionMs) > SLACK_MS);
+    const age = a ? (arrivedAt - a.at) / 1000 : 0;
+    if (jumped || outside || rtt <= a.rtt + age) {
+      this.anchor = { ms, at: arrivedAt, rtt, playing, generation };
+    }
+  }
+}
+
 /** Shows lyrics in two elements; remembers when each line appeared (for tests). */
 export class LyricsView {
   constructor(currentEl, nextEl) {

@@ -1,12 +1,9 @@
 // The venue screen: polls /screen/state and draws the stage. No framework, no network
 // beyond the box. A failed poll keeps the last picture and says so after a while.
 
-import { LyricsView } from '/lyrics.js';
+import { LyricsView, SongClock } from '/lyrics.js';
 
 const POLL_MS = 150;
-/** A reading this far (ms) from where the screen thought the song was is a seek, a
- * pause or a new song: the screen jumps to it. */
-const JUMP_MS = 120;
 /** Levels below this (dBFS) show an empty meter. */
 const FLOOR_DB = -60;
 
@@ -58,34 +55,21 @@ function draw(state) {
 }
 
 const lyrics = new LyricsView(document.getElementById('lyric-current'), document.getElementById('lyric-next'));
-/** Where the song was, by the best reading so far: { ms, at (performance.now()), rtt, playing, generation }. */
-let anchor = null;
+/** Where the speakers are in the song, from the readings so far. */
+const clock = new SongClock();
 
 /** The speakers' position in the song now, ms, or null when no song plays. */
 function songMs() {
-  if (!anchor) return null;
-  return anchor.playing ? anchor.ms + (performance.now() - anchor.at) : anchor.ms;
+  return clock.at(performance.now());
 }
 
-/** A reading of the box's position: the box's `position_ms` was true about half the
- * round trip before it arrived. The reading with the shortest round trip wins, unless
- * the song jumped. */
+/** A reading of the box's position (`song` from /screen/state, or null). */
 function reading(song, sentAt, arrivedAt) {
-  if (!song) {
-    anchor = null;
-    return;
-  }
-  const rtt = arrivedAt - sentAt;
-  const playing = song.state === 'playing';
-  const ms = song.position_ms + (playing ? rtt / 2 : 0);
-  const predicted = songMs();
-  const jumped = !anchor || anchor.generation !== song.generation || anchor.playing !== playing
-    || predicted === null || Math.abs(predicted - ms) > JUMP_MS;
-  // Old readings age: a later one with a slightly longer round trip still counts.
-  const age = anchor ? (arrivedAt - anchor.at) / 1000 : 0;
-  if (jumped || rtt <= anchor.rtt + age) {
-    anchor = { ms, at: arrivedAt, rtt, playing, generation: song.generation };
-  }
+  clock.reading(song && {
+    positionMs: song.position_ms,
+    playing: song.state === 'playing',
+    generation: song.generation,
+  }, sentAt, arrivedAt);
 }
 
 function drawSong(song) {
