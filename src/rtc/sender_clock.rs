@@ -34,13 +34,15 @@
 //! so not at all, after one of 144 ms), and the speakers held the backing that much
 //! too briefly. A span across a step, or next to a report that is off, has reports
 //! that disagree and does not count.
+//!
 //! Pure: the uplink task passes each packet and report with the box's clock.
 
 use std::time::Duration;
 
-/// The span the minima are kept over (between one and two of these): long enough to
-/// hold several reports (libwebrtc sends one every 1 to 5 s for audio) and a packet
-/// that found the network quiet, short enough to follow a phone that moved away.
+/// How long the spans' latenesses are kept (between one and two of these): long
+/// enough to hold several spans (libwebrtc reports every 1 to 5 s for audio), each with
+/// a packet that found the network quiet, short enough to follow a phone that moved
+/// away.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// RTP clock of Opus, per ms.
