@@ -12,7 +12,7 @@ import { Session } from './session.js';
 import { SongsPanel } from './songs.js';
 import { LyricsView } from './lyrics.js';
 import {
-  BoxClock, PlayedLevels, PlayoutCorrection, ReceiverTrace, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer, wallClockReport,
+  BoxClock, JitterFloor, PlayedLevels, PlayoutCorrection, ReceiverTrace, SongClocks, describeOffset, matchLevels, parseLevels, playoutReport, sourceTimeToPerf, steer, wallClockReport,
 } from './sync.js';
 import { View, explain } from './view.js';
 
@@ -91,6 +91,8 @@ const app = {
   syncOffsetMs: null,
   leadMs: null,
   jitterTargetMs: 0,
+  /** The floor held under the jitter buffer (ms, 0: none; `holdJitterFloor`). */
+  jitterFloorMs: 0,
   syncHistory: [],
   matchR: null,
   matchWhy: [],
@@ -184,9 +186,11 @@ const session = new Session({
     },
     remote: (stream) => {
       audio.setRemote(stream);
+      // A new receiver holds no floor.
+      jitterFloor.clear();
+      app.jitterFloorMs = 0;
       if (!stream) {
         stopStats();
-  stopSync();
         stopSync();
         app.boxDelayMs = null;
         app.lossPct = null;
@@ -448,7 +452,7 @@ function onSync(msg) {
   const extra = steer(audio.extraMs, msg.offset_ms);
   // The last minute of the loop, for the test hook.
   const jitterBuffer = typeof app.jitterBufferMs === 'number' ? Math.round(app.jitterBufferMs * 10) / 10 : null;
-  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10, msg.lead_ms, correction.value(), jitterBuffer]);
+  app.syncHistory.push([Math.round(performance.now()), msg.offset_ms, Math.round(audio.extraMs * 10) / 10, msg.lead_ms, correction.value(), jitterBuffer, app.jitterFloorMs]);
   if (app.syncHistory.length > 120) app.syncHistory.shift();
   if (!audio.setExtraDelay(extra)) {
     // Played by the media element: the jitter buffer's target is the only delay there.
@@ -482,10 +486,32 @@ function startStats() {
         ? ((inb.jitterBufferDelay - prev.jitterBufferDelay) / dCount) * 1000
         : (inb.jitterBufferDelay / inb.jitterBufferEmittedCount) * 1000;
       app.prevInbound = inb;
+      holdJitterFloor(prev, inb, dCount);
     }
     audio.checkSilentPlayback(inb && inb.audioLevel);
     updateLatency();
   }, STATS_INTERVAL_MS);
+}
+
+/** The floor under the jitter buffer while a song is on (sync.js `JitterFloor`), fed
+ * its target over the last poll. Only where the page plays through Web Audio: the
+ * media element's playback steers with `jitterBufferTarget` itself (`onSync`). */
+const jitterFloor = new JitterFloor();
+
+function holdJitterFloor(prev, inb, dCount) {
+  if (audio.playback !== 'webaudio' || !prev || dCount <= 0) return;
+  if (typeof inb.jitterBufferTargetDelay !== 'number' || typeof prev.jitterBufferTargetDelay !== 'number') return;
+  const { receiver } = playingSource();
+  if (!receiver || !('jitterBufferTarget' in receiver)) return;
+  const target = ((inb.jitterBufferTargetDelay - prev.jitterBufferTargetDelay) / dCount) * 1000;
+  const floor = jitterFloor.observe(target, app.song ? app.song.generation : null);
+  if (floor === app.jitterFloorMs) return;
+  try {
+    receiver.jitterBufferTarget = floor;
+    app.jitterFloorMs = floor;
+  } catch (_) {
+    // Out of the browser's range: leave it.
+  }
 }
 
 function stopStats() {
@@ -654,7 +680,8 @@ window.duetboxTest = {
   /** The return mix's Web Audio output: { ctx, node } (a test listens to it). */
   output: () => ({ ctx: audio.ctx, node: audio.outputNode() }),
   /** Playout sync: the last offset from the speakers (ms), the extra delay, the lead,
-   * the clock's best round trip, and the last minute of [epoch ms, offset, extra]. */
+   * the clock's best round trip, and the last minute of [epoch ms, offset, extra, lead,
+   * correction, jitter buffer, its floor]. */
   sync: () => ({
     offset_ms: app.syncOffsetMs, extra_ms: audio.extraMs, lead_ms: app.leadMs, clock_rtt_ms: boxClock.bestRtt(), one_way_ms: app.oneWayMs ?? null,
     correction_ms: correction.value(), matches: correction.lags.slice(), match_r: app.matchR, match_why: app.matchWhy,

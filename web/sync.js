@@ -96,6 +96,56 @@ export function steer(extraMs, offsetMs) {
   return Math.min(MAX_EXTRA_MS, Math.max(0, extraMs - STEER_GAIN * offsetMs));
 }
 
+/** How far under the jitter buffer's own target the floor is held (ms): the buffer
+ * may drain that much, and a floor equal to the target never pushes it up. */
+export const FLOOR_MARGIN_MS = 5;
+/** The highest floor (ms): the lead goes no further by default (`audio.max_lead_ms`). */
+export const MAX_FLOOR_MS = 400;
+
+/**
+ * The floor the page holds under its jitter buffer (`RTCRtpReceiver.jitterBufferTarget`,
+ * a minimum in Chromium's NetEq) while one song is on: its buffer's own target, as high
+ * as it has been during the song, less FLOOR_MARGIN_MS.
+ *
+ * A jitter buffer grows at once when packets come late and drains by itself seconds
+ * later (Chromium's, here: 30 → 210 ms at a song's start, back to 30 ms ten seconds
+ * on, in under 2 s). Each drain plays the song earlier by what it drops, tens of ms,
+ * until the sync loop (reports twice a second) has made it up; Chromium's account of
+ * what it plays runs ahead of the sound meanwhile. The lead already keeps the
+ * speakers that far behind for the song, so holding the buffer there costs the
+ * stage nothing and keeps the phone's playout where the loop put it. A new song (or
+ * none) lets it go. Fed the target, not the buffer's level: NetEq keeps its level up
+ * to 20 ms above the target, and a floor fed the level would ratchet itself up.
+ */
+export class JitterFloor {
+  constructor() {
+    this.key = null;
+    this.ms = 0;
+  }
+
+  /** Takes the buffer's target (ms) over the last poll and the song on (any key,
+   * its generation say; null when none); returns the floor to hold (ms, 0: none).
+   * The first reading of a song is not taken: the last song's floor still held it. */
+  observe(targetMs, key) {
+    if (key !== this.key) {
+      // This reading was taken under the last song's floor.
+      this.key = key;
+      this.ms = 0;
+      return 0;
+    }
+    if (key === null || key === undefined || !Number.isFinite(targetMs)) return this.ms;
+    const floor = Math.min(MAX_FLOOR_MS, Math.floor(targetMs - FLOOR_MARGIN_MS));
+    if (floor > this.ms) this.ms = floor;
+    return this.ms;
+  }
+
+  /** A new receiver: nothing held. */
+  clear() {
+    this.key = null;
+    this.ms = 0;
+  }
+}
+
 /** What the singer is told: in time, or how far off and which way. */
 export function describeOffset(offsetMs) {
   if (offsetMs === null || !Number.isFinite(offsetMs)) return null;

@@ -2,7 +2,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 
-import { BoxClock, CLOCK_SAMPLES, MAX_EXTRA_MS, SONG_CLOCKS_KEPT, SongClocks, describeOffset, playoutReport, sourceTimeToPerf, steer, wallClockReport } from '../sync.js';
+import { BoxClock, CLOCK_SAMPLES, FLOOR_MARGIN_MS, JitterFloor, MAX_EXTRA_MS, MAX_FLOOR_MS, SONG_CLOCKS_KEPT, SongClocks, describeOffset, playoutReport, sourceTimeToPerf, steer, wallClockReport } from '../sync.js';
 
 test('the clock offset comes from the fastest recent round trip', () => {
   const c = new BoxClock();
@@ -51,6 +51,45 @@ test('steering takes most of the offset off the extra delay, within its range', 
   const natural = -60;
   for (let k = 0; k < 6; k++) extra = steer(extra, natural + extra);
   assert.ok(Math.abs(natural + extra) <= 1.5, `${natural + extra}`);
+});
+
+test('the jitter floor holds the buffer where it grew to for the rest of the song', () => {
+  // A NetEq-like buffer: its target is its own estimate or the floor, whichever is higher.
+  const floor = new JitterFloor();
+  let held = 0;
+  // One stats poll: the target over the last second (under the floor then held).
+  const poll = (own, key) => {
+    const target = Math.max(own, held);
+    held = floor.observe(target, key);
+    return target;
+  };
+  assert.equal(poll(30, 1), 30);
+  assert.equal(held, 0, "a song's first reading is not taken");
+  assert.equal(poll(30, 1), 30);
+  assert.equal(held, 30 - FLOOR_MARGIN_MS);
+  // Late packets: the estimate grows to 210 ms; ten seconds on it would drain to 30.
+  assert.equal(poll(210, 1), 210);
+  for (let k = 0; k < 30; k++) poll(30, 1);
+  assert.equal(held, 210 - FLOOR_MARGIN_MS, 'the drain is held off');
+  assert.equal(poll(30, 1), 210 - FLOOR_MARGIN_MS, 'the target stays with the floor');
+  // Fed its own floor back for a minute, it does not creep up.
+  for (let k = 0; k < 60; k++) poll(30, 1);
+  assert.equal(held, 210 - FLOOR_MARGIN_MS);
+  // The next song, or none, lets it go: its first reading was held up by the last
+  // song's floor, and is not taken.
+  assert.equal(poll(30, 2), 210 - FLOOR_MARGIN_MS);
+  assert.equal(held, 0);
+  assert.equal(poll(30, 2), 30);
+  assert.equal(held, 30 - FLOOR_MARGIN_MS);
+  poll(80, null);
+  assert.equal(poll(80, null), 80);
+  assert.equal(held, 0);
+  assert.equal(floor.observe(120, undefined), 0);
+  // Never beyond what the lead can follow; nothing from a reading that is not one.
+  floor.observe(0, 3);
+  assert.equal(floor.observe(5000, 3), MAX_FLOOR_MS);
+  assert.equal(floor.observe(NaN, 3), MAX_FLOOR_MS);
+  assert.equal(new JitterFloor().observe(null, 3), 0);
 });
 
 test('the singer is told in words', () => {
