@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use crate::engine::{duration_of, frames_in, Command, SingerId, MAX_VENUE_DELAY_FRAMES};
 
-/// What a phone's sender adds before its first sample leaves: one 20 ms Opus packet.
+/// What a phone's sender adds before its first sample leaves, until the box has seen
+/// its packets (then their own duration: `SingerFigures::packet_ms`): one 20 ms Opus
+/// packet, the longest a browser sends by default.
 pub const PHONE_PACKET: Duration = Duration::from_millis(20);
 
 /// A delay moves at once when it is off by this much (frames, 5 ms): a jitter buffer

@@ -921,6 +921,7 @@ impl ControlTask {
                     let figures = SingerFigures {
                         level_db: r.voice.peak_dbfs(),
                         delay_ms: r.stats.delay.as_secs_f32() * 1000.0,
+                        packet_ms: r.stats.packet.as_secs_f32() * 1000.0,
                         lost: r.stats.lost,
                         packets: r.stats.packets,
                     };

@@ -13,9 +13,11 @@
 //! ```text
 //! shift = speakers behind the render (limiter, bridge, device, speaker path)
 //!       + the phone's capture latency (its calibration; 0 when it made none)
-//!       + one Opus packet (the packet's first sample waits for its last)
+//!       + one of its Opus packets (the packet's first sample waits for its last; 20 ms
+//!         until one is decoded)
 //!       + the network's fastest one-way time (its sender reports against the page's
 //!         wall clock; 0 until both are in)
+//!       + the phone encoder's look-ahead (6.5 ms)
 //!       + the box's jitter buffer for the voice, as it moves (the recorder reads it
 //!         with every chunk: `crate::record`)
 //! ```

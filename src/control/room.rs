@@ -61,7 +61,8 @@ use super::recording::{
 };
 use super::sync::{Steer, Timeline};
 use super::throttle::PinThrottle;
-use crate::engine::{Command, MixId, SingerId, SingerSettings};
+use crate::engine::codec::PHONE_LOOKAHEAD_FRAMES;
+use crate::engine::{duration_of, Command, MixId, SingerId, SingerSettings};
 use crate::songs::line_in::LineInCommand;
 use crate::songs::player::PlayerCommand;
 
@@ -402,6 +403,9 @@ pub struct SingerFigures {
     pub level_db: f32,
     /// The box's jitter-buffer delay for this voice, ms.
     pub delay_ms: f32,
+    /// How much audio each of its packets carries, ms (0 before the first): the box asks
+    /// for 10 ms (`a=ptime:10`), which Chromium sends; others may send 20.
+    pub packet_ms: f32,
     /// Packets lost so far (cumulative).
     pub lost: u64,
     /// Packets received so far (cumulative).
@@ -894,14 +898,27 @@ impl Participant {
             .then(|| Duration::from_secs_f64(ms.max(0.0) / 1000.0))
     }
 
-    /// From a sound reaching this phone's microphone to its packet reaching the box:
-    /// its capture (from its calibration; none measured counts as none), one phone
-    /// packet and the network's fastest one-way time (none measured counts as none).
-    /// The box's jitter buffer comes after.
+    /// From a sound reaching this phone's microphone to its packet reaching the box,
+    /// decoded: its capture (from its calibration; none measured counts as none), one
+    /// of its packets (its sender reports map each packet's first timestamp to when its
+    /// last sample was captured: `rtc/sender_clock.rs`), the network's fastest
+    /// one-way time (none measured counts as none), and its encoder's look-ahead. The
+    /// box's jitter buffer comes after.
+    ///
+    /// Until its first packet is decoded, a packet counts as [`PHONE_PACKET`]. Counting
+    /// 20 ms for Chromium's 10 ms packets and no look-ahead put every voice 10 ms early
+    /// less the 6.5 ms look-ahead: the 3.5 to 4.5 ms early lean of every in-ear and
+    /// stage recording run here.
     fn to_the_box(&self) -> Duration {
+        let packet = if self.figures.packet_ms > 0.0 {
+            Duration::from_secs_f32(self.figures.packet_ms / 1000.0)
+        } else {
+            PHONE_PACKET
+        };
         self.calibration.map(|c| c.capture()).unwrap_or_default()
-            + PHONE_PACKET
+            + packet
             + self.one_way().unwrap_or_default()
+            + duration_of(PHONE_LOOKAHEAD_FRAMES)
     }
 
     /// How much later than the stage timeline this singer's voice of a moment reaches

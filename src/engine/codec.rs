@@ -125,6 +125,12 @@ impl Default for EncoderConfig {
 /// plays adds it.
 pub const ENCODER_LOOKAHEAD_FRAMES: u64 = 120;
 
+/// How far a phone's voice, decoded here, lags its RTP timestamps: libopus' lookahead
+/// in its VoIP and audio applications (6.5 ms: 2.5 ms and 4 ms of delay compensation),
+/// which the browsers' encoders use (libwebrtc's in Chromium and Safari, Firefox's). A
+/// voice's sample reaches the mix that much after its timestamp says it was captured.
+pub const PHONE_LOOKAHEAD_FRAMES: u64 = 312;
+
 /// A stereo Opus encoder for one distinct mix.
 pub struct Encoder {
     inner: opus::Encoder,
@@ -172,6 +178,21 @@ mod tests {
             enc.inner.get_lookahead().expect("lookahead") as u64,
             ENCODER_LOOKAHEAD_FRAMES
         );
+    }
+
+    #[test]
+    fn a_phone_encoder_lookahead_is_the_documented_one() {
+        for application in [opus::Application::Voip, opus::Application::Audio] {
+            for channels in [opus::Channels::Mono, opus::Channels::Stereo] {
+                let mut enc =
+                    opus::Encoder::new(SAMPLE_RATE_HZ, channels, application).expect("an encoder");
+                assert_eq!(
+                    enc.get_lookahead().expect("lookahead") as u64,
+                    PHONE_LOOKAHEAD_FRAMES,
+                    "{application:?} {channels:?}"
+                );
+            }
+        }
     }
 
     #[test]

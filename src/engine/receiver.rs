@@ -116,6 +116,9 @@ pub struct ReceiverStats {
     pub expanded_samples: u64,
     /// Current delay `D` (see module docs).
     pub delay: Duration,
+    /// Duration of the last packet decoded: the phone's packetisation (zero before the
+    /// first).
+    pub packet: Duration,
     /// Current target delay.
     pub target: Duration,
     /// Jitter at the configured percentile over the window.
@@ -234,6 +237,7 @@ impl Receiver {
     pub fn stats(&self) -> ReceiverStats {
         let mut stats = self.stats;
         stats.target = Duration::from_micros(self.target_us.max(0) as u64);
+        stats.packet = crate::engine::duration_of(self.packet_samples as u64);
         stats.jitter = self.arrivals.jitter();
         stats.drift_ppm = self.arrivals.drift_ppm();
         stats

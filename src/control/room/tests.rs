@@ -999,6 +999,7 @@ fn figures_become_levels_delay_and_loss_of_the_last_interval() {
     let figures = |lost, packets| SingerFigures {
         level_db: -12.0,
         delay_ms: 7.5,
+        packet_ms: 20.0,
         lost,
         packets,
     };
@@ -1718,8 +1719,9 @@ fn every_song_is_recorded_from_open_to_end_and_only_its_singers_are_named() {
     assert_eq!((plan.entry, plan.generation), (solo, generation));
     assert_eq!(plan.voices.len(), 1, "only the song's singer: {plan:?}");
     assert_eq!(plan.voices[0].peer, ana.peer);
-    // Capture 33 ms, one 20 ms packet, no one-way time measured.
-    assert_eq!(plan.voices[0].to_the_box, Duration::from_millis(53));
+    // Capture 33 ms, one 20 ms packet (none decoded yet), no one-way time measured, the
+    // encoder's 6.5 ms look-ahead.
+    assert_eq!(plan.voices[0].to_the_box, Duration::from_micros(59_500));
     assert_eq!(h.room.view().recordings.now.as_deref(), Some("Song 7"));
     // A pause, a seek and position news are part of the same recording.
     h.handle(secs(3.0), Input::Transport(Transport::Pause))
@@ -1816,13 +1818,15 @@ fn an_in_ear_song_holds_the_speakers_back_for_the_slowest_voice_and_a_stage_song
     let ben = h.join(secs(0.0), 2, "Ben", Role::Singer);
     h.media(secs(0.5), 1, MediaState::Connected);
     h.media(secs(0.5), 2, MediaState::Connected);
-    // Ana's phone captures 33 ms late (calibrated); Ben has not calibrated. Their
-    // jitter buffers hold 30 and 10 ms.
+    // Ana's phone captures 33 ms late (calibrated) and sends 10 ms packets; Ben has not
+    // calibrated and no packet of his is decoded yet (20 ms counted). Their jitter
+    // buffers hold 30 and 10 ms.
     h.handle(secs(0.6), calibrated(1, 45, 12)).unwrap();
-    for (peer, delay_ms) in [(ana.peer, 30.0), (ben.peer, 10.0)] {
+    for (peer, delay_ms, packet_ms) in [(ana.peer, 30.0, 10.0), (ben.peer, 10.0, 0.0)] {
         let figures = SingerFigures {
             level_db: -20.0,
             delay_ms,
+            packet_ms,
             lost: 0,
             packets: 100,
         };
@@ -1871,19 +1875,20 @@ fn an_in_ear_song_holds_the_speakers_back_for_the_slowest_voice_and_a_stage_song
     assert_eq!(venue_delays(&h.take()), vec![], "nothing plays yet");
     h.handle(secs(2.0), Input::Transport(Transport::Start(duet)))
         .unwrap();
-    // Ana: 33 + 20 + 30 = 83 ms; Ben: 0 + 20 + 10 = 30 ms. The backing waits 40 + 83,
-    // Ben's voice 53.
+    // Each: capture + packet + look-ahead (6.5 ms) + jitter buffer. Ana: 33 + 10 + 6.5
+    // + 30 = 79.5 ms; Ben: 0 + 20 + 6.5 + 10 = 36.5 ms. The backing waits 40 + 79.5,
+    // Ben's voice 43.
     assert_eq!(
         venue_delays(&h.take()),
         vec![
-            Command::SetVenueDelay { frames: 5_904 },
+            Command::SetVenueDelay { frames: 5_736 },
             Command::SetVoiceDelay {
                 singer: ben.peer.singer(),
-                frames: 2_544
+                frames: 2_064
             },
         ]
     );
-    assert!((h.room.view().venue_delay_ms - 123.0).abs() < 0.01);
+    assert!((h.room.view().venue_delay_ms - 119.5).abs() < 0.01);
     // The next song is a stage song: nothing held back.
     h.handle(secs(5.0), Input::Transport(Transport::Start(next)))
         .unwrap();
@@ -1936,6 +1941,7 @@ fn ana_sings_in_ear() -> (Harness, EntryId, Vec<Action>) {
     let figures = SingerFigures {
         level_db: -20.0,
         delay_ms: 10.0,
+        packet_ms: 0.0,
         lost: 0,
         packets: 100,
     };
@@ -1972,10 +1978,10 @@ fn ana_sings_in_ear() -> (Harness, EntryId, Vec<Action>) {
 #[test]
 fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
     let (mut h, _, actions) = ana_sings_in_ear();
-    // 40 + 0 (capture) + 20 (packet) + 10 (jitter buffer).
+    // 40 + 0 (capture) + 20 (packet) + 6.5 (look-ahead) + 10 (jitter buffer).
     assert_eq!(
         venue_delays(&actions),
-        vec![Command::SetVenueDelay { frames: 3_360 }]
+        vec![Command::SetVenueDelay { frames: 3_672 }]
     );
     let [lateness, wall] = one_way_halves(1, 80.0);
     h.handle(secs(3.0), lateness).unwrap();
@@ -1984,7 +1990,7 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
     h.handle(secs(3.1), wall).unwrap();
     assert_eq!(
         venue_delays(&h.take()),
-        vec![Command::SetVenueDelay { frames: 7_200 }],
+        vec![Command::SetVenueDelay { frames: 7_512 }],
         "80 ms more"
     );
     assert_eq!(h.room.view().participants[0].one_way_ms, Some(80.0));
@@ -2000,7 +2006,7 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
     }
     assert_eq!(
         venue_delays(&h.take()),
-        vec![Command::SetVenueDelay { frames: 3_360 }]
+        vec![Command::SetVenueDelay { frames: 3_672 }]
     );
     assert!(h
         .handle(
@@ -2019,10 +2025,10 @@ fn the_network_one_way_time_counts_once_both_halves_are_in_and_make_sense() {
 #[test]
 fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more() {
     let (mut h, song, actions) = ana_sings_in_ear();
-    // 40 (stage) + 20 (packet) + 10 (jitter buffer).
+    // 40 (stage) + 20 (packet) + 6.5 (look-ahead) + 10 (jitter buffer).
     assert_eq!(
         venue_delays(&actions),
-        vec![Command::SetVenueDelay { frames: 3_360 }]
+        vec![Command::SetVenueDelay { frames: 3_672 }]
     );
     let offset = |r: Result<Reply, Refusal>| match r {
         Ok(Reply::Sync(s)) => s.offset_us,
@@ -2033,13 +2039,13 @@ fn an_in_ear_singer_whose_phone_plays_late_holds_the_speakers_back_as_much_more(
     assert_eq!(offset(h.handle(secs(3.0), playout(1, 40, 35))), 30_000);
     assert_eq!(
         venue_delays(&h.take()),
-        vec![Command::SetVenueDelay { frames: 4_800 }]
+        vec![Command::SetVenueDelay { frames: 5_112 }]
     );
     // Steered back onto the timeline.
     assert_eq!(offset(h.handle(secs(4.0), playout(1, 10, 5))), 0);
     assert_eq!(
         venue_delays(&h.take()),
-        vec![Command::SetVenueDelay { frames: 3_360 }]
+        vec![Command::SetVenueDelay { frames: 3_672 }]
     );
     // 4 ms early is less than a move.
     assert_eq!(offset(h.handle(secs(5.0), playout(1, 6, 1))), -4_000);
@@ -2089,7 +2095,7 @@ fn the_recording_running_follows_each_voice_as_it_is_measured_anew() {
     for input in one_way_halves(1, 80.0) {
         h.handle(secs(2.0), input).unwrap();
     }
-    assert_eq!(shifts(&h.take()), vec![(ana.peer, 133.0)]);
+    assert_eq!(shifts(&h.take()), vec![(ana.peer, 139.5)]);
     let [lateness, _] = one_way_halves(1, 80.4);
     h.handle(secs(3.0), lateness).unwrap();
     assert_eq!(shifts(&h.take()), vec![], "under a millisecond");
@@ -2106,7 +2112,7 @@ fn the_recording_running_follows_each_voice_as_it_is_measured_anew() {
         },
     )
     .unwrap();
-    assert_eq!(shifts(&h.take()), vec![(ana.peer, 163.4)]);
+    assert_eq!(shifts(&h.take()), vec![(ana.peer, 169.9)]);
     // Stopped: nothing more is told.
     h.handle(secs(6.0), Input::Transport(Transport::Stop))
         .unwrap();
