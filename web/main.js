@@ -481,29 +481,35 @@ function startStats() {
     const inb = st.inbound;
     if (inb && typeof inb.jitterBufferDelay === 'number' && inb.jitterBufferEmittedCount > 0) {
       const prev = app.prevInbound;
-      const dCount = prev ? inb.jitterBufferEmittedCount - prev.jitterBufferEmittedCount : 0;
-      app.jitterBufferMs = dCount > 0
-        ? ((inb.jitterBufferDelay - prev.jitterBufferDelay) / dCount) * 1000
-        : (inb.jitterBufferDelay / inb.jitterBufferEmittedCount) * 1000;
+      app.jitterBufferMs = overLastPoll(prev, inb, 'jitterBufferDelay')
+        ?? (inb.jitterBufferDelay / inb.jitterBufferEmittedCount) * 1000;
       app.prevInbound = inb;
-      holdJitterFloor(prev, inb, dCount);
+      holdJitterFloor(overLastPoll(prev, inb, 'jitterBufferTargetDelay'));
     }
     audio.checkSilentPlayback(inb && inb.audioLevel);
     updateLatency();
   }, STATS_INTERVAL_MS);
 }
 
+/** A jitter-buffer stat summed over the samples it emitted (`jitterBufferDelay`,
+ * `jitterBufferTargetDelay`: seconds), as ms per sample since the last poll; null
+ * without a last poll, a sample since, or the stat. */
+function overLastPoll(prev, inb, key) {
+  const dCount = prev ? inb.jitterBufferEmittedCount - prev.jitterBufferEmittedCount : 0;
+  if (dCount <= 0 || typeof inb[key] !== 'number' || typeof prev[key] !== 'number') return null;
+  return ((inb[key] - prev[key]) / dCount) * 1000;
+}
+
 /** The floor under the jitter buffer while a song is on (sync.js `JitterFloor`), fed
- * its target over the last poll. Only where the page plays through Web Audio: the
- * media element's playback steers with `jitterBufferTarget` itself (`onSync`). */
+ * its target over the last poll (ms, or null). Only where the page plays through Web
+ * Audio: the media element's playback steers with `jitterBufferTarget` itself
+ * (`onSync`). */
 const jitterFloor = new JitterFloor();
 
-function holdJitterFloor(prev, inb, dCount) {
-  if (audio.playback !== 'webaudio' || !prev || dCount <= 0) return;
-  if (typeof inb.jitterBufferTargetDelay !== 'number' || typeof prev.jitterBufferTargetDelay !== 'number') return;
+function holdJitterFloor(target) {
+  if (audio.playback !== 'webaudio' || target === null) return;
   const { receiver } = playingSource();
   if (!receiver || !('jitterBufferTarget' in receiver)) return;
-  const target = ((inb.jitterBufferTargetDelay - prev.jitterBufferTargetDelay) / dCount) * 1000;
   const floor = jitterFloor.observe(target, app.song ? app.song.generation : null);
   if (floor === app.jitterFloorMs) return;
   try {
